@@ -1,0 +1,128 @@
+/**
+ * `otherix-api` configuration (YAML, `--config FILE`), with `OTHERIX_<SECTION>__<KEY>`
+ * env overrides (see `shared/config.ts`). Every key and default is documented in README.md
+ * ("Control-plane config").
+ *
+ * @module
+ */
+import { z } from "zod";
+import {
+  AbsolutePathSchema,
+  ListenAddressSchema,
+  loadConfigFile,
+  parseConfig,
+} from "../shared/config.ts";
+import {
+  DEFAULT_AGENT_API_PORT,
+  DEFAULT_ALLOWED_POOL_PREFIX,
+  DEFAULT_API_PORT,
+  DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
+  DEFAULT_JOIN_TOKEN_TTL_SECONDS,
+  DEFAULT_JWT_TTL_SECONDS,
+  DEFAULT_POOL_NAME,
+  DEFAULT_STALE_THRESHOLD_SECONDS,
+  STANDARD_ROOTS,
+} from "../shared/constants.ts";
+import { ResourceNameSchema } from "../shared/api/common.ts";
+
+/** The control-plane config schema (defaults applied). */
+export const ApiConfigSchema = z.object({
+  server: z.object({
+    /** Public REST API listen address. */
+    listen: ListenAddressSchema.prefault(`0.0.0.0:${DEFAULT_API_PORT}`),
+    /** Agent-facing TLS listen address (`/v1/ca`, bootstrap, heartbeats). */
+    agent_listen: ListenAddressSchema.prefault(`0.0.0.0:${DEFAULT_AGENT_API_PORT}`),
+    /** Optional TLS for the public API (PEM files); both or neither. */
+    tls_cert_file: AbsolutePathSchema.optional(),
+    tls_key_file: AbsolutePathSchema.optional(),
+  }).strict().prefault({}),
+  store: z.object({
+    /** `embedded` (Deno KV in `data_dir`). */
+    backend: z.enum(["embedded"]).default("embedded"),
+    /** Control-plane data directory (store, CA, replica cert). */
+    data_dir: AbsolutePathSchema.default(`${STANDARD_ROOTS.state}/api`),
+  }).strict().prefault({}),
+  cp_cert: z.object({
+    /** This replica's name (certificate CN); defaults to the hostname. */
+    replica_name: z.string().min(1).max(64).optional(),
+    /** Extra DNS names / IPs for the replica certificate's SANs. */
+    additional_sans: z.array(z.string().min(1)).default([]),
+  }).strict().prefault({}),
+  auth: z.object({
+    /** Access-token (JWT) lifetime, seconds. */
+    jwt_ttl_seconds: z.number().int().min(60).max(24 * 3600).default(DEFAULT_JWT_TTL_SECONDS),
+  }).strict().prefault({}),
+  nodes: z.object({
+    /** Heartbeat cadence the control plane asks agents for, seconds. */
+    heartbeat_interval_seconds: z.number().int().min(1).max(600)
+      .default(DEFAULT_HEARTBEAT_INTERVAL_SECONDS),
+    /** No heartbeat for this long → node `unreachable`, seconds. */
+    stale_threshold_seconds: z.number().int().min(2).max(3600)
+      .default(DEFAULT_STALE_THRESHOLD_SECONDS),
+    /** Default join-token lifetime, seconds. */
+    join_token_ttl_seconds: z.number().int().min(1).max(7 * 24 * 3600)
+      .default(DEFAULT_JOIN_TOKEN_TTL_SECONDS),
+  }).strict().prefault({}),
+  storage_pools: z.object({
+    /** Pool paths must lie under one of these prefixes (boundary-safe). */
+    allowed_path_prefixes: z.array(AbsolutePathSchema).min(1)
+      .default([DEFAULT_ALLOWED_POOL_PREFIX]),
+    /** The pool auto-provisioned on every ready node and set as the cluster default. */
+    default_pool_name: ResourceNameSchema.default(DEFAULT_POOL_NAME),
+  }).strict().prefault({}),
+  workers: z.object({
+    /** Run the task workers (dispatch to agents). */
+    enabled: z.boolean().default(true),
+    /** How often workers poll agent tasks, milliseconds. */
+    poll_interval_ms: z.number().int().min(50).max(60_000).default(1000),
+    /** Give up on an agent task after this long, seconds. */
+    task_timeout_seconds: z.number().int().min(10).max(24 * 3600).default(1800),
+  }).strict().prefault({}),
+  placement: z.object({
+    /** Scheduler: `least_vm_count` (fewest VMs, ties by node name). */
+    algorithm: z.enum(["least_vm_count"]).default("least_vm_count"),
+  }).strict().prefault({}),
+  log: z.object({
+    level: z.enum(["debug", "info", "warn", "error"]).default("info"),
+  }).strict().prefault({}),
+}).strict().superRefine((cfg, ctx) => {
+  if (!!cfg.server.tls_cert_file !== !!cfg.server.tls_key_file) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["server", "tls_cert_file"],
+      message: "server.tls_cert_file and server.tls_key_file must be set together",
+    });
+  }
+});
+/** A validated control-plane config. */
+export type ApiConfig = z.infer<typeof ApiConfigSchema>;
+
+/** Loads and validates the control-plane config file (env overrides applied). */
+export function loadApiConfig(path: string): Promise<ApiConfig> {
+  return loadConfigFile(ApiConfigSchema, path);
+}
+
+/** Parses control-plane config text (for tests). */
+export function parseApiConfig(
+  text: string,
+  getEnv: (n: string) => string | undefined = () => undefined,
+): ApiConfig {
+  return parseConfig(ApiConfigSchema, text, "api.yaml", getEnv);
+}
+
+/**
+ * The sandbox roots for this config (see `scripts/permissions.ts`): the config file is the
+ * read-only "config" root, the data dir the read-write "state" root; TLS files are extra reads.
+ */
+export function apiSandboxRoots(
+  cfg: ApiConfig,
+  configFile: string,
+): { config: string; state: string; run: string; extraRead: string[] } {
+  const files = [cfg.server.tls_cert_file, cfg.server.tls_key_file].filter((f): f is string => !!f);
+  return {
+    config: configFile,
+    state: cfg.store.data_dir,
+    run: cfg.store.data_dir,
+    extraRead: files,
+  };
+}

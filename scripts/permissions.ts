@@ -1,0 +1,128 @@
+/**
+ * The one generator of each binary's Deno permission flags. `deno task compile` bakes them for
+ * the standard roots (`/etc/otherix`, `/var/lib/otherix`, `/run/otherix`); the dev tasks
+ * (`scripts/run.ts`) and the test harness call it with the roots a config names, so tests run
+ * the real sandbox under a temporary root.
+ *
+ * What each binary may do:
+ * - `otherix-agent`: read its three roots (+ the KVM device and the `/sys/module` entries used
+ *   for accelerator detection), write its state and run roots (+ `/dev/kvm`, opened read-write
+ *   to probe it), run only QEMU, `qemu-img` and the ISO builder, use the network, read
+ *   `OTHERIX_*` env vars and a few system figures. No shell, no other files.
+ * - `otherix-api`: read its config and data dir, write its data dir, network, `OTHERIX_*` env,
+ *   hostname; Deno KV (`--unstable-kv`). Runs nothing.
+ * - `otherix`: the operator's own CLI: reads `--user-data @file` and its config anywhere the
+ *   operator points it, so file access is open; network; env. Runs nothing.
+ *
+ * @module
+ */
+import { STANDARD_ROOTS } from "../shared/constants.ts";
+
+/** The three binaries. */
+export type Binary = "otherix-api" | "otherix-agent" | "otherix";
+
+/** Executables the agent may spawn (looked up on PATH by Deno). */
+export const AGENT_RUN_ALLOWLIST = [
+  "qemu-system-x86_64",
+  "qemu-system-aarch64",
+  "qemu-img",
+  "genisoimage",
+] as const;
+
+/** System information the agent reads (heartbeat figures, accelerator detection). */
+export const AGENT_SYS_ALLOWLIST = [
+  "hostname",
+  "systemMemoryInfo",
+  "loadavg",
+  "statfs",
+  "osRelease",
+] as const;
+
+/** Host files the agent reads outside its roots (KVM detection). */
+export const AGENT_HOST_READS = ["/dev/kvm", "/sys/module"] as const;
+
+/** Roots of a sandbox. */
+export interface SandboxRoots {
+  /** Operator config root (read-only). */
+  config: string;
+  /** State root (read-write). */
+  state: string;
+  /** Volatile root (read-write). */
+  run: string;
+  /** Extra files or dirs to allow reading (e.g. a config file outside the config root). */
+  extraRead?: string[];
+}
+
+/** The standard roots compiled binaries are built for. */
+export const STANDARD_SANDBOX: SandboxRoots = { ...STANDARD_ROOTS };
+
+const list = (xs: readonly string[]) => [...new Set(xs)].join(",");
+
+/**
+ * Deno permission flags for `binary` confined to `roots`.
+ *
+ * @example
+ * ```ts
+ * permissionFlags("otherix-agent", { config: "/etc/otherix", state: "/var/lib/otherix", run: "/run/otherix" });
+ * // ["--allow-read=/etc/otherix,…", "--allow-write=…", "--allow-run=qemu-system-x86_64,…", …]
+ * ```
+ */
+export function permissionFlags(binary: Binary, roots: SandboxRoots = STANDARD_SANDBOX): string[] {
+  const extra = roots.extraRead ?? [];
+  switch (binary) {
+    case "otherix-agent":
+      return [
+        `--allow-read=${
+          list([roots.config, roots.state, roots.run, ...AGENT_HOST_READS, ...extra])
+        }`,
+        `--allow-write=${list([roots.state, roots.run, "/dev/kvm"])}`,
+        `--allow-run=${list(AGENT_RUN_ALLOWLIST)}`,
+        "--allow-net",
+        "--allow-env=OTHERIX_*",
+        `--allow-sys=${list(AGENT_SYS_ALLOWLIST)}`,
+        "--no-prompt",
+      ];
+    case "otherix-api":
+      return [
+        `--allow-read=${list([roots.config, roots.state, ...extra])}`,
+        `--allow-write=${list([roots.state])}`,
+        "--allow-net",
+        "--allow-env=OTHERIX_*",
+        "--allow-sys=hostname,networkInterfaces",
+        "--unstable-kv",
+        "--no-prompt",
+      ];
+    case "otherix":
+      return [
+        "--allow-read",
+        "--allow-write",
+        "--allow-net",
+        "--allow-env",
+        "--allow-sys=hostname",
+        "--no-prompt",
+      ];
+  }
+}
+
+/** Entry point (relative to the repo root) of each binary. */
+export const ENTRY_POINTS: Record<Binary, string> = {
+  "otherix-api": "cp/main.ts",
+  "otherix-agent": "agent/main.ts",
+  "otherix": "cli/main.ts",
+};
+
+/** Absolute path of the repository root. */
+export const REPO_ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+
+/**
+ * The full `deno run` argv (without the leading `deno`) to run `binary` from source under
+ * its sandbox, followed by `args`.
+ */
+export function denoRunArgs(binary: Binary, roots: SandboxRoots, args: string[]): string[] {
+  return [
+    "run",
+    ...permissionFlags(binary, roots),
+    `${REPO_ROOT}/${ENTRY_POINTS[binary]}`,
+    ...args,
+  ];
+}

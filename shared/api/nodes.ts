@@ -1,0 +1,183 @@
+/**
+ * Nodes, join tokens, the cluster CA and the agent bootstrap/heartbeat protocol
+ * (spec: developer guide "Nodes", "Step 1 — run seed-dev"; troubleshooting "Bootstrap failures").
+ *
+ * Endpoints on the public API: `GET /v1/nodes`, `GET /v1/nodes/{name}`,
+ * `POST /v1/nodes/join-tokens`. On the agent-facing TLS port: `GET /v1/ca` and
+ * `POST /v1/nodes/bootstrap` (no client certificate), `POST /v1/nodes/heartbeat` (mTLS).
+ *
+ * @module
+ */
+import { z } from "zod";
+import { MAX_JOIN_TOKEN_TTL_SECONDS } from "../constants.ts";
+import {
+  ArchitectureSchema,
+  ResourceNameSchema,
+  Sha256HexSchema,
+  TimestampSchema,
+} from "./common.ts";
+
+/** Node lifecycle (spec: troubleshooting "node states"). */
+export const NodeStatusSchema = z.enum(["pending", "ready", "unreachable"]);
+/** Node lifecycle state. */
+export type NodeStatus = z.infer<typeof NodeStatusSchema>;
+
+/** Capacity figures an agent reports in each heartbeat. */
+export const NodeResourcesSchema = z.object({
+  cpu_cores_total: z.number().int().min(0),
+  /** 1-minute load average (informational). */
+  load_average_1m: z.number().min(0),
+  memory_total_mib: z.number().int().min(0),
+  memory_available_mib: z.number().int().min(0),
+  /** Root filesystem of the node, bytes. */
+  system_disk_total_bytes: z.number().int().min(0),
+  system_disk_available_bytes: z.number().int().min(0),
+});
+/** Node capacity figures. */
+export type NodeResources = z.infer<typeof NodeResourcesSchema>;
+
+/** A node as the public API serves it. */
+export const NodeSchema = z.object({
+  id: z.string().uuid(),
+  name: z.string(),
+  status: NodeStatusSchema,
+  architecture: ArchitectureSchema.nullable(),
+  cordoned: z.boolean(),
+  /** The agent's advertised mTLS endpoint, e.g. `https://10.0.0.5:9443`. */
+  endpoint: z.string().nullable(),
+  /** `kvm` or `tcg`, as detected by the agent. */
+  accelerator: z.enum(["kvm", "tcg"]).nullable(),
+  agent_version: z.string().nullable(),
+  resources: NodeResourcesSchema.nullable(),
+  vm_count: z.number().int().min(0),
+  last_heartbeat_at: TimestampSchema.nullable(),
+  created_at: TimestampSchema,
+  updated_at: TimestampSchema,
+});
+/** A node. */
+export type Node = z.infer<typeof NodeSchema>;
+
+/** `POST /v1/nodes/join-tokens` body. */
+export const JoinTokenCreateRequestSchema = z.object({
+  /** The node name the token may register (the issued certificate's CN). */
+  node_name: ResourceNameSchema,
+  /** Lifetime, seconds (default 600). */
+  ttl_seconds: z.number().int().min(1).max(MAX_JOIN_TOKEN_TTL_SECONDS).optional(),
+  /** How many redemptions the token allows (default 1). */
+  max_uses: z.number().int().min(1).max(1000).optional(),
+});
+/** Join token create body. */
+export type JoinTokenCreateRequest = z.infer<typeof JoinTokenCreateRequestSchema>;
+
+/** Join token create response; `token` is shown once and stored only as a hash. */
+export const JoinTokenCreateResponseSchema = z.object({
+  id: z.string().uuid(),
+  token: z.string(),
+  node_name: z.string(),
+  max_uses: z.number().int(),
+  expires_at: TimestampSchema,
+  /** `sha256:<hex>` of the cluster CA certificate's DER, for the agent to pin. */
+  ca_fingerprint: z.string(),
+});
+/** Join token create response. */
+export type JoinTokenCreateResponse = z.infer<typeof JoinTokenCreateResponseSchema>;
+
+/** `sha256:<64 hex>` fingerprint of a certificate's DER encoding. */
+export const FingerprintSchema = z
+  .string()
+  .regex(/^sha256:[0-9a-f]{64}$/, "must be sha256:<64 lowercase hex>");
+
+/** `GET /v1/ca` response. */
+export const CaResponseSchema = z.object({
+  ca_pem: z.string(),
+  fingerprint: FingerprintSchema,
+});
+/** The cluster CA as served. */
+export type CaResponse = z.infer<typeof CaResponseSchema>;
+
+/** `POST /v1/nodes/bootstrap` body: redeem a join token with a PKCS#10 CSR. */
+export const BootstrapRequestSchema = z.object({
+  token: z.string().min(1).max(512),
+  /** PEM `CERTIFICATE REQUEST`; its subject is ignored (the CA sets CN = node name). */
+  csr_pem: z.string().min(1).max(16 * 1024),
+});
+/** Bootstrap body. */
+export type BootstrapRequest = z.infer<typeof BootstrapRequestSchema>;
+
+/** `POST /v1/nodes/bootstrap` response. */
+export const BootstrapResponseSchema = z.object({
+  node_name: z.string(),
+  certificate_pem: z.string(),
+  ca_pem: z.string(),
+});
+/** Bootstrap response. */
+export type BootstrapResponse = z.infer<typeof BootstrapResponseSchema>;
+
+/** A cached image in a pool, as the agent reports it. */
+export const CachedImageSchema = z.object({
+  basename: z.string(),
+  sha256: Sha256HexSchema,
+  size_bytes: z.number().int().min(0),
+});
+/** A cached image. */
+export type CachedImage = z.infer<typeof CachedImageSchema>;
+
+/** A pool instance as the agent observes it. */
+export const ObservedPoolSchema = z.object({
+  name: z.string(),
+  path: z.string(),
+  status: z.enum(["ready", "failed"]),
+  /** Why the pool is `failed`, if it is. */
+  message: z.string().nullable(),
+  total_bytes: z.number().int().min(0),
+  available_bytes: z.number().int().min(0),
+  images: z.array(CachedImageSchema),
+});
+/** An observed pool. */
+export type ObservedPool = z.infer<typeof ObservedPoolSchema>;
+
+/** A VM's runtime phase on the agent. */
+export const VmPhaseSchema = z.enum(["creating", "running", "stopped", "deleting", "failed"]);
+/** A VM runtime phase. */
+export type VmPhase = z.infer<typeof VmPhaseSchema>;
+
+/** A VM the agent hosts, as reported in heartbeats and `GET /v1/vms` on the agent. */
+export const ObservedVmSchema = z.object({
+  id: z.string().uuid(),
+  name: z.string(),
+  phase: VmPhaseSchema,
+  pid: z.number().int().nullable(),
+});
+/** An observed VM. */
+export type ObservedVm = z.infer<typeof ObservedVmSchema>;
+
+/** `POST /v1/nodes/heartbeat` body (mTLS; the node is the client certificate's CN). */
+export const HeartbeatRequestSchema = z.object({
+  node_name: ResourceNameSchema,
+  /** The agent's advertised mTLS endpoint (`https://host:port`). */
+  endpoint: z.string().url(),
+  architecture: ArchitectureSchema,
+  accelerator: z.enum(["kvm", "tcg"]),
+  agent_version: z.string().max(100),
+  /** The directory under which the agent keeps pools (default `/var/lib/otherix/pools`). */
+  pools_dir: z.string().startsWith("/"),
+  resources: NodeResourcesSchema,
+  pools: z.array(ObservedPoolSchema),
+  vms: z.array(ObservedVmSchema),
+});
+/** A heartbeat. */
+export type HeartbeatRequest = z.infer<typeof HeartbeatRequestSchema>;
+
+/** A pool instance the control plane wants the agent to provide. */
+export const DesiredPoolSchema = z.object({ name: z.string(), path: z.string() });
+/** A desired pool. */
+export type DesiredPool = z.infer<typeof DesiredPoolSchema>;
+
+/** Heartbeat response: the desired pools (reconciled by the agent) and the cadence. */
+export const HeartbeatResponseSchema = z.object({
+  node_status: NodeStatusSchema,
+  desired_pools: z.array(DesiredPoolSchema),
+  heartbeat_interval_seconds: z.number().int().min(1),
+});
+/** Heartbeat response. */
+export type HeartbeatResponse = z.infer<typeof HeartbeatResponseSchema>;

@@ -1,0 +1,74 @@
+/**
+ * Defaults shared by the three binaries: ports, standard paths, TTLs and limits
+ * (DESIGN.md "Ports, paths, names"; spec: developer guide and storage pools reference).
+ * Every default lives here once; configs and CLI flags refer to these names.
+ *
+ * @module
+ */
+
+/** Public REST API port of `otherix-api` (HTTP; TLS optional). */
+export const DEFAULT_API_PORT = 8080;
+/** Agent-facing TLS port of `otherix-api` (`/v1/ca`, CSR redemption, mTLS heartbeats). */
+export const DEFAULT_AGENT_API_PORT = 8443;
+/** mTLS port of `otherix-agent`, called by the control plane. */
+export const DEFAULT_AGENT_PORT = 9443;
+
+/** The three standard root directories the binaries' permission sandboxes are built from. */
+export const STANDARD_ROOTS = {
+  /** Operator-provided configuration. */
+  config: "/etc/otherix",
+  /** Runtime state: certs, pools, VM runtime dirs, control-plane data. */
+  state: "/var/lib/otherix",
+  /** Volatile runtime files (sockets). */
+  run: "/run/otherix",
+} as const;
+
+/** Default agent config file. */
+export const DEFAULT_AGENT_CONFIG_FILE = "/etc/otherix/agent.yaml";
+/** Default control-plane config file. */
+export const DEFAULT_API_CONFIG_FILE = "/etc/otherix/api.yaml";
+
+/** Name of the pool the control plane auto-provisions on every ready node. */
+export const DEFAULT_POOL_NAME = "default";
+/** Default allowed pool path prefix (spec: storage pools, "The allowed-path gate"). */
+export const DEFAULT_ALLOWED_POOL_PREFIX = "/var/lib/otherix/pools/";
+/** Maximum pool path length in bytes (spec: storage pools). */
+export const MAX_POOL_PATH_BYTES = 1024;
+
+/** Access-token (JWT) lifetime, seconds (spec: 15-minute default). */
+export const DEFAULT_JWT_TTL_SECONDS = 15 * 60;
+/** Join-token lifetime, seconds (spec: default 10m). */
+export const DEFAULT_JOIN_TOKEN_TTL_SECONDS = 10 * 60;
+/** Longest join-token lifetime accepted, seconds (7 days). */
+export const MAX_JOIN_TOKEN_TTL_SECONDS = 7 * 24 * 3600;
+/** Agent heartbeat interval, seconds (spec: 15s in dev). */
+export const DEFAULT_HEARTBEAT_INTERVAL_SECONDS = 15;
+/** No heartbeat for this long flips a node to `unreachable`, seconds (spec: default 90s). */
+export const DEFAULT_STALE_THRESHOLD_SECONDS = 90;
+
+/** Prefix of long-lived API tokens (spec: `otx_…`). */
+export const API_TOKEN_PREFIX = "otx_";
+/** Prefix of join tokens. */
+export const JOIN_TOKEN_PREFIX = "otxjoin_";
+
+/** Subject organization of certificates the cluster CA issues to agents. */
+export const AGENT_CERT_ORG = "otherix:nodes";
+/** Subject organization of per-replica control-plane certificates. */
+export const CP_CERT_ORG = "otherix:control-plane";
+
+/** VM sizing bounds and defaults (validation in `shared/api/vms.ts`). */
+export const VM_LIMITS = {
+  vcpus: { min: 1, max: 64, default: 1 },
+  /** MiB. */
+  memoryMb: { min: 64, max: 1024 * 1024, default: 512 },
+  /** GiB. */
+  diskGib: { min: 1, max: 16 * 1024, default: 10 },
+  /** Bytes of cloud-init user-data (NoCloud seeds are small; 64 KiB like EC2's 16 KiB x4). */
+  userDataBytes: 64 * 1024,
+} as const;
+
+/** Page size bounds for cursor-paginated lists. */
+export const PAGE_LIMITS = { default: 100, max: 1000 } as const;
+
+/** Default tail of the serial console log returned by `vm logs`, bytes. */
+export const DEFAULT_CONSOLE_TAIL_BYTES = 16 * 1024;
