@@ -1,0 +1,483 @@
+#!/usr/bin/env bash
+# Build the Otherix end-to-end test disk image.
+#
+# Produces a small, BIOS-bootable x86_64 raw disk image:
+#
+#   <out>/otherix-test.img         raw disk: MBR (syslinux mbr.bin) + one
+#                                  bootable FAT16 partition at 1 MiB holding
+#                                  ldlinux.sys/ldlinux.c32, syslinux.cfg,
+#                                  the Debian kernel and a busybox initramfs
+#   <out>/otherix-test.img.sha256  lowercase hex SHA-256 of the image
+#   <out>/otherix-test.img.stamp   build stamp (script hash + input versions)
+#   <out>/debs/                    cached kernel and busybox-static .debs
+#
+# The initramfs /init loads the storage/ISO 9660 modules, looks for a
+# cloud-init NoCloud seed (ISO 9660 labelled "cidata"), prints
+#   otherix-test-image: hostname=<local-hostname>
+#   otherix-test-image: marker=<text>        (one per "otherix-marker:" line)
+# (or "otherix-test-image: no cidata seed found") on ttyS0, sets the hostname
+# and runs a respawning getty (login: root, no password) on ttyS0.
+#
+# Everything comes from Debian packages (kernel, busybox-static, syslinux,
+# mtools, cpio, kmod) and nothing is mounted: the FAT filesystem is written
+# with mtools and syslinux's mtools-based installer, the MBR with dd.
+#
+# Usage: scripts/build-test-image.sh [OUTPUT_DIR]
+#   OUTPUT_DIR defaults to <repo>/.cache/test-image.
+#   The build is skipped when the image exists, matches its .sha256 file and
+#   was built by this exact script (stamp = sha256 of this file).
+#   Set OTHERIX_TEST_IMAGE_REBUILD=1 to force a rebuild (e.g. after a kernel
+#   update).
+# The last line printed on stdout is the absolute path of the image; all
+# progress messages go to stderr.
+set -euo pipefail
+
+SCRIPT_PATH=$(readlink -f "${BASH_SOURCE[0]}")
+REPO_ROOT=$(cd "$(dirname "$SCRIPT_PATH")/.." && pwd)
+OUT_DIR=${1:-"$REPO_ROOT/.cache/test-image"}
+IMAGE_NAME=otherix-test.img
+
+# Kernel modules needed to find the seed and the VM disk, on both QEMU
+# machine types: "pc" (PIIX IDE) and "q35" (ICH9 AHCI). Their dependencies
+# (libata, libahci, scsi_mod, virtio, ...) are resolved via modules.dep.
+WANTED_MODULES=(
+  ata_piix ata_generic   # pc: PIIX3 IDE controller
+  ahci                   # q35: ICH9 AHCI controller
+  sr_mod cdrom isofs     # the seed CD-ROM and its ISO 9660 filesystem
+  sd_mod                 # seeds attached as SCSI/SATA disks (/dev/sd*)
+  virtio_pci virtio_blk  # the VM's own disk (/dev/vd*)
+)
+
+# Host tools needed to build the image (Debian package names).
+TOOL_PACKAGES=(syslinux syslinux-common mtools cpio kmod)
+
+SYSLINUX_MBR=/usr/lib/syslinux/mbr/mbr.bin
+SYSLINUX_BIOS_DIR=/usr/lib/syslinux/modules/bios
+
+log() { printf 'build-test-image: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------
+# Stage 0: cache check. Cheap, so a re-run costs a sha256 of the image.
+# ---------------------------------------------------------------------------
+mkdir -p "$OUT_DIR"
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+IMAGE="$OUT_DIR/$IMAGE_NAME"
+STAMP="$OUT_DIR/$IMAGE_NAME.stamp"
+SCRIPT_SHA=$(sha256sum "$SCRIPT_PATH" | cut -d' ' -f1)
+
+# Serialise concurrent builds into the same directory (e.g. parallel tests).
+exec 9>"$OUT_DIR/.lock"
+flock 9
+
+cache_is_valid() {
+  [[ -f "$IMAGE" && -f "$IMAGE.sha256" && -f "$STAMP" ]] || return 1
+  [[ "$(head -n1 "$STAMP")" == "script-sha256 $SCRIPT_SHA" ]] || return 1
+  [[ "$(sha256sum "$IMAGE" | cut -d' ' -f1)" == "$(cat "$IMAGE.sha256")" ]]
+}
+
+if [[ "${OTHERIX_TEST_IMAGE_REBUILD:-0}" != 1 ]] && cache_is_valid; then
+  log "up to date: $IMAGE"
+  printf '%s\n' "$IMAGE"
+  exit 0
+fi
+
+# ---------------------------------------------------------------------------
+# Stage 1: make sure the host tools are installed.
+# ---------------------------------------------------------------------------
+pkg_installed() {
+  [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" == installed ]]
+}
+
+ensure_packages() {
+  local missing=() p
+  for p in "$@"; do
+    pkg_installed "$p" || missing+=("$p")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  [[ $(id -u) -eq 0 ]] || die "missing packages (${missing[*]}); run as root or install them"
+  log "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get install -y --no-install-recommends "${missing[@]}" >&2; then
+    # A fresh machine may have no package lists yet.
+    apt-get update >&2
+    apt-get install -y --no-install-recommends "${missing[@]}" >&2
+  fi
+}
+
+packages=("${TOOL_PACKAGES[@]}")
+# busybox-static conflicts with (and would remove) the dynamic "busybox";
+# in that case we rely on the downloaded .deb below instead.
+pkg_installed busybox || packages+=(busybox-static)
+ensure_packages "${packages[@]}"
+
+for f in "$SYSLINUX_MBR" "$SYSLINUX_BIOS_DIR/ldlinux.c32"; do
+  [[ -f "$f" ]] || die "$f not found (syslinux-common)"
+done
+
+WORK=$(mktemp -d "$OUT_DIR/.build.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+DEB_DIR="$OUT_DIR/debs"
+mkdir -p "$DEB_DIR"
+
+# Download the candidate version of a Debian package into $DEB_DIR (reused if
+# already there; other versions are dropped) and extract it into directory $2.
+fetch_deb() {
+  local pkg=$1 dest=$2 ver deb=""
+  ver=$(apt-cache policy "$pkg" 2>/dev/null | sed -n 's/^ *Candidate: //p')
+  [[ -n "$ver" && "$ver" != "(none)" ]] || return 1
+  # apt-get download encodes the epoch colon as %3a in the file name.
+  local want="${pkg}_${ver//:/%3a}_"
+  find "$DEB_DIR" -maxdepth 1 -name "${pkg}_*.deb" ! -name "${want}*" -delete
+  deb=$(find "$DEB_DIR" -maxdepth 1 -name "${want}*.deb" -print -quit)
+  if [[ -z "$deb" ]]; then
+    log "downloading $pkg $ver"
+    # Sandbox user root: _apt may not be able to write into the cache dir.
+    (cd "$DEB_DIR" && apt-get download -o APT::Sandbox::User=root "$pkg=$ver" >&2) || return 1
+    deb=$(find "$DEB_DIR" -maxdepth 1 -name "${want}*.deb" -print -quit)
+    [[ -n "$deb" ]] || return 1
+  fi
+  log "extracting $(basename "$deb")"
+  mkdir -p "$dest"
+  dpkg-deb -x "$deb" "$dest"
+}
+
+# ---------------------------------------------------------------------------
+# Stage 2: kernel + modules. Preferred: the versioned kernel package that
+# linux-image-amd64 depends on, extracted from its .deb (independent of the
+# host's /boot). Fallback: newest kernel installed on the host.
+# ---------------------------------------------------------------------------
+KVER="" VMLINUZ="" MODDIR=""
+
+kernel_from_deb() {
+  local kpkg root
+  kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
+    sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n1)
+  [[ -n "$kpkg" ]] || return 1
+  # Drop .debs of other kernel ABIs.
+  find "$DEB_DIR" -maxdepth 1 -name 'linux-image-*.deb' ! -name "${kpkg}_*" -delete
+  root="$WORK/kernel"
+  fetch_deb "$kpkg" "$root" || return 1
+  VMLINUZ=$(find "$root/boot" -maxdepth 1 -name 'vmlinuz-*' -print -quit)
+  [[ -n "$VMLINUZ" ]] || return 1
+  KVER=${VMLINUZ##*/vmlinuz-}
+  if [[ -d "$root/lib/modules/$KVER" ]]; then
+    MODDIR="$root/lib/modules/$KVER"
+  else
+    MODDIR="$root/usr/lib/modules/$KVER"
+    mkdir -p "$root/lib/modules" && ln -s "$MODDIR" "$root/lib/modules/$KVER"
+  fi
+  # The .deb ships no modules.dep (postinst generates it): build it here.
+  depmod -b "$root" "$KVER"
+}
+
+kernel_from_host() {
+  local v
+  while IFS= read -r v; do
+    if [[ -f "/boot/vmlinuz-$v" && -f "/lib/modules/$v/modules.dep" ]]; then
+      KVER=$v VMLINUZ="/boot/vmlinuz-$v" MODDIR="/lib/modules/$v"
+      return 0
+    fi
+  done < <(find /lib/modules -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -rV)
+  return 1
+}
+
+if kernel_from_deb; then
+  KERNEL_SOURCE="Debian package"
+else
+  log "warning: could not use the linux-image-amd64 .deb; falling back to /boot"
+  kernel_from_host || die "no usable kernel (install linux-image-amd64)"
+  KERNEL_SOURCE="host /boot"
+fi
+log "kernel $KVER from $KERNEL_SOURCE"
+
+# ---------------------------------------------------------------------------
+# Stage 3: static busybox, from the busybox-static .deb if possible, else the
+# installed /bin/busybox (which must be the static build).
+# ---------------------------------------------------------------------------
+BUSYBOX=""
+if fetch_deb busybox-static "$WORK/busybox" && [[ -x "$WORK/busybox/bin/busybox" ]]; then
+  BUSYBOX="$WORK/busybox/bin/busybox"
+elif [[ -x /bin/busybox ]] && ! ldd /bin/busybox >/dev/null 2>&1; then
+  BUSYBOX=/bin/busybox
+else
+  die "no static busybox (install busybox-static)"
+fi
+BB_VERSION=$("$BUSYBOX" 2>&1 | head -n1 || true)
+log "busybox: $BB_VERSION"
+
+# ---------------------------------------------------------------------------
+# Stage 4: resolve the module load order from modules.dep (depth-first, so
+# every module comes after its dependencies), skipping built-in modules.
+# ---------------------------------------------------------------------------
+declare -A MOD_PATH=() MOD_DEPS=() BUILTIN=() SEEN=()
+LOAD_ORDER=()
+
+modname() { # path/to/foo-bar.ko[.xz] -> foo_bar
+  local n=${1##*/}
+  n=${n%%.ko*}
+  printf '%s' "${n//-/_}"
+}
+
+while IFS= read -r line; do
+  path=${line%%:*}
+  name=$(modname "$path")
+  MOD_PATH[$name]=$path
+  MOD_DEPS[$name]=${line#*:}
+done <"$MODDIR/modules.dep"
+
+if [[ -f "$MODDIR/modules.builtin" ]]; then
+  while IFS= read -r path; do
+    BUILTIN[$(modname "$path")]=1
+  done <"$MODDIR/modules.builtin"
+fi
+
+resolve_module() {
+  local name=${1//-/_} dep
+  [[ -n "${SEEN[$name]:-}" ]] && return 0
+  SEEN[$name]=1
+  [[ -n "${BUILTIN[$name]:-}" ]] && return 0
+  [[ -n "${MOD_PATH[$name]:-}" ]] || die "module $name not found in $MODDIR"
+  for dep in ${MOD_DEPS[$name]}; do
+    resolve_module "$(modname "$dep")"
+  done
+  LOAD_ORDER+=("${MOD_PATH[$name]}")
+}
+
+for m in "${WANTED_MODULES[@]}"; do
+  resolve_module "$m"
+done
+log "modules: ${#LOAD_ORDER[@]} ($(for p in "${LOAD_ORDER[@]}"; do modname "$p"; printf ' '; done))"
+
+# ---------------------------------------------------------------------------
+# Stage 5: the initramfs tree.
+# ---------------------------------------------------------------------------
+ROOT="$WORK/initramfs"
+mkdir -p "$ROOT"/{bin,dev,etc,proc,sys,tmp,root,run,mnt/seed,lib/modules/"$KVER"}
+chmod 1777 "$ROOT/tmp"
+chmod 0700 "$ROOT/root"
+ln -s bin "$ROOT/sbin"
+mkdir -p "$ROOT/usr"
+ln -s ../bin "$ROOT/usr/bin"
+ln -s ../bin "$ROOT/usr/sbin"
+
+# busybox + one symlink per applet.
+install -m 0755 "$BUSYBOX" "$ROOT/bin/busybox"
+for applet in $("$BUSYBOX" --list); do
+  [[ "$applet" == busybox ]] || ln -sf busybox "$ROOT/bin/$applet"
+done
+
+# Modules, uncompressed (busybox insmod may lack xz/zstd support), in their
+# usual tree plus a trimmed modules.dep so that busybox modprobe also works
+# from the shell. /lib/modules/load-order is what /init insmods.
+kmods="$ROOT/lib/modules/$KVER"
+: >"$ROOT/lib/modules/load-order"
+: >"$kmods/modules.dep"
+for path in "${LOAD_ORDER[@]}"; do
+  rel=${path%.ko*}.ko
+  mkdir -p "$kmods/$(dirname "$rel")"
+  case "$path" in
+    *.ko) cp "$MODDIR/$path" "$kmods/$rel" ;;
+    *.ko.xz) xz -dc "$MODDIR/$path" >"$kmods/$rel" ;;
+    *.ko.zst) zstd -qdc "$MODDIR/$path" >"$kmods/$rel" ;;
+    *.ko.gz) gzip -dc "$MODDIR/$path" >"$kmods/$rel" ;;
+    *) die "unsupported module file $path" ;;
+  esac
+  printf '%s\n' "$KVER/$rel" >>"$ROOT/lib/modules/load-order"
+  deps=""
+  for dep in ${MOD_DEPS[$(modname "$path")]}; do
+    deps+=" ${dep%.ko*}.ko"
+  done
+  printf '%s:%s\n' "$rel" "$deps" >>"$kmods/modules.dep"
+done
+
+# Passwordless root; busybox login accepts an empty password field.
+cat >"$ROOT/etc/passwd" <<'EOF'
+root::0:0:root:/root:/bin/sh
+EOF
+cat >"$ROOT/etc/shadow" <<'EOF'
+root::0:0:99999:7:::
+EOF
+chmod 0600 "$ROOT/etc/shadow"
+cat >"$ROOT/etc/group" <<'EOF'
+root:x:0:
+EOF
+printf 'Otherix test image (log in as root, no password)\n\n' >"$ROOT/etc/issue"
+printf 'otherix-test\n' >"$ROOT/etc/hostname"
+
+# /init: PID 1. Must never exit (the kernel panics if PID 1 dies).
+cat >"$ROOT/init" <<'EOF'
+#!/bin/sh
+# Otherix test image init (busybox ash).
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
+exec </dev/console >/dev/console 2>&1
+
+say() { echo "otherix-test-image: $*"; }
+
+# Storage + ISO 9660 modules, in dependency order.
+while read -r mod; do
+  insmod "/lib/modules/$mod" || say "warning: insmod $mod failed"
+done </lib/modules/load-order
+
+# Return success if block device $1 holds an ISO 9660 filesystem whose
+# volume id is "cidata" (any case). The primary volume descriptor is sector
+# 16 (2048-byte sectors): "CD001" at byte 1, the 32-byte volume id at 40.
+is_cidata_iso() {
+  magic=$(dd if="$1" bs=1 skip=32769 count=5 2>/dev/null)
+  [ "$magic" = CD001 ] || return 1
+  label=$(dd if="$1" bs=1 skip=32808 count=32 2>/dev/null | tr -d ' \000' | tr '[:upper:]' '[:lower:]')
+  [ "$label" = cidata ]
+}
+
+# Block devices appear asynchronously: retry for ~20 s.
+find_seed() {
+  tries=0
+  while [ "$tries" -lt 40 ]; do
+    for dev in /dev/sr* /dev/vd* /dev/sd*; do
+      [ -b "$dev" ] || continue
+      is_cidata_iso "$dev" || continue
+      if mount -t iso9660 -o ro "$dev" /mnt/seed 2>/dev/null; then
+        if [ -f /mnt/seed/meta-data ] && [ -f /mnt/seed/user-data ]; then
+          SEED_DEV=$dev
+          return 0
+        fi
+        umount /mnt/seed
+      fi
+    done
+    tries=$((tries + 1))
+    sleep 0.5
+  done
+  return 1
+}
+
+# Value of "local-hostname:" in meta-data: whitespace and one level of
+# quotes stripped; for unquoted values a trailing " # comment" is dropped.
+read_hostname() {
+  v=$(sed -n 's/^[[:space:]]*local-hostname[[:space:]]*:[[:space:]]*//p' /mnt/seed/meta-data |
+    head -n 1 | sed 's/[[:space:]]*$//')
+  case "$v" in
+    \"*\") v=${v#\"}; v=${v%\"} ;;
+    \'*\') v=${v#\'}; v=${v%\'} ;;
+    *) v=$(printf '%s\n' "$v" | sed 's/[[:space:]][[:space:]]*#.*$//') ;;
+  esac
+  printf '%s' "$v"
+}
+
+SEED_DEV=""
+find_seed
+# From here on keep kernel messages off the console so that they cannot
+# split the result lines or the login prompt (use `dmesg` after logging in).
+dmesg -n 1
+
+HOSTNAME_VALUE=""
+if [ -n "$SEED_DEV" ]; then
+  HOSTNAME_VALUE=$(read_hostname)
+  say "hostname=$HOSTNAME_VALUE"
+  grep 'otherix-marker:' /mnt/seed/user-data | while IFS= read -r line; do
+    m=${line#*otherix-marker:}
+    m=$(printf '%s\n' "$m" | sed 's/^[[:space:]]*//; s/[[:space:]]*$//')
+    say "marker=$m"
+  done
+else
+  say "no cidata seed found"
+fi
+
+[ -n "$HOSTNAME_VALUE" ] || HOSTNAME_VALUE=$(cat /etc/hostname)
+hostname "$HOSTNAME_VALUE"
+echo "$HOSTNAME_VALUE" >/etc/hostname
+
+# Respawn a login prompt on the serial console forever.
+while :; do
+  getty -L 115200 ttyS0 vt100
+  sleep 1
+done
+EOF
+chmod 0755 "$ROOT/init"
+
+# Pack it: newc cpio (owned by root, fixed mtimes), gzip.
+INITRD="$WORK/initrd.gz"
+find "$ROOT" -exec touch -h -d @0 {} +
+(cd "$ROOT" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --reproducible --quiet) |
+  gzip -9 -n >"$INITRD"
+
+# ---------------------------------------------------------------------------
+# Stage 6: FAT16 partition image with syslinux, written with mtools only.
+# ---------------------------------------------------------------------------
+cat >"$WORK/syslinux.cfg" <<'EOF'
+SERIAL 0 115200
+DEFAULT otherix
+PROMPT 0
+TIMEOUT 0
+LABEL otherix
+  LINUX /vmlinuz
+  INITRD /initrd.gz
+  APPEND console=ttyS0,115200n8 panic=10
+EOF
+
+export MTOOLS_SKIP_CHECK=1
+PART_START=2048 # sectors (1 MiB alignment)
+content_bytes=$(($(stat -c %s "$VMLINUZ") + $(stat -c %s "$INITRD") + 256 * 1024))
+# Total image size in MiB: at least 32, else content + ~4 MiB of slack.
+DISK_MIB=$(((content_bytes + 5 * 1048576 - 1) / 1048576))
+((DISK_MIB >= 32)) || DISK_MIB=32
+DISK_SECTORS=$((DISK_MIB * 2048))
+PART_SECTORS=$((DISK_SECTORS - PART_START))
+
+PART="$WORK/part.img"
+truncate -s $((PART_SECTORS * 512)) "$PART"
+# -H: hidden sectors = partition offset, needed by the syslinux boot sector.
+mformat -i "$PART" -T "$PART_SECTORS" -h 255 -s 63 -H "$PART_START" \
+  -v OTHERIX -N 4f545852 ::
+# Installs ldlinux.sys + ldlinux.c32 and the FAT boot sector (via mtools).
+syslinux --install "$PART"
+mcopy -i "$PART" -m "$WORK/syslinux.cfg" ::/syslinux.cfg
+mcopy -i "$PART" -m "$VMLINUZ" ::/vmlinuz
+mcopy -i "$PART" -m "$INITRD" ::/initrd.gz
+mdir -i "$PART" -a :: >&2
+
+# ---------------------------------------------------------------------------
+# Stage 7: assemble the disk: syslinux MBR code, one partition entry, the
+# partition contents at sector 2048.
+# ---------------------------------------------------------------------------
+DISK="$WORK/disk.img"
+truncate -s $((DISK_SECTORS * 512)) "$DISK"
+dd if="$SYSLINUX_MBR" of="$DISK" bs=440 count=1 conv=notrunc status=none
+
+le32() { # little-endian 32-bit value as \xHH escapes
+  printf '\\x%02x\\x%02x\\x%02x\\x%02x' \
+    $(($1 & 255)) $((($1 >> 8) & 255)) $((($1 >> 16) & 255)) $((($1 >> 24) & 255))
+}
+chs() { # CHS address of LBA $1 (255 heads, 63 sectors) as \xHH escapes
+  local c=$(($1 / (255 * 63))) h=$((($1 / 63) % 255)) s=$(($1 % 63 + 1))
+  if ((c > 1023)); then c=1023 h=254 s=63; fi
+  printf '\\x%02x\\x%02x\\x%02x' "$h" $(((s & 63) | ((c >> 2) & 192))) $((c & 255))
+}
+{
+  printf '%b' "$(le32 0x4f545852)\\x00\\x00"                     # disk signature
+  printf '%b' "\\x80$(chs "$PART_START")"                          # entry 1: active,
+  printf '%b' "\\x0e$(chs $((DISK_SECTORS - 1)))"                  # FAT16 (LBA),
+  printf '%b' "$(le32 "$PART_START")$(le32 "$PART_SECTORS")"       # start, size
+  head -c 48 /dev/zero                                             # entries 2-4
+  printf '%b' '\x55\xaa'                                           # boot signature
+} | dd of="$DISK" bs=1 seek=440 conv=notrunc status=none
+dd if="$PART" of="$DISK" bs=1M seek=1 conv=notrunc,sparse status=none
+
+# ---------------------------------------------------------------------------
+# Stage 8: publish atomically: image, checksum, stamp.
+# ---------------------------------------------------------------------------
+sha256sum "$DISK" | cut -d' ' -f1 >"$WORK/sha256"
+rm -f "$STAMP"
+mv -f "$DISK" "$IMAGE"
+mv -f "$WORK/sha256" "$IMAGE.sha256"
+{
+  printf 'script-sha256 %s\n' "$SCRIPT_SHA"
+  printf 'kernel %s (%s)\n' "$KVER" "$KERNEL_SOURCE"
+  printf 'busybox %s\n' "$BB_VERSION"
+  printf 'syslinux %s\n' "$(dpkg-query -W -f='${Version}' syslinux-common 2>/dev/null || echo unknown)"
+} >"$STAMP"
+log "built $IMAGE ($(du -h --apparent-size "$IMAGE" | cut -f1), sha256 $(cat "$IMAGE.sha256"))"
+printf '%s\n' "$IMAGE"
