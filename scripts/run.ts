@@ -47,19 +47,20 @@ export async function sandboxFor(binary: Binary, args: string[]): Promise<Sandbo
   return { ...roots, extraRead: underConfig ? [] : [file] };
 }
 
-if (import.meta.main) {
-  const [binary, ...rest] = Deno.args;
-  const args = rest[0] === "--" ? rest.slice(1) : rest;
-  if (binary !== "otherix-api" && binary !== "otherix-agent" && binary !== "otherix") {
-    console.error("usage: scripts/run.ts otherix-api|otherix-agent|otherix [--] ARGS…");
-    Deno.exit(2);
-  }
+/** The binaries the launcher runs. */
+export const BINARIES: readonly Binary[] = ["otherix-api", "otherix-agent", "otherix"];
+
+/**
+ * Runs `binary` from source under its sandbox with `args`, forwarding SIGINT/SIGTERM;
+ * resolves to the child's exit code (1 when the config cannot be read).
+ */
+export async function runBinary(binary: Binary, args: string[]): Promise<number> {
   let roots: SandboxRoots;
   try {
     roots = await sandboxFor(binary, args);
   } catch (e) {
     console.error(`${binary}: ${(e as Error).message}`);
-    Deno.exit(1);
+    return 1;
   }
   const child = new Deno.Command(Deno.execPath(), {
     args: denoRunArgs(binary, roots, args),
@@ -74,6 +75,18 @@ if (import.meta.main) {
       } catch { /* already gone */ }
     });
   }
-  const status = await child.status;
-  Deno.exit(status.code);
+  return (await child.status).code;
 }
+
+/** Parses `BINARY [--] ARGS…` and runs it; exits with its code. */
+export async function main(argv: string[]): Promise<never> {
+  const [binary, ...rest] = argv;
+  const args = rest[0] === "--" ? rest.slice(1) : rest;
+  if (!BINARIES.includes(binary as Binary)) {
+    console.error(`usage: deno run -A main.ts ${BINARIES.join("|")} [--] ARGS…`);
+    Deno.exit(2);
+  }
+  Deno.exit(await runBinary(binary as Binary, args));
+}
+
+if (import.meta.main) await main(Deno.args);

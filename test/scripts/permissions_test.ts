@@ -1,0 +1,50 @@
+import { assert, assertEquals } from "../assert.ts";
+import {
+  AGENT_RUN_ALLOWLIST,
+  denoRunArgs,
+  permissionFlags,
+  STANDARD_SANDBOX,
+} from "../../scripts/permissions.ts";
+import { compileArgs } from "../../scripts/compile.ts";
+
+const roots = { config: "/t/etc/otherix", state: "/t/var/lib/otherix", run: "/t/run/otherix" };
+
+Deno.test("permissions: the agent may run only QEMU, qemu-img and the ISO builder", () => {
+  const flags = permissionFlags("otherix-agent", roots);
+  assertEquals(flags.filter((f) => f.startsWith("--allow-run")), [
+    `--allow-run=${AGENT_RUN_ALLOWLIST.join(",")}`,
+  ]);
+  const read = flags.find((f) => f.startsWith("--allow-read="))!.split("=")[1].split(",");
+  assertEquals(read, [roots.config, roots.state, roots.run, "/dev/kvm", "/sys/module"]);
+  const write = flags.find((f) => f.startsWith("--allow-write="))!.split("=")[1].split(",");
+  assertEquals(write, [roots.state, roots.run, "/dev/kvm"]);
+  assert(flags.includes("--allow-env=OTHERIX_*"));
+  assert(!flags.some((f) => f === "-A" || f === "--allow-all" || f === "--allow-run"));
+});
+
+Deno.test("permissions: the control plane runs nothing and writes only its data dir", () => {
+  const flags = permissionFlags("otherix-api", {
+    config: "/t/api.yaml",
+    state: "/t/data",
+    run: "/t/data",
+  });
+  assert(!flags.some((f) => f.startsWith("--allow-run")));
+  assert(flags.includes("--allow-write=/t/data"));
+  assert(flags.includes("--allow-read=/t/api.yaml,/t/data"));
+  assert(flags.includes("--unstable-kv"));
+});
+
+Deno.test("permissions: compile bakes the standard roots, dev runs use the config's", () => {
+  const compiled = compileArgs("otherix-agent", "/out");
+  for (const f of permissionFlags("otherix-agent", STANDARD_SANDBOX)) assert(compiled.includes(f));
+  assert(
+    compiled.includes(
+      "--allow-read=/etc/otherix,/var/lib/otherix,/run/otherix,/dev/kvm,/sys/module",
+    ),
+  );
+  assertEquals(compiled.slice(-3, -1), ["--output", "/out/otherix-agent"]);
+  const dev = denoRunArgs("otherix-agent", roots, ["--config", "/t/etc/otherix/agent.yaml"]);
+  assertEquals(dev[0], "run");
+  assert(dev.at(-3)!.endsWith("/agent/main.ts"));
+  assertEquals(dev.slice(-2), ["--config", "/t/etc/otherix/agent.yaml"]);
+});
