@@ -38,6 +38,12 @@ export const AGENT_SYS_ALLOWLIST = [
   "osRelease",
 ] as const;
 
+/**
+ * Env vars the daemons may read: their own `OTHERIX_*` overrides, plus the two the `yaml`
+ * package consults on every parse (`LOG_TOKENS`, `LOG_STREAM`, debugging switches).
+ */
+export const DAEMON_ENV_ALLOWLIST = ["OTHERIX_*", "LOG_TOKENS", "LOG_STREAM"] as const;
+
 /** Host files the agent reads outside its roots (KVM detection). */
 export const AGENT_HOST_READS = ["/dev/kvm", "/sys/module"] as const;
 
@@ -78,7 +84,7 @@ export function permissionFlags(binary: Binary, roots: SandboxRoots = STANDARD_S
         `--allow-write=${list([roots.state, roots.run, "/dev/kvm"])}`,
         `--allow-run=${list(AGENT_RUN_ALLOWLIST)}`,
         "--allow-net",
-        "--allow-env=OTHERIX_*",
+        `--allow-env=${list(DAEMON_ENV_ALLOWLIST)}`,
         `--allow-sys=${list(AGENT_SYS_ALLOWLIST)}`,
         "--no-prompt",
       ];
@@ -87,7 +93,10 @@ export function permissionFlags(binary: Binary, roots: SandboxRoots = STANDARD_S
         `--allow-read=${list([roots.config, roots.state, ...extra])}`,
         `--allow-write=${list([roots.state])}`,
         "--allow-net",
-        "--allow-env=OTHERIX_*",
+        `--allow-env=${list(DAEMON_ENV_ALLOWLIST)}`,
+        // Libraries probe other env vars (npm:yaml reads LOG_TOKENS/LOG_STREAM on every
+        // parse); they read as unset instead of failing, and are never actually read.
+        "--ignore-env",
         "--allow-sys=hostname,networkInterfaces",
         "--unstable-kv",
         "--no-prompt",

@@ -17,6 +17,18 @@ export function freePort(): number {
   return port;
 }
 
+/**
+ * Environment every spawned process keeps: PATH (to find QEMU) and DENO_DIR (so a process
+ * with an isolated HOME still uses this machine's Deno cache instead of fetching again).
+ */
+export function baseEnv(): Record<string, string> {
+  const home = Deno.env.get("HOME") ?? "/root";
+  return {
+    PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
+    DENO_DIR: Deno.env.get("DENO_DIR") ?? `${home}/.cache/deno`,
+  };
+}
+
 /** Creates a temporary root directory (short path: unix socket paths must stay < 108 bytes). */
 export async function tempRoot(prefix = "otx"): Promise<string> {
   return await Deno.makeTempDir({ dir: "/tmp", prefix: `${prefix}-` });
@@ -261,7 +273,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<AgentHandle> 
     new Deno.Command(Deno.execPath(), {
       args: denoRunArgs("otherix-agent", roots, ["--config", configFile]),
       cwd: REPO_ROOT,
-      env: { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin", ...opts.env },
+      env: { ...baseEnv(), ...opts.env },
       clearEnv: true,
       stdin: "null",
       stdout: "piped",
@@ -287,7 +299,7 @@ export async function runCli(
   const cmd = new Deno.Command(Deno.execPath(), {
     args: denoRunArgs("otherix", { config: "/", state: "/", run: "/" }, args),
     cwd: REPO_ROOT,
-    env: { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin", ...env },
+    env: { ...baseEnv(), ...env },
     clearEnv: true,
     stdin: stdin === undefined ? "null" : "piped",
     stdout: "piped",

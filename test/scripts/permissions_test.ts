@@ -18,7 +18,7 @@ Deno.test("permissions: the agent may run only QEMU, qemu-img and the ISO builde
   assertEquals(read, [roots.config, roots.state, roots.run, "/dev/kvm", "/sys/module"]);
   const write = flags.find((f) => f.startsWith("--allow-write="))!.split("=")[1].split(",");
   assertEquals(write, [roots.state, roots.run, "/dev/kvm"]);
-  assert(flags.includes("--allow-env=OTHERIX_*"));
+  assert(flags.includes("--allow-env=OTHERIX_*,LOG_TOKENS,LOG_STREAM"));
   assert(!flags.some((f) => f === "-A" || f === "--allow-all" || f === "--allow-run"));
 });
 

@@ -1,0 +1,228 @@
+/**
+ * `otherix config add cluster|list|use|show|remove` — the kubectl-style credential store
+ * (spec: "CLI configuration").
+ *
+ * @module
+ */
+import type { Command } from "commander";
+import { ApiTokenCreateResponseSchema, LoginResponseSchema } from "../../shared/api/auth.ts";
+import { ApiClient } from "../client.ts";
+import { globalsOf, outputOption } from "../common.ts";
+import {
+  type CliConfig,
+  ClusterNameSchema,
+  findCluster,
+  loadConfig,
+  notFound,
+  removeCluster,
+  resolveConfigPath,
+  saveConfig,
+  upsertCluster,
+  useCluster,
+} from "../config_store.ts";
+import { UsageError } from "../errors.ts";
+import type { Io } from "../io.ts";
+import { confirm } from "../prompt.ts";
+import {
+  maskToken,
+  type OutputFormat,
+  renderJson,
+  renderKeyValues,
+  renderTable,
+  renderYaml,
+} from "../render.ts";
+import { normalizeEndpoint, SERVER_ENV } from "../resolve.ts";
+
+/** Env var for `config add cluster --login`. */
+export const LOGIN_ENV = "OTHERIX_LOGIN";
+/** Env var for `config add cluster --password`. */
+export const PASSWORD_ENV = "OTHERIX_PASSWORD";
+
+/** Name of the API token `config add cluster` mints: `otherix-cli@<hostname>`. */
+export function cliTokenName(hostname: string): string {
+  return `otherix-cli@${hostname}`.slice(0, 100);
+}
+
+function configPathOf(cmd: Command, io: Io): string {
+  return resolveConfigPath(globalsOf(cmd).config, (n) => io.env(n));
+}
+
+/** One value for `config add cluster`: flag, then env, then a prompt on a terminal. */
+interface Field {
+  flag: string;
+  env?: string;
+  prompt: string;
+  secret?: boolean;
+  value?: string;
+}
+
+async function fillFields(fields: Field[], io: Io): Promise<void> {
+  for (const f of fields) if (f.value === undefined && f.env) f.value = io.env(f.env);
+  const missing = fields.filter((f) => f.value === undefined || f.value === "");
+  if (missing.length === 0) return;
+  if (!io.stdinIsTerminal()) {
+    const names = missing.map((f) => (f.env ? `${f.flag} (or $${f.env})` : f.flag));
+    throw new UsageError(
+      `missing ${names.join(", ")}: stdin is not a terminal, so they cannot be prompted for`,
+    );
+  }
+  for (const f of missing) {
+    const answer = f.secret
+      ? await io.prompter.secret(`${f.prompt}: `)
+      : await io.prompter.line(`${f.prompt}: `);
+    if (answer === null || (f.secret ? answer === "" : answer.trim() === "")) {
+      throw new UsageError(`no ${f.flag.replace(/^--/, "")} given`);
+    }
+    f.value = f.secret ? answer : answer.trim();
+  }
+}
+
+/** Registers `config` and its subcommands on `program`. */
+export function registerConfigCommands(program: Command, io: Io): void {
+  const config = program.command("config").description("manage clusters and stored credentials");
+  const add = config.command("add").description("add an entry to the config");
+
+  add.command("cluster")
+    .description("log in to a cluster and store a long-lived API token for it")
+    .option("--name <name>", "name of the cluster entry")
+    .option("--server <url>", `API server URL (or $${SERVER_ENV})`)
+    .option("--login <email>", `login email (or $${LOGIN_ENV})`)
+    .option("--password <password>", `password (or $${PASSWORD_ENV}); never stored`)
+    .option("--force", "replace an existing entry with the same name")
+    .option("--no-use", "do not make it the current cluster")
+    .action(async (opts, cmd: Command) => {
+      const path = configPathOf(cmd, io);
+      let cfg: CliConfig = await loadConfig(path);
+      const name: Field = { flag: "--name", prompt: "Cluster name", value: opts.name };
+      const server: Field = {
+        flag: "--server",
+        env: SERVER_ENV,
+        prompt: "Server URL",
+        value: opts.server,
+      };
+      const login: Field = {
+        flag: "--login",
+        env: LOGIN_ENV,
+        prompt: "Login (email)",
+        value: opts.login,
+      };
+      const password: Field = {
+        flag: "--password",
+        env: PASSWORD_ENV,
+        prompt: "Password",
+        secret: true,
+        value: opts.password,
+      };
+      await fillFields([name, server, login, password], io);
+      const checked = ClusterNameSchema.safeParse(name.value);
+      if (!checked.success) {
+        throw new UsageError(`invalid --name "${name.value}": ${checked.error.issues[0].message}`);
+      }
+      const endpoint = normalizeEndpoint(server.value!);
+      if (findCluster(cfg, checked.data) && !opts.force) {
+        throw new UsageError(
+          `cluster "${checked.data}" already exists in ${path} (use --force to replace it)`,
+        );
+      }
+
+      const client = new ApiClient({
+        endpoint,
+        timeoutMs: globalsOf(cmd).requestTimeout * 1000,
+        fetch: io.fetch,
+      });
+      const session = await client.json("POST", "/v1/auth/login", LoginResponseSchema, {
+        body: { email: login.value, password: password.value },
+      });
+      const minted = await client.json(
+        "POST",
+        "/v1/users/me/api-tokens",
+        ApiTokenCreateResponseSchema,
+        {
+          token: session.data.access_token,
+          body: {
+            name: cliTokenName(io.hostname()),
+            description: `otherix CLI, cluster ${checked.data}`,
+          },
+        },
+      );
+
+      cfg = upsertCluster(
+        cfg,
+        { name: checked.data, server: endpoint, token: minted.data.plaintext_token },
+        { replace: true, use: opts.use !== false },
+      );
+      await saveConfig(path, cfg);
+      const current = cfg["current-cluster"] === checked.data;
+      io.out(`cluster added: name=${checked.data} server=${endpoint} current=${current}\n`);
+    });
+
+  config.command("list")
+    .description("list configured clusters")
+    .action(async (_opts, cmd: Command) => {
+      const cfg = await loadConfig(configPathOf(cmd, io));
+      io.out(renderTable(
+        ["name", "server", "current"],
+        cfg.clusters.map((c) => [c.name, c.server, c.name === cfg["current-cluster"] ? "*" : ""]),
+      ));
+    });
+
+  config.command("use")
+    .description("set the current cluster")
+    .argument("<name>", "cluster name")
+    .action(async (name: string, _opts, cmd: Command) => {
+      const path = configPathOf(cmd, io);
+      await saveConfig(path, useCluster(await loadConfig(path), name, path));
+      io.out(`current cluster: ${name}\n`);
+    });
+
+  config.command("show")
+    .description("show a cluster entry (default: --cluster, else the current cluster)")
+    .argument("[name]", "cluster name")
+    .option("--show-token", "print the token in plain text")
+    .addOption(outputOption("text", ["text", "json", "yaml"]))
+    .action(async (nameArg: string | undefined, opts, cmd: Command) => {
+      const path = configPathOf(cmd, io);
+      const cfg = await loadConfig(path);
+      const name = nameArg ?? globalsOf(cmd).cluster ?? cfg["current-cluster"];
+      if (!name) {
+        throw new UsageError(
+          `no current cluster in ${path}: name one, or run 'otherix config use <name>'`,
+        );
+      }
+      const entry = findCluster(cfg, name);
+      if (!entry) throw notFound(name, path);
+      const view = {
+        name: entry.name,
+        server: entry.server,
+        token: opts.showToken ? entry.token : maskToken(entry.token),
+        current: cfg["current-cluster"] === entry.name,
+      };
+      const format = opts.output as OutputFormat;
+      if (format === "json") io.out(renderJson(view));
+      else if (format === "yaml") io.out(renderYaml(view));
+      else io.out(renderKeyValues(Object.entries(view)));
+    });
+
+  config.command("remove")
+    .description("remove a cluster entry (asks for confirmation unless --force)")
+    .argument("<name>", "cluster name")
+    .option("--force", "do not ask for confirmation")
+    .action(async (name: string, opts, cmd: Command) => {
+      const path = configPathOf(cmd, io);
+      const cfg = await loadConfig(path);
+      if (!findCluster(cfg, name)) throw notFound(name, path);
+      if (!opts.force) {
+        if (!io.stdinIsTerminal()) {
+          throw new UsageError(
+            `refusing to remove cluster "${name}" without confirmation: stdin is not a terminal` +
+              ` (pass --force)`,
+          );
+        }
+        if (!(await confirm(io.prompter, `Remove cluster "${name}" from ${path}?`))) {
+          throw new UsageError(`aborted: cluster "${name}" was not removed`);
+        }
+      }
+      await saveConfig(path, removeCluster(cfg, name, path));
+      io.out(`cluster removed: ${name}\n`);
+    });
+}

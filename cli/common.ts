@@ -1,0 +1,118 @@
+/**
+ * Pieces every command module uses: the global options, option-argument parsers, the
+ * `-o/--output` option, and {@link connect}, which resolves endpoint + token and builds the
+ * API client.
+ *
+ * @module
+ */
+import { type Command, InvalidArgumentError, Option } from "commander";
+import { ApiClient } from "./client.ts";
+import { loadConfig, resolveConfigPath } from "./config_store.ts";
+import { parseDuration } from "./duration.ts";
+import type { Io } from "./io.ts";
+import { OUTPUT_FORMATS, type OutputFormat } from "./render.ts";
+import { resolveTarget } from "./resolve.ts";
+
+/** Default `--request-timeout`, seconds. */
+export const DEFAULT_REQUEST_TIMEOUT_SECONDS = 30;
+
+/** Options defined on the root command, visible to every subcommand. */
+export interface GlobalOptions {
+  /** `--config <path>`. */
+  config?: string;
+  /** `--cluster <name>`. */
+  cluster?: string;
+  /** `--endpoint <url>`. */
+  endpoint?: string;
+  /** `--token <token>`. */
+  token?: string;
+  /** `--request-timeout`, seconds. */
+  requestTimeout: number;
+}
+
+/** Parses an integer option argument (sign allowed; ranges are the server's business). */
+export function parseIntArg(value: string): number {
+  if (!/^[-+]?\d+$/.test(value.trim()) || !Number.isSafeInteger(Number(value))) {
+    throw new InvalidArgumentError("must be an integer.");
+  }
+  return Number(value);
+}
+
+/** Parses a duration option argument (`90s`, `10m`, `1h30m`, bare seconds) into seconds > 0. */
+export function parseDurationArg(value: string): number {
+  const seconds = parseDuration(value);
+  if (seconds === null) {
+    throw new InvalidArgumentError(
+      "must be a duration like 90s, 10m, 1h or 1h30m (units d, h, m, s; a bare number is seconds).",
+    );
+  }
+  if (seconds <= 0) throw new InvalidArgumentError("must be greater than zero.");
+  return seconds;
+}
+
+/** Adds the global options to the root command. */
+export function addGlobalOptions(program: Command): Command {
+  return program
+    .option("--config <path>", "config file (default: $OTHERIX_CONFIG, then ~/.otherix/config)")
+    .option("--cluster <name>", "use this configured cluster instead of the current one")
+    .option("--endpoint <url>", "API server URL (overrides $OTHERIX_SERVER and the config)")
+    .option("--token <token>", "API token (overrides $OTHERIX_API_TOKEN and the config)")
+    .addOption(
+      new Option("--request-timeout <duration>", "per-request timeout (e.g. 30, 30s, 2m)")
+        .argParser(parseDurationArg)
+        .default(DEFAULT_REQUEST_TIMEOUT_SECONDS, `${DEFAULT_REQUEST_TIMEOUT_SECONDS}s`),
+    );
+}
+
+/** The `-o/--output` option restricted to `formats`, defaulting to `fallback`. */
+export function outputOption(
+  fallback: OutputFormat,
+  formats: readonly OutputFormat[] = OUTPUT_FORMATS,
+): Option {
+  return new Option("-o, --output <format>", "output format").choices(formats).default(fallback);
+}
+
+/** The global options as seen from `cmd` (any depth). */
+export function globalsOf(cmd: Command): GlobalOptions {
+  return cmd.optsWithGlobals() as GlobalOptions;
+}
+
+/** The `--wait-timeout` option (default 600s). */
+export function waitTimeoutOption(): Option {
+  return new Option("--wait-timeout <duration>", "how long --wait waits (e.g. 600s, 10m)")
+    .argParser(parseDurationArg)
+    .default(600, "600s");
+}
+
+/**
+ * Resolves endpoint and token through the precedence table (see `resolve.ts`) and returns
+ * a client for them.
+ */
+export async function connect(cmd: Command, io: Io): Promise<ApiClient> {
+  const g = globalsOf(cmd);
+  // Without HOME the default path is unknown; that only matters if the config is needed.
+  let configPath = "~/.otherix/config";
+  let pathError: unknown;
+  try {
+    configPath = resolveConfigPath(g.config, (n) => io.env(n));
+  } catch (e) {
+    pathError = e;
+  }
+  const target = await resolveTarget({
+    flags: { endpoint: g.endpoint, token: g.token, cluster: g.cluster },
+    env: (n) => io.env(n),
+    loadConfig: () => pathError ? Promise.reject(pathError) : loadConfig(configPath),
+    configPath,
+  });
+  return new ApiClient({
+    endpoint: target.endpoint,
+    token: target.token,
+    timeoutMs: g.requestTimeout * 1000,
+    fetch: io.fetch,
+  });
+}
+
+/** Encodes a path segment (a resource name) for a URL. */
+export function seg(name: string): string {
+  return encodeURIComponent(name);
+}

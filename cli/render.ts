@@ -1,0 +1,109 @@
+/**
+ * Output renderers: aligned tables, `key: value` blocks, JSON and YAML, plus small value
+ * formatters (token masking, byte sizes, yes/no).
+ *
+ * @module
+ */
+import { stringify as stringifyYaml } from "yaml";
+import { API_TOKEN_PREFIX } from "../shared/constants.ts";
+
+/** Output formats accepted by `-o/--output`. */
+export const OUTPUT_FORMATS = ["table", "text", "json", "yaml"] as const;
+/** An output format. */
+export type OutputFormat = typeof OUTPUT_FORMATS[number];
+
+/** Display width of a string (code points; good enough for the ASCII we print). */
+function width(s: string): number {
+  return [...s].length;
+}
+
+/**
+ * Renders rows as an aligned table: the header uppercased, columns separated by at least
+ * three spaces, no trailing whitespace. Empty cells render as `""`.
+ *
+ * @example
+ * ```ts
+ * renderTable(["name", "status"], [["demo-vm", "running"]]);
+ * // "NAME      STATUS\ndemo-vm   running\n"
+ * ```
+ */
+export function renderTable(headers: string[], rows: string[][]): string {
+  const all = [headers.map((h) => h.toUpperCase()), ...rows];
+  const widths = headers.map((_, i) => Math.max(...all.map((r) => width(r[i] ?? ""))));
+  return all
+    .map((r) =>
+      headers
+        .map((_, i) => {
+          const cell = r[i] ?? "";
+          return i === headers.length - 1 ? cell : cell + " ".repeat(widths[i] - width(cell));
+        })
+        .join("   ")
+        .trimEnd() + "\n"
+    )
+    .join("");
+}
+
+/** A `key: value` entry; a nested list renders as an indented section. */
+export type KvEntry = [
+  key: string,
+  value: string | number | boolean | KvEntry[] | null | undefined,
+];
+
+/**
+ * Renders `key: value` lines. Entries whose value is `null`/`undefined` are skipped (the
+ * renderer prints only what the server populated); nested entries are indented two spaces.
+ */
+export function renderKeyValues(entries: KvEntry[], indent = 0): string {
+  const pad = " ".repeat(indent);
+  let out = "";
+  for (const [key, value] of entries) {
+    if (value === null || value === undefined) continue;
+    if (Array.isArray(value)) {
+      out += `${pad}${key}:\n${renderKeyValues(value, indent + 2)}`;
+    } else {
+      out += `${pad}${key}: ${value}\n`;
+    }
+  }
+  return out;
+}
+
+/** Pretty JSON (2-space indent) with a trailing newline. */
+export function renderJson(value: unknown): string {
+  return JSON.stringify(value, null, 2) + "\n";
+}
+
+/** YAML document of `value`. */
+export function renderYaml(value: unknown): string {
+  return stringifyYaml(value);
+}
+
+/**
+ * Masks a secret for display: `otx_abcd…(masked)`. Keeps the `otx_` prefix and four more
+ * characters when the token is long enough to stay secret (≥ 16 characters after the
+ * prefix); otherwise only the prefix (or nothing) is shown.
+ */
+export function maskToken(token: string): string {
+  const prefix = token.startsWith(API_TOKEN_PREFIX) ? API_TOKEN_PREFIX : "";
+  const rest = token.slice(prefix.length);
+  const visible = rest.length >= 16 ? rest.slice(0, 4) : "";
+  return `${prefix}${visible}…(masked)`;
+}
+
+/** Binary byte size with one decimal: `512B`, `1.5KiB`, `80.0GiB`. */
+export function formatBytes(bytes: number): string {
+  const units = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+  if (bytes < 1024) return `${bytes}B`;
+  let v = bytes;
+  let unit = "B";
+  for (const u of units) {
+    if (v < 1024) break;
+    v /= 1024;
+    unit = u;
+  }
+  return `${v.toFixed(1)}${unit}`;
+}
+
+/** `yes` / `no`. */
+export function yesNo(value: boolean): string {
+  return value ? "yes" : "no";
+}
