@@ -77,6 +77,11 @@ export const ApiConfigSchema = z.object({
     poll_interval_ms: z.number().int().min(50).max(60_000).default(1000),
     /** Give up on an agent task after this long, seconds. */
     task_timeout_seconds: z.number().int().min(10).max(24 * 3600).default(1800),
+    /**
+     * Fail a task with `agent_unreachable` after its agent has been unreachable (connection
+     * errors) for this long, seconds.
+     */
+    agent_unreachable_timeout_seconds: z.number().int().min(1).max(3600).default(60),
   }).strict().prefault({}),
   placement: z.object({
     /** Scheduler: `least_vm_count` (fewest VMs, ties by node name). */

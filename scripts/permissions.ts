@@ -94,9 +94,6 @@ export function permissionFlags(binary: Binary, roots: SandboxRoots = STANDARD_S
         `--allow-write=${list([roots.state])}`,
         "--allow-net",
         `--allow-env=${list(DAEMON_ENV_ALLOWLIST)}`,
-        // Libraries probe other env vars (npm:yaml reads LOG_TOKENS/LOG_STREAM on every
-        // parse); they read as unset instead of failing, and are never actually read.
-        "--ignore-env",
         "--allow-sys=hostname,networkInterfaces",
         "--unstable-kv",
         "--no-prompt",

@@ -73,6 +73,9 @@ export interface TlsServer {
 export async function serveTls(opts: TlsServeOptions): Promise<TlsServer> {
   const listener = getRequestListener(
     (req, env) => opts.fetch(req, env as { incoming: IncomingMessage }),
+    // Keep Deno's global Request/Response: replacing them breaks `Deno.serve` in the same
+    // process ("Response constructed via the Response constructor in this realm").
+    { overrideGlobalObjects: false },
   );
   const server: Server = createServer({
     cert: opts.certPem,

@@ -63,3 +63,12 @@ export const UserSchema = z.object({
 });
 /** A user. */
 export type User = z.infer<typeof UserSchema>;
+
+/** `POST /v1/users` body (admin: creates a user with a role). */
+export const UserCreateRequestSchema = z.object({
+  email: z.string().email().max(254),
+  password: z.string().min(8, "must be at least 8 characters").max(1024),
+  role: UserSchema.shape.role,
+}).strict();
+/** User create body. */
+export type UserCreateRequest = z.infer<typeof UserCreateRequestSchema>;

@@ -1,0 +1,184 @@
+/**
+ * The control plane's client of the agent protocol (`shared/api/agent.ts`) over mTLS: it
+ * trusts only the cluster CA and presents this replica's certificate (O = `CP_CERT_ORG`,
+ * clientAuth), which agents require.
+ *
+ * Failures are {@link AgentError}s: `unreachable` for transport problems (connection
+ * refused, TLS failure, timeout) and `api` for an error envelope or an invalid response; the
+ * agent's error code is kept verbatim.
+ *
+ * @module
+ */
+import { type AgentTask, AgentTaskSchema, type AgentVmCreateRequest } from "../shared/api/agent.ts";
+import { ErrorEnvelopeSchema, type ErrorInfo } from "../shared/errors.ts";
+import { createTlsClient } from "../shared/tls.ts";
+import type { CertAndKey } from "../shared/pki.ts";
+
+/** A failed agent call. */
+export class AgentError extends Error {
+  /** `unreachable`: no HTTP response; `api`: an error response or an invalid body. */
+  readonly kind: "unreachable" | "api";
+  /** HTTP status, for `api`. */
+  readonly status: number | null;
+  /** The agent's error (code verbatim), for `api`. */
+  readonly info: ErrorInfo | null;
+
+  constructor(
+    kind: "unreachable" | "api",
+    message: string,
+    status: number | null = null,
+    info: ErrorInfo | null = null,
+  ) {
+    super(message);
+    this.name = "AgentError";
+    this.kind = kind;
+    this.status = status;
+    this.info = info;
+  }
+}
+
+/** Calls the control plane makes on an agent endpoint (`https://host:port`). */
+export interface AgentClient {
+  /** `POST /v1/vms` → the agent task (202). @throws AgentError */
+  createVm(endpoint: string, req: AgentVmCreateRequest, signal?: AbortSignal): Promise<AgentTask>;
+  /**
+   * `DELETE /v1/vms/{id}?task_id=` → the agent task, or null when the agent does not know
+   * the VM (404 `vm_not_found`: already gone). @throws AgentError
+   */
+  deleteVm(
+    endpoint: string,
+    vmId: string,
+    taskId: string,
+    signal?: AbortSignal,
+  ): Promise<AgentTask | null>;
+  /** `GET /v1/tasks/{id}` → the task, or null on 404 (agent restarted). @throws AgentError */
+  getTask(endpoint: string, taskId: string, signal?: AbortSignal): Promise<AgentTask | null>;
+  /** `GET /v1/vms/{id}/console-log?tail_bytes=` → text. @throws AgentError */
+  consoleLog(endpoint: string, vmId: string, tailBytes: number): Promise<string>;
+  close(): void;
+}
+
+/** Per-request timeout of agent calls, milliseconds. */
+export const AGENT_REQUEST_TIMEOUT_MS = 15_000;
+
+/** Creates the mTLS agent client from the cluster CA and this replica's cert/key. */
+export function createAgentClient(caPem: string, replica: CertAndKey): AgentClient {
+  return new HttpAgentClient(caPem, replica);
+}
+
+class HttpAgentClient implements AgentClient {
+  #client: Deno.HttpClient;
+
+  constructor(caPem: string, replica: CertAndKey) {
+    this.#client = createTlsClient({ caPem, certPem: replica.certPem, keyPem: replica.keyPem });
+  }
+
+  async #call(
+    method: string,
+    endpoint: string,
+    path: string,
+    body?: unknown,
+    signal?: AbortSignal,
+  ): Promise<Response> {
+    let url: URL;
+    try {
+      url = new URL(path, endpoint.endsWith("/") ? endpoint : endpoint + "/");
+    } catch {
+      throw new AgentError("unreachable", `invalid agent endpoint ${JSON.stringify(endpoint)}`);
+    }
+    const timeout = AbortSignal.timeout(AGENT_REQUEST_TIMEOUT_MS);
+    try {
+      return await fetch(url, {
+        method,
+        client: this.#client,
+        headers: body === undefined ? {} : { "content-type": "application/json" },
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+      });
+    } catch (e) {
+      const msg = timeout.aborted ? `timed out after ${AGENT_REQUEST_TIMEOUT_MS} ms` : String(
+        (e as Error)?.message ?? e,
+      );
+      throw new AgentError("unreachable", `${method} ${url.href}: ${msg}`);
+    }
+  }
+
+  async #errorOf(res: Response, what: string): Promise<AgentError> {
+    const text = await res.text().catch(() => "");
+    let info: ErrorInfo | null = null;
+    try {
+      const env = ErrorEnvelopeSchema.safeParse(JSON.parse(text));
+      if (env.success) info = env.data.error;
+    } catch { /* not JSON */ }
+    return new AgentError(
+      "api",
+      `${what}: HTTP ${res.status}${info ? ` ${info.code}: ${info.message}` : ""}`,
+      res.status,
+      info,
+    );
+  }
+
+  async #task(res: Response, what: string): Promise<AgentTask> {
+    let raw: unknown;
+    try {
+      raw = await res.json();
+    } catch {
+      throw new AgentError("api", `${what}: response is not JSON`, res.status);
+    }
+    const parsed = AgentTaskSchema.safeParse(raw);
+    if (!parsed.success) {
+      throw new AgentError(
+        "api",
+        `${what}: invalid agent task: ${parsed.error.message}`,
+        res.status,
+      );
+    }
+    return parsed.data;
+  }
+
+  async createVm(endpoint: string, req: AgentVmCreateRequest, signal?: AbortSignal) {
+    const res = await this.#call("POST", endpoint, "v1/vms", req, signal);
+    if (!res.ok) throw await this.#errorOf(res, "agent POST /v1/vms");
+    return await this.#task(res, "agent POST /v1/vms");
+  }
+
+  async deleteVm(endpoint: string, vmId: string, taskId: string, signal?: AbortSignal) {
+    const path = `v1/vms/${encodeURIComponent(vmId)}?task_id=${encodeURIComponent(taskId)}`;
+    const res = await this.#call("DELETE", endpoint, path, undefined, signal);
+    if (res.status === 404) {
+      const err = await this.#errorOf(res, "agent DELETE /v1/vms");
+      if (err.info?.code === "vm_not_found") return null;
+      throw err;
+    }
+    if (!res.ok) throw await this.#errorOf(res, "agent DELETE /v1/vms");
+    return await this.#task(res, "agent DELETE /v1/vms");
+  }
+
+  async getTask(endpoint: string, taskId: string, signal?: AbortSignal) {
+    const res = await this.#call(
+      "GET",
+      endpoint,
+      `v1/tasks/${encodeURIComponent(taskId)}`,
+      undefined,
+      signal,
+    );
+    if (res.status === 404) {
+      const err = await this.#errorOf(res, "agent GET /v1/tasks");
+      if (err.info?.code === "task_not_found" || err.info === null) return null;
+      throw err;
+    }
+    if (!res.ok) throw await this.#errorOf(res, "agent GET /v1/tasks");
+    return await this.#task(res, "agent GET /v1/tasks");
+  }
+
+  async consoleLog(endpoint: string, vmId: string, tailBytes: number) {
+    const path = `v1/vms/${encodeURIComponent(vmId)}/console-log?tail_bytes=${tailBytes}`;
+    const res = await this.#call("GET", endpoint, path);
+    if (!res.ok) throw await this.#errorOf(res, "agent GET console-log");
+    return await res.text();
+  }
+
+  close() {
+    this.#client.close();
+  }
+}

@@ -1,0 +1,86 @@
+/**
+ * Authentication and authorization middleware of the public API.
+ *
+ * `Authorization: Bearer <token>` accepts either a JWT access token or an `otx_…` API token;
+ * missing, malformed, unknown, revoked or expired credentials → 401 `unauthenticated`.
+ * {@link requirePermission} applies the RBAC table of `shared/rbac.ts` → 403
+ * `permission_denied`.
+ *
+ * @module
+ */
+import type { MiddlewareHandler } from "hono";
+import { API_TOKEN_PREFIX } from "../../shared/constants.ts";
+import { ApiError } from "../../shared/errors.ts";
+import { can, type Permission } from "../../shared/rbac.ts";
+import { type ApiTokenRecord, keys, type UserRecord } from "../repo/records.ts";
+import type { Store } from "../store/store.ts";
+import { getUser } from "../users.ts";
+import { verifyAccessToken } from "./jwt.ts";
+import { hashToken, isApiTokenShape } from "./tokens.ts";
+
+/** Hono env of authenticated routes: the caller and how they authenticated. */
+export type AppEnv = {
+  Variables: {
+    user: UserRecord;
+    authKind: "jwt" | "api_token";
+  };
+};
+
+/**
+ * Resolves a bearer credential to its user.
+ *
+ * @throws ApiError `unauthenticated`
+ */
+export async function authenticateBearer(
+  store: Store,
+  jwtSecret: Uint8Array,
+  token: string,
+  now: Date = new Date(),
+): Promise<{ user: UserRecord; kind: "jwt" | "api_token" }> {
+  if (token.startsWith(API_TOKEN_PREFIX)) {
+    if (!isApiTokenShape(token)) throw new ApiError("unauthenticated", "invalid API token");
+    const rec = await store.get<ApiTokenRecord>(keys.apiToken(await hashToken(token)));
+    if (!rec) throw new ApiError("unauthenticated", "invalid API token");
+    if (rec.value.expires_at && Date.parse(rec.value.expires_at) <= now.getTime()) {
+      throw new ApiError("unauthenticated", "API token expired");
+    }
+    const user = await getUser(store, rec.value.user_id);
+    if (!user) throw new ApiError("unauthenticated", "invalid API token");
+    return { user, kind: "api_token" };
+  }
+  const claims = await verifyAccessToken(jwtSecret, token, now);
+  const user = await getUser(store, claims.sub);
+  if (!user) throw new ApiError("unauthenticated", "invalid access token");
+  return { user, kind: "jwt" };
+}
+
+/** Requires a valid bearer credential; sets `user` and `authKind`. */
+export function authMiddleware(store: Store, jwtSecret: Uint8Array): MiddlewareHandler<AppEnv> {
+  return async (c, next) => {
+    const header = c.req.header("authorization");
+    const m = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
+    if (!m) {
+      throw new ApiError("unauthenticated", "missing bearer token (Authorization: Bearer …)");
+    }
+    const { user, kind } = await authenticateBearer(store, jwtSecret, m[1]);
+    c.set("user", user);
+    c.set("authKind", kind);
+    await next();
+  };
+}
+
+/** Requires the caller's role to grant `permission` (after {@link authMiddleware}). */
+export function requirePermission(permission: Permission): MiddlewareHandler<AppEnv> {
+  return async (c, next) => {
+    const user = c.get("user");
+    if (!user) throw new ApiError("unauthenticated", "not authenticated");
+    if (!can(user.role, permission)) {
+      throw new ApiError(
+        "permission_denied",
+        `role ${user.role} lacks permission ${permission}`,
+        { permission, role: user.role },
+      );
+    }
+    await next();
+  };
+}

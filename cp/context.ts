@@ -1,0 +1,24 @@
+/**
+ * The control plane's shared dependencies, handed to services, routes and loops.
+ *
+ * @module
+ */
+import type { Logger } from "../shared/log.ts";
+import type { AgentClient } from "./agent_client.ts";
+import type { ApiConfig } from "./config.ts";
+import type { ClusterPki } from "./pki.ts";
+import type { Store } from "./store/store.ts";
+
+/** Everything a control-plane component needs. */
+export interface CpContext {
+  cfg: ApiConfig;
+  log: Logger;
+  store: Store;
+  pki: ClusterPki;
+  /** HS256 key of access tokens. */
+  jwtSecret: Uint8Array;
+  /** mTLS client for agent endpoints. */
+  agents: AgentClient;
+  /** Clock (tests may inject one). */
+  now: () => Date;
+}

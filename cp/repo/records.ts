@@ -1,0 +1,177 @@
+/**
+ * Stored record shapes and the store key layout of the control plane. Every key the control
+ * plane writes is built here:
+ *
+ * | key | value |
+ * | --- | --- |
+ * | `/cluster/ca` | {@link CaRecord} (cluster CA cert + key) |
+ * | `/cluster/jwt-secret` | `{secret}` base64url of 32 random bytes (HS256 key) |
+ * | `/cluster/settings` | {@link ClusterSettings} (absent = never set) |
+ * | `/users/<id>` | {@link UserRecord} |
+ * | `/users-by-email/<lowercased email>` | `{id}` (uniqueness index) |
+ * | `/api-tokens/<sha256 hex of token>` | {@link ApiTokenRecord} (lookup by hash) |
+ * | `/user-api-tokens/<user id>/<token id>` | `{token_hash}` (per-user listing) |
+ * | `/join-tokens/<sha256 hex of token>` | {@link JoinTokenRecord} |
+ * | `/nodes/<name>` | {@link NodeRecord} |
+ * | `/pools/<pool name>/<node name>` | {@link PoolRecord} (one per instance) |
+ * | `/vms/<name>` | {@link VmRecord} |
+ * | `/tasks/<id>` | {@link TaskRecord} |
+ * | `/tasks-active/<id>` | `{vm}`: index of non-terminal tasks (worker queue) |
+ *
+ * @module
+ */
+import type { Role } from "../../shared/rbac.ts";
+import type { Architecture } from "../../shared/api/common.ts";
+import type { NodeResources, NodeStatus, ObservedVm } from "../../shared/api/nodes.ts";
+import type { CachedImage } from "../../shared/api/nodes.ts";
+import type { VmStatus } from "../../shared/api/vms.ts";
+import type { TaskStatus, TaskType } from "../../shared/api/tasks.ts";
+import type { ErrorInfo } from "../../shared/errors.ts";
+
+/** Store keys (see the module table). */
+export const keys = {
+  ca: "/cluster/ca",
+  jwtSecret: "/cluster/jwt-secret",
+  settings: "/cluster/settings",
+  users: "/users/",
+  user: (id: string) => `/users/${id}`,
+  userByEmail: (email: string) => `/users-by-email/${email.toLowerCase()}`,
+  apiToken: (hash: string) => `/api-tokens/${hash}`,
+  userApiTokens: (userId: string) => `/user-api-tokens/${userId}/`,
+  userApiToken: (userId: string, tokenId: string) => `/user-api-tokens/${userId}/${tokenId}`,
+  joinToken: (hash: string) => `/join-tokens/${hash}`,
+  nodes: "/nodes/",
+  node: (name: string) => `/nodes/${name}`,
+  pools: "/pools/",
+  poolsNamed: (name: string) => `/pools/${name}/`,
+  pool: (name: string, node: string) => `/pools/${name}/${node}`,
+  vms: "/vms/",
+  vm: (name: string) => `/vms/${name}`,
+  task: (id: string) => `/tasks/${id}`,
+  activeTasks: "/tasks-active/",
+  activeTask: (id: string) => `/tasks-active/${id}`,
+} as const;
+
+/** The cluster CA as stored (`/cluster/ca`). */
+export interface CaRecord {
+  cert_pem: string;
+  key_pem: string;
+  /** `sha256:<hex>` of the certificate DER. */
+  fingerprint: string;
+  created_at: string;
+}
+
+/** Cluster-wide settings (`/cluster/settings`). */
+export interface ClusterSettings {
+  /** The cluster default pool name; null = explicitly unset. */
+  default_pool_name: string | null;
+  updated_at: string;
+}
+
+/** A user (`/users/<id>`). */
+export interface UserRecord {
+  id: string;
+  email: string;
+  role: Role;
+  /** `scrypt$N$r$p$salt$hash` (see `cp/auth/passwords.ts`). */
+  password_hash: string;
+  created_at: string;
+}
+
+/** A long-lived API token (`/api-tokens/<sha256>`); the secret itself is never stored. */
+export interface ApiTokenRecord {
+  id: string;
+  user_id: string;
+  name: string;
+  description: string | null;
+  token_hash: string;
+  created_at: string;
+  expires_at: string | null;
+}
+
+/** A node join token (`/join-tokens/<sha256>`). */
+export interface JoinTokenRecord {
+  id: string;
+  node_name: string;
+  token_hash: string;
+  max_uses: number;
+  uses: number;
+  expires_at: string;
+  created_at: string;
+  created_by: string;
+}
+
+/** A node (`/nodes/<name>`). */
+export interface NodeRecord {
+  id: string;
+  name: string;
+  status: NodeStatus;
+  architecture: Architecture | null;
+  cordoned: boolean;
+  endpoint: string | null;
+  accelerator: "kvm" | "tcg" | null;
+  agent_version: string | null;
+  resources: NodeResources | null;
+  /** Where the agent keeps pools (from heartbeats). */
+  pools_dir: string | null;
+  /** VMs the agent reported in its last heartbeat. */
+  observed_vms: ObservedVm[];
+  last_heartbeat_at: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+/** A pool instance (`/pools/<name>/<node>`). */
+export interface PoolRecord {
+  id: string;
+  name: string;
+  node: string;
+  type: "local_dir";
+  path: string;
+  status: "pending" | "ready" | "failed";
+  message: string | null;
+  total_bytes: number | null;
+  available_bytes: number | null;
+  images: CachedImage[];
+  created_at: string;
+  updated_at: string;
+}
+
+/** A VM (`/vms/<name>`): the public view plus what dispatch needs. */
+export interface VmRecord {
+  id: string;
+  name: string;
+  owner_id: string;
+  image_url: string;
+  image_sha256: string | null;
+  image: string;
+  architecture: Architecture;
+  vcpus: number;
+  memory_mb: number;
+  disk_gib: number;
+  /** cloud-init user-data (not served back). */
+  user_data: string | null;
+  pool: string;
+  /** The pool instance's path on `node` at placement time. */
+  pool_path: string;
+  node: string;
+  status: VmStatus;
+  desired_phase: "running" | "deleted";
+  last_task_id: string | null;
+  error: ErrorInfo | null;
+  created_at: string;
+  updated_at: string;
+}
+
+/** A control-plane task (`/tasks/<id>`). */
+export interface TaskRecord {
+  id: string;
+  type: TaskType;
+  status: TaskStatus;
+  resource: { kind: "vm"; name: string; id: string };
+  error: ErrorInfo | null;
+  /** When a worker first started it (the overall timeout counts from here). */
+  started_at: string | null;
+  created_at: string;
+  updated_at: string;
+}

@@ -1,0 +1,335 @@
+// deno-lint-ignore-file no-explicit-any -- JSON responses are inspected dynamically
+/**
+ * In-process control plane against a scripted mTLS agent: heartbeats, pool provisioning,
+ * scheduling, task dispatch/polling/projection, agent error codes, re-dispatch, unreachable
+ * agents, node monitor, resumption after restart, heartbeat reconciliation, console log.
+ */
+import { assert, assertEquals } from "../assert.ts";
+import type { ControlPlane } from "../../cp/app.ts";
+import { keys, type NodeRecord, type TaskRecord, type VmRecord } from "../../cp/repo/records.ts";
+import { enqueueOps, newTask } from "../../cp/tasks/queue.ts";
+import { openKvStore } from "../../cp/store/kv.ts";
+import type { Task } from "../../shared/api/tasks.ts";
+import { createCa, issueServerCert, splitSans } from "../../shared/pki.ts";
+import { createTlsClient } from "../../shared/tls.ts";
+import { FakeAgent, LogCapture, startTestCp, until } from "./fixtures.ts";
+
+interface Api {
+  (
+    method: string,
+    path: string,
+    body?: unknown,
+  ): Promise<{ status: number; json: any; text: string }>;
+}
+
+async function apiFor(cp: ControlPlane): Promise<Api> {
+  const base = `http://127.0.0.1:${cp.publicPort}`;
+  const login = await fetch(`${base}/v1/auth/login`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ email: "admin@example.com", password: "admin-password" }),
+  });
+  const { access_token } = await login.json();
+  return async (method, path, body) => {
+    const res = await fetch(base + path, {
+      method,
+      headers: { authorization: `Bearer ${access_token}`, "content-type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    let json: any = null;
+    try {
+      json = JSON.parse(text);
+    } catch { /* text */ }
+    return { status: res.status, json, text };
+  };
+}
+
+const VM = (name: string, over: Record<string, unknown> = {}) => ({
+  name,
+  image_url: "http://127.0.0.1:1/images/img.raw",
+  architecture: "amd64",
+  vcpus: 1,
+  memory_mb: 128,
+  ...over,
+});
+
+async function waitTask(api: Api, id: string): Promise<Task> {
+  return await until(`task ${id} terminal`, async () => {
+    const r = await api("GET", `/v1/tasks/${id}`);
+    return r.json.status === "succeeded" || r.json.status === "failed" ? r.json as Task : null;
+  });
+}
+
+async function withCp(
+  fn: (
+    cp: ControlPlane,
+    agent: FakeAgent,
+    api: Api,
+    logs: LogCapture,
+    dir: string,
+  ) => Promise<void>,
+) {
+  const dir = await Deno.makeTempDir({ prefix: "otx-cp-" });
+  const logs = new LogCapture();
+  const cp = await startTestCp(dir, logs);
+  const agent = new FakeAgent(cp, "node-a");
+  try {
+    await agent.bootstrap();
+    const api = await apiFor(cp);
+    await fn(cp, agent, api, logs, dir);
+  } finally {
+    await agent.close();
+    await cp.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("cp: heartbeat readies the node, provisions the default pool, VM create→running→delete", async () => {
+  await withCp(async (_cp, agent, api, logs, dir) => {
+    assertEquals((await api("GET", "/v1/nodes/node-a")).json.status, "pending");
+    // No ready node yet: 409 no_eligible_nodes? The pool does not exist yet → default_pool_not_set.
+    assertEquals(
+      (await api("POST", "/v1/vms", VM("early"))).json.error.code,
+      "default_pool_not_set",
+    );
+
+    const hb1 = await agent.heartbeat();
+    assertEquals(hb1.status, 200);
+    assertEquals(hb1.body.node_status, "ready");
+    assertEquals(hb1.body.heartbeat_interval_seconds, 1);
+    assertEquals(hb1.body.desired_pools, [{ name: "default", path: `${dir}/agent-pools/default` }]);
+    assert(logs.has("node ready", { node: "node-a", from: "pending" }));
+    let pools = (await api("GET", "/v1/pools?node=node-a")).json.items;
+    assertEquals(pools.length, 1);
+    assertEquals([pools[0].status, pools[0].is_default], ["ready", true]);
+    assertEquals((await api("GET", "/v1/pools?node=node-b")).json.items, []);
+
+    const created = await api("POST", "/v1/vms", VM("vm-1", { user_data: "#cloud-config\n" }));
+    assertEquals(created.status, 202);
+    assertEquals([created.json.type, created.json.status], ["vm.create", "pending"]);
+    const vm0 = (await api("GET", "/v1/vms/vm-1")).json;
+    assertEquals([vm0.node, vm0.pool, vm0.image, vm0.desired_phase], [
+      "node-a",
+      "default",
+      "img.raw",
+      "running",
+    ]);
+    assert(!("user_data" in vm0), "user-data is not served");
+
+    const done = await waitTask(api, created.json.id);
+    assertEquals(done.status, "succeeded");
+    const req = agent.creates[0];
+    assertEquals(req.task_id, created.json.id);
+    assertEquals(req.vm.id, vm0.id);
+    assertEquals(req.pool, { name: "default", path: `${dir}/agent-pools/default` });
+    assertEquals(req.vm.user_data, "#cloud-config\n");
+    const vm1 = (await api("GET", "/v1/vms/vm-1")).json;
+    assertEquals([vm1.status, vm1.error], ["running", null]);
+    assertEquals((await api("GET", "/v1/nodes/node-a")).json.vm_count, 1);
+
+    // console log proxied from the agent
+    const log = await api("GET", "/v1/vms/vm-1/console-log?tail_bytes=7");
+    assertEquals([log.status, log.text], [200, "login: "]);
+
+    // Duplicate name
+    assertEquals((await api("POST", "/v1/vms", VM("vm-1"))).json.error.code, "vm_already_exists");
+
+    const del = await api("DELETE", "/v1/vms/vm-1");
+    assertEquals([del.status, del.json.type], [202, "vm.delete"]);
+    assertEquals((await waitTask(api, del.json.id)).status, "succeeded");
+    assertEquals(agent.deletes[0], { vmId: vm0.id, taskId: del.json.id });
+    assertEquals((await api("GET", "/v1/vms/vm-1")).json.error.code, "vm_not_found");
+    pools = (await api("GET", "/v1/pools")).json.items;
+    assertEquals(pools.length, 1);
+  });
+});
+
+Deno.test("cp: agent task errors are kept verbatim; lost agent tasks are re-dispatched", async () => {
+  await withCp(async (_cp, agent, api) => {
+    await agent.heartbeat();
+    agent.scripts.set("bad-sum", {
+      kind: "fail",
+      error: { code: "checksum_mismatch", message: "sha256 abc != def" },
+    });
+    agent.scripts.set("lost", { kind: "lose-once" });
+    agent.scripts.set("refused", {
+      kind: "reject",
+      status: 500,
+      error: { code: "qemu_spawn_failed", message: "qemu exploded" },
+    });
+    const t1 = (await api("POST", "/v1/vms", VM("bad-sum"))).json;
+    const t2 = (await api("POST", "/v1/vms", VM("lost"))).json;
+    const t3 = (await api("POST", "/v1/vms", VM("refused"))).json;
+    const d1 = await waitTask(api, t1.id);
+    assertEquals(d1.error, { code: "checksum_mismatch", message: "sha256 abc != def" });
+    const vm = (await api("GET", "/v1/vms/bad-sum")).json;
+    assertEquals([vm.status, vm.error.code], ["failed", "checksum_mismatch"]);
+    assertEquals((await waitTask(api, t2.id)).status, "succeeded");
+    assertEquals(agent.creates.filter((c) => c.vm.name === "lost").length, 2, "re-dispatched once");
+    const d3 = await waitTask(api, t3.id);
+    assertEquals([d3.error?.code, d3.error?.message], ["qemu_spawn_failed", "qemu exploded"]);
+
+    // A failed VM can be deleted (the agent does not know it: already gone).
+    const del = (await api("DELETE", "/v1/vms/refused")).json;
+    assertEquals((await waitTask(api, del.id)).status, "succeeded");
+    assertEquals((await api("GET", "/v1/vms/refused")).status, 404);
+  });
+});
+
+Deno.test("cp: delete during an in-flight create is a conflict; repeated delete returns the same task", async () => {
+  await withCp(async (_cp, agent, api) => {
+    await agent.heartbeat();
+    agent.scripts.set("slow", { kind: "succeed", polls: 8 });
+    const t = (await api("POST", "/v1/vms", VM("slow"))).json;
+    await until(
+      "creating",
+      async () => (await api("GET", "/v1/vms/slow")).json.status === "creating",
+    );
+    const c = await api("DELETE", "/v1/vms/slow");
+    assertEquals([c.status, c.json.error.code, c.json.error.details.task_id], [
+      409,
+      "conflict",
+      t.id,
+    ]);
+    await waitTask(api, t.id);
+    const d1 = (await api("DELETE", "/v1/vms/slow")).json;
+    const d2 = (await api("DELETE", "/v1/vms/slow")).json;
+    assert(d1.id === d2.id || d2.error?.code === "vm_not_found");
+    await waitTask(api, d1.id);
+  });
+});
+
+Deno.test("cp: unreachable agent → agent_unreachable; node not ready at dispatch → node_not_ready", async () => {
+  await withCp(async (cp, agent, api) => {
+    await agent.heartbeat();
+    await agent.server!.close();
+    const t = (await api("POST", "/v1/vms", VM("vm-x"))).json;
+    const done = await waitTask(api, t.id);
+    assertEquals(done.error?.code, "agent_unreachable");
+    assertEquals((await api("GET", "/v1/vms/vm-x")).json.status, "failed");
+
+    // A queued task whose node is not ready fails at dispatch.
+    await cp.ctx.store.put(keys.node("node-a"), {
+      ...(await cp.ctx.store.get<NodeRecord>(keys.node("node-a")))!.value,
+      status: "unreachable",
+    });
+    const vm = (await cp.ctx.store.get<VmRecord>(keys.vm("vm-x")))!.value;
+    const task = newTask("vm.delete", vm, new Date());
+    await cp.ctx.store.txn({
+      compare: [],
+      success: [
+        { type: "put", key: keys.vm("vm-x"), value: { ...vm, last_task_id: task.id } },
+        ...enqueueOps(task),
+      ],
+    });
+    const d = await waitTask(api, task.id);
+    assertEquals(d.error?.code, "node_not_ready");
+  });
+});
+
+Deno.test("cp: node monitor flips ready→unreachable; heartbeat brings it back; VM state reconciled", async () => {
+  await withCp(async (cp, agent, api, logs) => {
+    await agent.heartbeat();
+    const t = (await api("POST", "/v1/vms", VM("vm-r"))).json;
+    await waitTask(api, t.id);
+    await until(
+      "unreachable",
+      async () => (await api("GET", "/v1/nodes/node-a")).json.status === "unreachable",
+      6000,
+    );
+    assert(logs.has("node unreachable", { node: "node-a" }));
+    // No eligible node while unreachable.
+    const e = await api("POST", "/v1/vms", VM("vm-s"));
+    assertEquals([e.status, e.json.error.code], [409, "no_eligible_nodes"]);
+    assertEquals(e.json.error.details.candidates[0].reasons, ["node is unreachable"]);
+    assertEquals((await api("GET", "/v1/vms")).json.items.map((v: VmRecord) => v.name), ["vm-r"]);
+
+    // The agent reports the VM stopped: projected (no task in flight).
+    const vm = (await cp.ctx.store.get<VmRecord>(keys.vm("vm-r")))!.value;
+    agent.vms.set(vm.id, { id: vm.id, name: "vm-r", phase: "stopped", pid: null });
+    const hb = await agent.heartbeat();
+    assertEquals(hb.body.node_status, "ready");
+    assert(logs.has("node ready", { node: "node-a", from: "unreachable" }));
+    assertEquals((await api("GET", "/v1/vms/vm-r")).json.status, "stopped");
+  });
+});
+
+Deno.test("cp: heartbeat identity checks", async () => {
+  await withCp(async (_cp, agent) => {
+    const other = await agent.heartbeat({ node_name: "node-b" });
+    assertEquals([other.status, other.body.error?.code], [403, "permission_denied"]);
+    const bad = await agent.heartbeat({ pools_dir: "relative" });
+    assertEquals([bad.status, bad.body.error?.code], [400, "validation_failed"]);
+  });
+});
+
+Deno.test("cp: a task in flight at shutdown resumes after restart", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "otx-cp-" });
+  const logs = new LogCapture();
+  let cp = await startTestCp(dir, logs);
+  const agent = new FakeAgent(cp, "node-a");
+  try {
+    await agent.bootstrap();
+    await agent.heartbeat();
+    agent.scripts.set("vm-z", { kind: "succeed", polls: 1_000_000 });
+    let api = await apiFor(cp);
+    const t = (await api("POST", "/v1/vms", VM("vm-z"))).json;
+    await until("dispatched", () => agent.creates.length === 1);
+    await cp.stop();
+    assertEquals(
+      await (async () => {
+        const s = await openKvStore(`${dir}/store.kv`);
+        try {
+          return (await s.get<TaskRecord>(keys.task(t.id)))!.value.status;
+        } finally {
+          await s.close();
+        }
+      })(),
+      "running",
+    );
+    // Let the agent finish on the next poll, then restart the CP on the same data dir.
+    agent.tasks.get(t.id)!.script = { kind: "succeed", polls: 0 };
+    cp = await startTestCp(dir, logs);
+    api = await apiFor(cp);
+    assertEquals((await waitTask(api, t.id)).status, "succeeded");
+    assertEquals(agent.creates.length, 1, "resumed by polling, not re-dispatched");
+    assertEquals((await api("GET", "/v1/vms/vm-z")).json.status, "running");
+    assert(logs.has("resuming queued tasks"));
+  } finally {
+    await agent.close();
+    await cp.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cp: public API over TLS when configured; /readyz 503 store_unavailable without a store", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "otx-cp-" });
+  const logs = new LogCapture();
+  const ca = await createCa("test public CA");
+  const cert = await issueServerCert(ca, "api", "test", splitSans(["127.0.0.1"]));
+  await Deno.writeTextFile(`${dir}/public.crt`, cert.certPem);
+  await Deno.writeTextFile(`${dir}/public.key`, cert.keyPem);
+  const cp = await startTestCp(
+    dir,
+    logs,
+    `  tls_cert_file: ${dir}/public.crt\n  tls_key_file: ${dir}/public.key\n`,
+  );
+  const client = createTlsClient({ caPem: ca.certPem });
+  try {
+    const res = await fetch(`https://127.0.0.1:${cp.publicPort}/readyz`, { client });
+    assertEquals([res.status, await res.json()], [200, { status: "ok" }]);
+    assert(logs.has("otherix-api started", { public_tls: true }));
+    await cp.ctx.store.close();
+    const down = await fetch(`https://127.0.0.1:${cp.publicPort}/readyz`, { client });
+    assertEquals(down.status, 503);
+    assertEquals((await down.json()).error.code, "store_unavailable");
+    const live = await fetch(`https://127.0.0.1:${cp.publicPort}/healthz`, { client });
+    assertEquals(live.status, 200);
+    await live.body?.cancel();
+  } finally {
+    client.close();
+    await cp.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
