@@ -72,6 +72,8 @@ export const AgentConfigSchema = z.object({
     iso_builder: z.string().default("genisoimage"),
     /** How long QEMU may take to report `running` over QMP, seconds. */
     start_timeout_seconds: z.number().int().min(1).max(600).default(30),
+    /** UEFI firmware passed as `-bios` to arm64 guests (`null`: none). */
+    firmware_arm64: z.string().nullable().default("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"),
   }).strict().prefault({}),
   images: z.object({
     /** Abort a download that makes no progress for this long, seconds. */

@@ -5,10 +5,11 @@
  * the real sandbox under a temporary root.
  *
  * What each binary may do:
- * - `otherix-agent`: read its three roots (+ the KVM device and the `/sys/module` entries used
- *   for accelerator detection), write its state and run roots (+ `/dev/kvm`, opened read-write
- *   to probe it), run only QEMU, `qemu-img` and the ISO builder, use the network, read
- *   `OTHERIX_*` env vars and a few system figures. No shell, no other files.
+ * - `otherix-agent`: read its three roots, write its state and run roots, run only QEMU,
+ *   `qemu-img` and the ISO builder, use the network, read `OTHERIX_*` env vars and a few
+ *   system figures. No shell, no other files. (Deno refuses `/dev`, `/proc` and `/sys` to
+ *   anything short of `--allow-all`, so accelerator detection probes through QEMU and
+ *   `qemu-img`, which run outside the sandbox; see `agent/accel.ts`.)
  * - `otherix-api`: read its config and data dir, write its data dir, network, `OTHERIX_*` env,
  *   hostname; Deno KV (`--unstable-kv`). Runs nothing.
  * - `otherix`: the operator's own CLI: reads `--user-data @file` and its config anywhere the
@@ -44,9 +45,6 @@ export const AGENT_SYS_ALLOWLIST = [
  */
 export const DAEMON_ENV_ALLOWLIST = ["OTHERIX_*", "LOG_TOKENS", "LOG_STREAM"] as const;
 
-/** Host files the agent reads outside its roots (KVM detection). */
-export const AGENT_HOST_READS = ["/dev/kvm", "/sys/module"] as const;
-
 /** Roots of a sandbox. */
 export interface SandboxRoots {
   /** Operator config root (read-only). */
@@ -78,10 +76,8 @@ export function permissionFlags(binary: Binary, roots: SandboxRoots = STANDARD_S
   switch (binary) {
     case "otherix-agent":
       return [
-        `--allow-read=${
-          list([roots.config, roots.state, roots.run, ...AGENT_HOST_READS, ...extra])
-        }`,
-        `--allow-write=${list([roots.state, roots.run, "/dev/kvm"])}`,
+        `--allow-read=${list([roots.config, roots.state, roots.run, ...extra])}`,
+        `--allow-write=${list([roots.state, roots.run])}`,
         `--allow-run=${list(AGENT_RUN_ALLOWLIST)}`,
         "--allow-net",
         `--allow-env=${list(DAEMON_ENV_ALLOWLIST)}`,

@@ -178,6 +178,17 @@ Deno.test({
         );
         const table = await ok("node", "list");
         assertMatch(table, /node-e2e\s+amd64\s+ready/);
+        await waitFor(
+          "default pool ready on node-e2e",
+          async () => {
+            const pools = JSON.parse(await ok("pool", "list", "-o", "json"));
+            return pools.items.find((p: { name: string; node: string; status: string }) =>
+              p.name === "default" && p.node === "node-e2e" && p.status === "ready"
+            );
+          },
+          30_000,
+          500,
+        );
       });
 
       const marker = `hello-from-user-data-${crypto.randomUUID().slice(0, 8)}`;
@@ -297,7 +308,7 @@ Deno.test({
       });
 
       await phase("vm delete --wait leaves nothing", async () => {
-        const qemuPids = pgrep("qemu-system", agent!.runDir);
+        const qemuPids = pgrep("qemu-system", "guest=", agent!.runDir);
         assert(qemuPids.length >= 2, `expected 2 QEMU processes, found ${qemuPids.length}`);
         for (const name of ["demo-vm", "second-vm", "bad-sum"]) {
           const out = await ok("vm", "delete", name, "--force", "--wait");
@@ -306,7 +317,7 @@ Deno.test({
         const list = JSON.parse(await ok("vm", "list", "-o", "json"));
         assertEquals((Array.isArray(list) ? list : list.items).length, 0);
         for (const pid of qemuPids) assert(!pidAlive(pid), `QEMU pid ${pid} still running`);
-        assertEquals(pgrep("qemu-system", agent!.runDir).length, 0, "no QEMU may remain");
+        assertEquals(pgrep("qemu-system", "guest=", agent!.runDir).length, 0, "no QEMU may remain");
         const vmsDir = join(agent!.stateDir, "vms");
         const left = [...Deno.readDirSync(vmsDir)].map((e) => e.name);
         assertEquals(left, [], `VM runtime files left: ${left.join(", ")}`);

@@ -1,0 +1,341 @@
+/**
+ * Agent identity: existing cert material, or the join-token bootstrap protocol
+ * (spec: developer guide "Step 1 — run seed-dev", troubleshooting "Bootstrap failures";
+ * shared/api/nodes.ts).
+ *
+ * Cert dir `<state>/certs`: `agent.crt`, `agent.key`, `ca.crt`.
+ * - cert and key present: reuse them (`agent: using existing cert material`); the node name
+ *   is the certificate's CN.
+ * - exactly one of them present: fatal partial state (`cert <path> exists but key <path>
+ *   missing`, or vice-versa); the operator deletes the orphan and re-runs bootstrap.
+ * - neither: bootstrap. `GET {cp_url}/v1/ca` (the CA is not trusted yet, so this one call
+ *   skips TLS verification), pin the CA by its `sha256:` fingerprint, then trust only that
+ *   CA: generate a key + CSR and redeem the join token at `POST {cp_url}/v1/nodes/bootstrap`.
+ *
+ * Write order: `ca.crt`, then `agent.key`, then `agent.crt`, each atomically (temp file,
+ * fsync, rename). The certificate is written last, so a crash can leave a key without a
+ * certificate (reported as partial state) but never a certificate without its key.
+ *
+ * @module
+ */
+import { request } from "node:https";
+import { join } from "node:path";
+import { AGENT_CERT_ORG } from "../shared/constants.ts";
+import { BootstrapResponseSchema, type CaResponse, CaResponseSchema } from "../shared/api/nodes.ts";
+import { ErrorEnvelopeSchema } from "../shared/errors.ts";
+import type { Logger } from "../shared/log.ts";
+import {
+  certFingerprint,
+  certInfo,
+  createCsr,
+  isSignedBy,
+  keyMatchesCert,
+  splitSans,
+} from "../shared/pki.ts";
+import { createTlsClient } from "../shared/tls.ts";
+import { type AgentConfig, agentPaths } from "./config.ts";
+import { errorMessage, writeFileAtomic } from "./fsutil.ts";
+import { hostName } from "./sysinfo.ts";
+
+/** A fatal bootstrap failure; `message` is what the operator sees. */
+export class BootstrapError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "BootstrapError";
+  }
+}
+
+/** The agent's mTLS identity. */
+export interface AgentIdentity {
+  /** The node name: the certificate's CN. */
+  nodeName: string;
+  certPem: string;
+  keyPem: string;
+  caPem: string;
+  /** True when this start ran the bootstrap protocol. */
+  bootstrapped: boolean;
+}
+
+/** Paths of the cert material in `certDir`. */
+export function certFiles(certDir: string): { cert: string; key: string; ca: string } {
+  return {
+    cert: join(certDir, "agent.crt"),
+    key: join(certDir, "agent.key"),
+    ca: join(certDir, "ca.crt"),
+  };
+}
+
+/** Test seams of {@link bootstrap}. */
+export interface BootstrapOptions {
+  /** The host name (default `Deno.hostname()`). */
+  hostname?: () => string;
+  /** Timeout of each bootstrap HTTP call, ms (default 15 000). */
+  timeoutMs?: number;
+}
+
+/** The host the control plane dials: `server.advertise_url`'s host, else the host name. */
+export function advertiseHost(cfg: AgentConfig, hostname: () => string = hostName): string {
+  return cfg.server.advertise_url
+    ? new URL(cfg.server.advertise_url).hostname.replace(/^\[|\]$/g, "")
+    : hostname();
+}
+
+async function readIfExists(path: string): Promise<string | null> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw new BootstrapError(`bootstrap: cannot read ${path}: ${errorMessage(e)}`);
+  }
+}
+
+/**
+ * Loads or obtains the agent identity.
+ *
+ * @throws BootstrapError (fatal) on partial cert state, missing bootstrap settings, an
+ *   unreachable CP (`bootstrap: fetch /v1/ca: …`), a CA fingerprint mismatch
+ *   (`bootstrap: CA fingerprint mismatch (expected sha256:… got sha256:…)`), a rejected CSR
+ *   (`bootstrap protocol: CSR submission rejected by CP: HTTP <status> <code>`), or
+ *   unwritable cert files
+ */
+export async function bootstrap(
+  cfg: AgentConfig,
+  log: Logger,
+  opts: BootstrapOptions = {},
+): Promise<AgentIdentity> {
+  const paths = agentPaths(cfg);
+  const files = certFiles(paths.certDir);
+  const [certPem, keyPem, caPem] = await Promise.all([
+    readIfExists(files.cert),
+    readIfExists(files.key),
+    readIfExists(files.ca),
+  ]);
+  if (certPem !== null && keyPem === null) {
+    throw new BootstrapError(
+      `partial bootstrap state: cert ${files.cert} exists but key ${files.key} missing`,
+    );
+  }
+  if (keyPem !== null && certPem === null) {
+    throw new BootstrapError(
+      `partial bootstrap state: key ${files.key} exists but cert ${files.cert} missing`,
+    );
+  }
+  if (certPem !== null && keyPem !== null) {
+    return await useExisting(files, certPem, keyPem, caPem, log);
+  }
+  return await runBootstrap(cfg, files, log, opts);
+}
+
+async function useExisting(
+  files: { cert: string; key: string; ca: string },
+  certPem: string,
+  keyPem: string,
+  caPem: string | null,
+  log: Logger,
+): Promise<AgentIdentity> {
+  if (caPem === null) {
+    throw new BootstrapError(
+      `partial bootstrap state: cert ${files.cert} and key ${files.key} exist but CA ${files.ca} missing`,
+    );
+  }
+  let cn: string | null;
+  try {
+    cn = certInfo(certPem).commonName;
+    if (!(await keyMatchesCert(keyPem, certPem))) {
+      throw new BootstrapError(
+        `partial bootstrap state: key ${files.key} does not match cert ${files.cert}`,
+      );
+    }
+    if (!(await isSignedBy(certPem, caPem))) {
+      throw new BootstrapError(
+        `partial bootstrap state: cert ${files.cert} is not signed by CA ${files.ca}`,
+      );
+    }
+  } catch (e) {
+    if (e instanceof BootstrapError) throw e;
+    throw new BootstrapError(
+      `bootstrap: unreadable cert material in ${files.cert}: ${errorMessage(e)}`,
+    );
+  }
+  if (!cn) throw new BootstrapError(`bootstrap: cert ${files.cert} has no CN`);
+  log.info("agent: using existing cert material", { node: cn, cert: files.cert });
+  return { nodeName: cn, certPem, keyPem, caPem, bootstrapped: false };
+}
+
+/**
+ * `GET {cpUrl}/v1/ca` WITHOUT verifying the server certificate (the CA is not trusted yet;
+ * the caller pins it by fingerprint). Uses `node:https` because Deno's `fetch` cannot skip
+ * verification per request.
+ *
+ * @throws BootstrapError `bootstrap: fetch /v1/ca: <error>`
+ */
+export function fetchCaUnverified(cpUrl: string, timeoutMs = 15_000): Promise<CaResponse> {
+  const url = cpUrl.replace(/\/+$/, "") + "/v1/ca";
+  const fail = (why: string) => new BootstrapError(`bootstrap: fetch /v1/ca: ${why}`);
+  return new Promise((resolve, reject) => {
+    if (!url.startsWith("https://")) {
+      reject(fail(`bootstrap.cp_url must be an https:// URL, got ${cpUrl}`));
+      return;
+    }
+    const req = request(
+      url,
+      { method: "GET", rejectUnauthorized: false, timeout: timeoutMs },
+      (res) => {
+        const chunks: Uint8Array[] = [];
+        res.on("data", (c: Uint8Array) => chunks.push(c));
+        res.on("error", (e: Error) => reject(fail(e.message)));
+        res.on("end", () => {
+          const text = new TextDecoder().decode(concat(chunks));
+          if ((res.statusCode ?? 0) < 200 || (res.statusCode ?? 0) > 299) {
+            reject(fail(`HTTP ${res.statusCode}`));
+            return;
+          }
+          try {
+            const parsed = CaResponseSchema.safeParse(JSON.parse(text));
+            if (!parsed.success) throw new Error("response is not {ca_pem, fingerprint}");
+            resolve(parsed.data);
+          } catch (e) {
+            reject(fail(errorMessage(e)));
+          }
+        });
+      },
+    );
+    req.on("timeout", () => req.destroy(new Error(`timed out after ${timeoutMs} ms`)));
+    req.on("error", (e: Error) => reject(fail(e.message)));
+    req.end();
+  });
+}
+
+function concat(chunks: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let off = 0;
+  for (const c of chunks) {
+    out.set(c, off);
+    off += c.length;
+  }
+  return out;
+}
+
+async function runBootstrap(
+  cfg: AgentConfig,
+  files: { cert: string; key: string; ca: string },
+  log: Logger,
+  opts: BootstrapOptions,
+): Promise<AgentIdentity> {
+  const paths = agentPaths(cfg);
+  const { cp_url: cpUrl, ca_fingerprint: pinned } = cfg.bootstrap;
+  if (!cpUrl || !pinned) {
+    const missing = [!cpUrl && "bootstrap.cp_url", !pinned && "bootstrap.ca_fingerprint"]
+      .filter(Boolean).join(" and ");
+    throw new BootstrapError(
+      `bootstrap: no cert material in ${paths.certDir} and ${missing} not set ` +
+        `(set them in ${paths.envFile} or the config)`,
+    );
+  }
+  let token: string;
+  try {
+    token = (await Deno.readTextFile(paths.tokenFile)).trim();
+  } catch (e) {
+    throw new BootstrapError(
+      `bootstrap: cannot read join token ${paths.tokenFile}: ${errorMessage(e)}`,
+    );
+  }
+  if (!token) throw new BootstrapError(`bootstrap: join token file ${paths.tokenFile} is empty`);
+  const hostname = opts.hostname ?? hostName;
+  const requestedName = cfg.bootstrap.node_name ?? hostname();
+  const timeoutMs = opts.timeoutMs ?? 15_000;
+
+  log.info("bootstrap: fetching cluster CA", { cp_url: cpUrl, node: requestedName });
+  const ca = await fetchCaUnverified(cpUrl, timeoutMs);
+  let actual: string;
+  try {
+    actual = await certFingerprint(ca.ca_pem);
+  } catch (e) {
+    throw new BootstrapError(
+      `bootstrap: fetch /v1/ca: served CA is not a certificate: ${errorMessage(e)}`,
+    );
+  }
+  if (actual !== pinned.toLowerCase()) {
+    throw new BootstrapError(
+      `bootstrap: CA fingerprint mismatch (expected ${pinned.toLowerCase()} got ${actual})`,
+    );
+  }
+  if (ca.fingerprint !== actual) {
+    throw new BootstrapError(
+      `bootstrap: CA fingerprint mismatch (served fingerprint ${ca.fingerprint} does not match the served CA ${actual})`,
+    );
+  }
+
+  const sans = splitSans([advertiseHost(cfg, hostname), requestedName, "localhost", "127.0.0.1"]);
+  const csr = await createCsr(requestedName, sans);
+  const client = createTlsClient({ caPem: ca.ca_pem });
+  let certPem: string;
+  let nodeName: string;
+  try {
+    let res: Response;
+    try {
+      res = await fetch(cpUrl.replace(/\/+$/, "") + "/v1/nodes/bootstrap", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ token, csr_pem: csr.csrPem }),
+        client,
+        signal: AbortSignal.timeout(timeoutMs),
+      });
+    } catch (e) {
+      throw new BootstrapError(`bootstrap protocol: POST /v1/nodes/bootstrap: ${errorMessage(e)}`);
+    }
+    const text = await res.text();
+    let body: unknown = null;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      // not JSON
+    }
+    if (!res.ok) {
+      const env = ErrorEnvelopeSchema.safeParse(body);
+      const code = env.success ? env.data.error.code : "unknown_error";
+      const detail = env.success ? ` (${env.data.error.message})` : "";
+      throw new BootstrapError(
+        `bootstrap protocol: CSR submission rejected by CP: HTTP ${res.status} ${code}${detail}`,
+      );
+    }
+    const parsed = BootstrapResponseSchema.safeParse(body);
+    if (!parsed.success) {
+      throw new BootstrapError("bootstrap protocol: CP returned an invalid bootstrap response");
+    }
+    certPem = parsed.data.certificate_pem;
+    const issued = certInfo(certPem);
+    if (!(await isSignedBy(certPem, ca.ca_pem)) || !(await keyMatchesCert(csr.keyPem, certPem))) {
+      throw new BootstrapError(
+        "bootstrap protocol: CP returned a certificate not signed by the pinned CA or not for our key",
+      );
+    }
+    if (issued.organization !== AGENT_CERT_ORG || !issued.commonName) {
+      throw new BootstrapError(
+        `bootstrap protocol: issued certificate has subject CN=${issued.commonName} O=${issued.organization}, expected O=${AGENT_CERT_ORG}`,
+      );
+    }
+    nodeName = issued.commonName;
+  } finally {
+    client.close();
+  }
+  if (nodeName !== requestedName) {
+    log.warn("bootstrap: the join token names a different node; using the certificate's CN", {
+      requested: requestedName,
+      node: nodeName,
+    });
+  }
+
+  try {
+    await Deno.mkdir(paths.certDir, { recursive: true, mode: 0o700 });
+    await writeFileAtomic(files.ca, ca.ca_pem, 0o644);
+    await writeFileAtomic(files.key, csr.keyPem, 0o600);
+    await writeFileAtomic(files.cert, certPem, 0o644);
+  } catch (e) {
+    throw new BootstrapError(
+      `bootstrap: cannot write cert material to ${paths.certDir}: ${errorMessage(e)}`,
+    );
+  }
+  log.info("agent: bootstrap complete", { node: nodeName, cert: files.cert });
+  return { nodeName, certPem, keyPem: csr.keyPem, caPem: ca.ca_pem, bootstrapped: true };
+}

@@ -1,0 +1,293 @@
+/**
+ * The agent-owned per-pool image cache (spec: storage pools "The agent-owned image cache";
+ * troubleshooting `image_unavailable`, `checksum_mismatch`, `download_failed`).
+ *
+ * Layout: `{poolPath}/images/{basename}` plus the sidecar `{basename}.sha256` (lowercase hex
+ * and a newline). IfNotPresent semantics: a file with a valid sidecar is a cache hit and is
+ * not re-hashed. Downloads stream into a hidden temp file in the same directory while a
+ * SHA-256 is computed, then are renamed into place (image first, sidecar last, so a crash
+ * never leaves a sidecar describing other bytes).
+ *
+ * Checksums: when the request names `image_sha256` and the cached sidecar differs, the image
+ * is downloaded again once; if the fresh bytes match, they replace the cached copy
+ * (running VMs keep the old inode), otherwise the task fails with `checksum_mismatch` and the
+ * cache is left as it was.
+ *
+ * Concurrent requests for the same cache path are serialized, so they share one download:
+ * the second finds the first one's result as a cache hit.
+ *
+ * @module
+ */
+import { createHash } from "node:crypto";
+import { join } from "node:path";
+import { ApiError } from "../shared/errors.ts";
+import type { CachedImage } from "../shared/api/nodes.ts";
+import { writeFileAtomic } from "./fsutil.ts";
+import { KeyedMutex } from "./lock.ts";
+
+/** Suffix of checksum sidecars. */
+export const SIDECAR_SUFFIX = ".sha256";
+/** Longest image basename: the sidecar name must fit in 255 bytes too. */
+export const MAX_BASENAME_BYTES = 255 - SIDECAR_SUFFIX.length;
+
+const HEX64 = /^[0-9a-f]{64}$/;
+
+/**
+ * The cache basename of an image URL: the last path segment, exactly as it appears in the
+ * URL (not percent-decoded, so it can never contain `/`).
+ *
+ * @throws ApiError `validation_failed` when it is empty, `.`/`..`, starts with `.` (hidden
+ *   names are reserved for temp files), ends in `.sha256` (reserved for sidecars), contains
+ *   a NUL or a `/`, or is longer than {@link MAX_BASENAME_BYTES} bytes
+ */
+export function imageBasename(imageUrl: string): string {
+  let url: URL;
+  try {
+    url = new URL(imageUrl);
+  } catch {
+    throw new ApiError("validation_failed", `image_url: not a URL: ${imageUrl}`);
+  }
+  const base = url.pathname.split("/").pop() ?? "";
+  const bad = (why: string) =>
+    new ApiError("validation_failed", `image_url: basename "${base}" ${why}`, {
+      fields: [{ path: "vm.image_url", message: why }],
+    });
+  if (base === "" || base === "." || base === "..") throw bad("must name a file");
+  if (base.startsWith(".")) throw bad("must not start with '.'");
+  if (base.includes("/") || base.includes("\0")) throw bad("must not contain '/' or NUL");
+  if (base.endsWith(SIDECAR_SUFFIX)) throw bad(`must not end in '${SIDECAR_SUFFIX}'`);
+  if (new TextEncoder().encode(base).length > MAX_BASENAME_BYTES) {
+    throw bad(`must be at most ${MAX_BASENAME_BYTES} bytes`);
+  }
+  return base;
+}
+
+/** Options of {@link ImageCache.ensure}. */
+export interface EnsureImageOptions {
+  /** Absolute pool directory; the cache is `<poolPath>/images`. */
+  poolPath: string;
+  /** http(s) URL of the image. */
+  url: string;
+  /** Expected lowercase hex SHA-256, if the request named one. */
+  sha256?: string;
+  /** Progress callback: bytes received so far and the expected total (null if unknown). */
+  onProgress?: (received: number, total: number | null) => void;
+}
+
+/** A cached image on disk. */
+export interface EnsuredImage {
+  /** Absolute path of the cached image. */
+  path: string;
+  basename: string;
+  /** Lowercase hex SHA-256 (from the sidecar). */
+  sha256: string;
+  sizeBytes: number;
+  /** True when no download was needed. */
+  cacheHit: boolean;
+}
+
+/** Options of {@link ImageCache}. */
+export interface ImageCacheOptions {
+  /** Abort a download that receives nothing for this long, ms. */
+  idleTimeoutMs: number;
+  /** `fetch` to use (tests may inject one). */
+  fetch?: typeof fetch;
+}
+
+/** Reads a sidecar's hex digest (first token; `sha256sum` format is accepted), or null. */
+export async function readSidecar(path: string): Promise<string | null> {
+  try {
+    const token = (await Deno.readTextFile(path)).trim().split(/\s+/)[0]?.toLowerCase() ?? "";
+    return HEX64.test(token) ? token : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The per-pool image cache. */
+export class ImageCache {
+  #locks = new KeyedMutex();
+  #opts: ImageCacheOptions;
+
+  constructor(opts: ImageCacheOptions) {
+    this.#opts = opts;
+  }
+
+  /**
+   * Makes sure `opts.url` is cached in `opts.poolPath` and returns it.
+   *
+   * @throws ApiError `validation_failed` (bad basename), `download_failed` (HTTP non-2xx,
+   *   network error, idle timeout, truncated body), `checksum_mismatch` (bytes differ from
+   *   `opts.sha256`), `image_unavailable` (the cache directory or file cannot be written)
+   */
+  ensure(opts: EnsureImageOptions): Promise<EnsuredImage> {
+    const basename = imageBasename(opts.url);
+    const dir = join(opts.poolPath, "images");
+    const path = join(dir, basename);
+    return this.#locks.run(path, () => this.#ensureLocked(opts, dir, basename, path));
+  }
+
+  async #ensureLocked(
+    opts: EnsureImageOptions,
+    dir: string,
+    basename: string,
+    path: string,
+  ): Promise<EnsuredImage> {
+    const sidecar = path + SIDECAR_SUFFIX;
+    const want = opts.sha256?.toLowerCase();
+    const cachedSha = await readSidecar(sidecar);
+    const cachedSize = await fileSize(path);
+    if (cachedSha !== null && cachedSize !== null && (!want || want === cachedSha)) {
+      return { path, basename, sha256: cachedSha, sizeBytes: cachedSize, cacheHit: true };
+    }
+    try {
+      await Deno.mkdir(dir, { recursive: true, mode: 0o750 });
+    } catch (e) {
+      throw new ApiError("image_unavailable", `cannot create image cache ${dir}: ${msg(e)}`);
+    }
+    const tmp = join(dir, `.${basename.slice(0, 200)}.${crypto.randomUUID().slice(0, 8)}.part`);
+    try {
+      const { sha256, size } = await this.#download(opts, tmp);
+      if (want && sha256 !== want) {
+        const cachedNote = cachedSha && cachedSha !== want
+          ? ` (cached sidecar has sha256 ${cachedSha})`
+          : "";
+        throw new ApiError(
+          "checksum_mismatch",
+          `image ${opts.url}: SHA-256 is ${sha256}, expected ${want}${cachedNote}`,
+          { expected: want, actual: sha256 },
+        );
+      }
+      try {
+        // Sidecar out first: an image never sits next to a sidecar describing other bytes.
+        await Deno.remove(sidecar).catch((e) => {
+          if (!(e instanceof Deno.errors.NotFound)) throw e;
+        });
+        await Deno.rename(tmp, path);
+        await writeFileAtomic(sidecar, sha256 + "\n", 0o644);
+      } catch (e) {
+        throw new ApiError("image_unavailable", `cannot write image cache ${path}: ${msg(e)}`);
+      }
+      return { path, basename, sha256, sizeBytes: size, cacheHit: false };
+    } finally {
+      await Deno.remove(tmp).catch(() => {});
+    }
+  }
+
+  async #download(
+    opts: EnsureImageOptions,
+    tmp: string,
+  ): Promise<{ sha256: string; size: number }> {
+    const idleMs = this.#opts.idleTimeoutMs;
+    const ctrl = new AbortController();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const arm = () => {
+      clearTimeout(timer);
+      timer = setTimeout(
+        () => ctrl.abort(new Error(`no data received for ${idleMs / 1000} s`)),
+        idleMs,
+      );
+    };
+    const failed = (why: string) =>
+      new ApiError("download_failed", `download ${opts.url}: ${why}`, { url: opts.url });
+    arm();
+    try {
+      let res: Response;
+      try {
+        res = await (this.#opts.fetch ?? fetch)(opts.url, { signal: ctrl.signal });
+      } catch (e) {
+        throw failed(ctrl.signal.aborted ? msg(ctrl.signal.reason) : msg(e));
+      }
+      if (!res.ok || !res.body) {
+        await res.body?.cancel().catch(() => {});
+        throw failed(`HTTP ${res.status}${res.statusText ? " " + res.statusText : ""}`);
+      }
+      const lenHeader = res.headers.get("content-length");
+      const total = lenHeader && /^\d+$/.test(lenHeader) ? Number(lenHeader) : null;
+      let file: Deno.FsFile;
+      try {
+        file = await Deno.open(tmp, { write: true, createNew: true, mode: 0o644 });
+      } catch (e) {
+        await res.body.cancel().catch(() => {});
+        throw new ApiError("image_unavailable", `cannot write image cache ${tmp}: ${msg(e)}`);
+      }
+      const hash = createHash("sha256");
+      let received = 0;
+      try {
+        const reader = res.body.getReader();
+        while (true) {
+          let chunk: ReadableStreamReadResult<Uint8Array>;
+          try {
+            arm();
+            chunk = await reader.read();
+          } catch (e) {
+            throw failed(ctrl.signal.aborted ? msg(ctrl.signal.reason) : msg(e));
+          }
+          if (chunk.done) break;
+          hash.update(chunk.value);
+          try {
+            await writeAll(file, chunk.value);
+          } catch (e) {
+            await reader.cancel().catch(() => {});
+            throw new ApiError("image_unavailable", `cannot write image cache ${tmp}: ${msg(e)}`);
+          }
+          received += chunk.value.length;
+          opts.onProgress?.(received, total);
+        }
+        if (total !== null && received !== total) {
+          throw failed(`truncated: received ${received} of ${total} bytes`);
+        }
+        try {
+          await file.sync();
+        } catch (e) {
+          throw new ApiError("image_unavailable", `cannot write image cache ${tmp}: ${msg(e)}`);
+        }
+      } finally {
+        file.close();
+      }
+      return { sha256: hash.digest("hex"), size: received };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * The cached images of a pool: every `images/<name>` with a valid `<name>.sha256` sidecar
+   * (hidden temp files are skipped). A missing directory yields `[]`.
+   */
+  static async list(poolPath: string): Promise<CachedImage[]> {
+    const dir = join(poolPath, "images");
+    const out: CachedImage[] = [];
+    try {
+      for await (const e of Deno.readDir(dir)) {
+        if (!e.isFile || e.name.startsWith(".") || e.name.endsWith(SIDECAR_SUFFIX)) continue;
+        const sha = await readSidecar(join(dir, e.name + SIDECAR_SUFFIX));
+        const size = await fileSize(join(dir, e.name));
+        if (sha !== null && size !== null) {
+          out.push({ basename: e.name, sha256: sha, size_bytes: size });
+        }
+      }
+    } catch {
+      return out;
+    }
+    return out.sort((a, b) => a.basename.localeCompare(b.basename));
+  }
+}
+
+async function fileSize(path: string): Promise<number | null> {
+  try {
+    const st = await Deno.stat(path);
+    return st.isFile ? st.size : null;
+  } catch {
+    return null;
+  }
+}
+
+async function writeAll(file: Deno.FsFile, data: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < data.length) off += await file.write(data.subarray(off));
+}
+
+function msg(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

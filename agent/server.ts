@@ -1,0 +1,119 @@
+/**
+ * The agent's mTLS API, called by the control plane (shared/api/agent.ts):
+ *
+ * - `POST /v1/vms` → 202 agent task (idempotent by `task_id`)
+ * - `DELETE /v1/vms/{id}?task_id=` → 202 agent task
+ * - `GET /v1/tasks/{id}` → task, or 404 `task_not_found`
+ * - `GET /v1/vms` → `{items: ObservedVm[]}`
+ * - `GET /v1/vms/{id}/console-log?tail_bytes=N` → `text/plain`
+ * - `GET /healthz` → `{status: "ok"}`
+ *
+ * The TLS handshake requires a client certificate from the cluster CA; `/v1/` additionally
+ * requires the control plane's organization (`CP_CERT_ORG`), so another agent's certificate
+ * gets 403 `permission_denied`. Every input is validated (400 `validation_failed`).
+ *
+ * @module
+ */
+import { Hono } from "hono";
+import { z } from "zod";
+import { AgentVmCreateRequestSchema, AgentVmDeleteQuerySchema } from "../shared/api/agent.ts";
+import { ConsoleLogQuerySchema } from "../shared/api/vms.ts";
+import { CP_CERT_ORG } from "../shared/constants.ts";
+import { ApiError, parseOrThrow } from "../shared/errors.ts";
+import { errorHandler, jsonBody, notFoundHandler, queryOf, requestLogger } from "../shared/http.ts";
+import type { Logger } from "../shared/log.ts";
+import { peerOf, serveTls, type TlsEnv, type TlsServer } from "../shared/tls.ts";
+import type { AgentIdentity } from "./bootstrap.ts";
+import { imageBasename } from "./images.ts";
+import type { TaskManager } from "./tasks.ts";
+import type { VmManager } from "./vms.ts";
+
+/** What the routes need. */
+export interface AgentAppDeps {
+  tasks: TaskManager;
+  vms: VmManager;
+  log: Logger;
+}
+
+const IdSchema = z.string().uuid();
+
+/** The agent's Hono app (served by {@link startAgentServer}). */
+export function createAgentApp(deps: AgentAppDeps): Hono<TlsEnv> {
+  const app = new Hono<TlsEnv>();
+  app.onError(errorHandler(deps.log));
+  app.notFound(notFoundHandler);
+  app.use("*", requestLogger(deps.log));
+  app.use("*", async (c, next) => {
+    const peer = peerOf(c.env?.incoming);
+    if (!peer.authorized) {
+      throw new ApiError("unauthenticated", "a client certificate from the cluster CA is required");
+    }
+    if (c.req.path !== "/healthz" && peer.organization !== CP_CERT_ORG) {
+      throw new ApiError(
+        "permission_denied",
+        `client certificate CN=${peer.commonName} O=${peer.organization} is not a control plane`,
+      );
+    }
+    await next();
+  });
+
+  app.get("/healthz", (c) => c.json({ status: "ok" }));
+
+  app.post("/v1/vms", async (c) => {
+    const req = await jsonBody(c, AgentVmCreateRequestSchema);
+    const known = deps.tasks.get(req.task_id);
+    if (!known) imageBasename(req.vm.image_url); // 400 before a task exists
+    return c.json(deps.tasks.submitCreate(req), 202);
+  });
+
+  app.delete("/v1/vms/:id", (c) => {
+    const id = parseOrThrow(IdSchema, c.req.param("id"), "vm id");
+    const q = queryOf(c, AgentVmDeleteQuerySchema);
+    return c.json(deps.tasks.submitDelete(id, q.task_id), 202);
+  });
+
+  app.get("/v1/tasks/:id", (c) => {
+    const id = parseOrThrow(IdSchema, c.req.param("id"), "task id");
+    const task = deps.tasks.get(id);
+    if (!task) throw new ApiError("task_not_found", `task ${id} not found on this agent`);
+    return c.json(task);
+  });
+
+  app.get("/v1/vms", (c) => c.json({ items: deps.vms.list() }));
+
+  app.get("/v1/vms/:id/console-log", async (c) => {
+    const id = parseOrThrow(IdSchema, c.req.param("id"), "vm id");
+    const q = queryOf(c, ConsoleLogQuerySchema);
+    const text = await deps.vms.consoleLog(id, q.tail_bytes);
+    return c.text(text, 200, { "content-type": "text/plain; charset=utf-8" });
+  });
+
+  return app;
+}
+
+/** Options of {@link startAgentServer}. */
+export interface AgentServerOptions {
+  hostname: string;
+  /** 0 picks a free port (tests). */
+  port: number;
+  identity: AgentIdentity;
+  app: Hono<TlsEnv>;
+}
+
+/**
+ * Serves the app over mTLS with the agent's certificate; clients must present a certificate
+ * signed by the cluster CA.
+ *
+ * @throws when the address cannot be bound
+ */
+export function startAgentServer(o: AgentServerOptions): Promise<TlsServer> {
+  return serveTls({
+    hostname: o.hostname,
+    port: o.port,
+    certPem: o.identity.certPem,
+    keyPem: o.identity.keyPem,
+    caPem: o.identity.caPem,
+    requireClientCert: true,
+    fetch: (req, env) => o.app.fetch(req, env),
+  });
+}

@@ -1,0 +1,42 @@
+import { assertEquals, assertStringIncludes, assertThrows } from "../assert.ts";
+import { agentPaths, parseAgentConfig, parseEnvFile } from "../../agent/config.ts";
+
+Deno.test("config: env file parse handles comments, export, quotes", () => {
+  const env = parseEnvFile(
+    [
+      "# written by seed-dev",
+      "",
+      "OTHERIX_BOOTSTRAP__CP_URL=https://cp.lan:8443",
+      "export OTHERIX_BOOTSTRAP__NODE_NAME='node-a'",
+      '  OTHERIX_BOOTSTRAP__CA_FINGERPRINT="sha256:' + "a".repeat(64) + '"  ',
+      "OTHERIX_EMPTY=",
+    ].join("\n"),
+    "bootstrap.env",
+  );
+  assertEquals(env, {
+    OTHERIX_BOOTSTRAP__CP_URL: "https://cp.lan:8443",
+    OTHERIX_BOOTSTRAP__NODE_NAME: "node-a",
+    OTHERIX_BOOTSTRAP__CA_FINGERPRINT: "sha256:" + "a".repeat(64),
+    OTHERIX_EMPTY: "",
+  });
+});
+
+Deno.test("config: env file malformed line names file and line", () => {
+  const e = assertThrows(() => parseEnvFile("A=1\nnot a pair\n", "/etc/otherix/bootstrap.env"));
+  assertStringIncludes(e.message, "/etc/otherix/bootstrap.env:2");
+});
+
+Deno.test("config: defaults and env overrides", () => {
+  const cfg = parseAgentConfig("paths:\n  state_dir: /tmp/x/state\n", (n) =>
+    ({
+      OTHERIX_QEMU__ACCELERATOR: "tcg",
+      OTHERIX_SERVER__LISTEN: "127.0.0.1:0",
+    })[n]);
+  assertEquals(cfg.qemu.accelerator, "tcg");
+  assertEquals(cfg.server.listen, { hostname: "127.0.0.1", port: 0 });
+  assertEquals(cfg.qemu.start_timeout_seconds, 30);
+  const p = agentPaths(cfg);
+  assertEquals(p.certDir, "/tmp/x/state/certs");
+  assertEquals(p.vmSocketsDir, "/run/otherix/vms");
+  assertEquals(p.tokenFile, "/etc/otherix/bootstrap-token");
+});

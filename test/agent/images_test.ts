@@ -1,0 +1,234 @@
+import { assert, assertEquals, assertRejects, assertStringIncludes } from "../assert.ts";
+import { createHash } from "node:crypto";
+import { ApiError } from "../../shared/errors.ts";
+import { imageBasename, ImageCache } from "../../agent/images.ts";
+
+function sha(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+/** A loopback HTTP server serving `files` by path, counting requests per path. */
+function startServer(files: Map<string, Uint8Array<ArrayBuffer>>) {
+  const hits = new Map<string, number>();
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+    const path = new URL(req.url).pathname;
+    hits.set(path, (hits.get(path) ?? 0) + 1);
+    if (path.startsWith("/stall/")) {
+      // Sends 4 bytes, then nothing: the idle timeout must fire.
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const body = new ReadableStream<Uint8Array>({
+        start(c) {
+          c.enqueue(new Uint8Array([1, 2, 3, 4]));
+          timer = setTimeout(() => c.close(), 10_000);
+        },
+        cancel() {
+          clearTimeout(timer);
+        },
+      });
+      return new Response(body);
+    }
+    const data = files.get(path);
+    if (!data) return new Response("not found", { status: 404 });
+    return new Response(data);
+  });
+  const base = `http://127.0.0.1:${server.addr.port}`;
+  return { server, hits, base };
+}
+
+async function listDir(path: string): Promise<string[]> {
+  const out: string[] = [];
+  try {
+    for await (const e of Deno.readDir(path)) out.push(e.name);
+  } catch { /* missing */ }
+  return out.sort();
+}
+
+function randomBytes(n: number): Uint8Array<ArrayBuffer> {
+  const b = new Uint8Array(n);
+  for (let i = 0; i < n; i += 65536) crypto.getRandomValues(b.subarray(i, Math.min(n, i + 65536)));
+  return b;
+}
+
+Deno.test("images: download, sidecar, cache hit, shared concurrent download", async () => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  const data = randomBytes(3 * 1024 * 1024 + 17);
+  const other = randomBytes(1000);
+  const { server, hits, base } = startServer(
+    new Map([["/img/disk.img", data], ["/img/other.img", other]]),
+  );
+  try {
+    const cache = new ImageCache({ idleTimeoutMs: 5000 });
+    const pool = `${root}/pools/default`;
+    const progress: number[] = [];
+    const first = await cache.ensure({
+      poolPath: pool,
+      url: `${base}/img/disk.img`,
+      sha256: sha(data),
+      onProgress: (n) => progress.push(n),
+    });
+    assertEquals(first.cacheHit, false);
+    assertEquals(first.path, `${pool}/images/disk.img`);
+    assertEquals(first.sha256, sha(data));
+    assertEquals(first.sizeBytes, data.length);
+    assertEquals(sha(await Deno.readFile(first.path)), sha(data));
+    assertEquals((await Deno.readTextFile(`${first.path}.sha256`)).trim(), sha(data));
+    assertEquals(progress[progress.length - 1], data.length);
+
+    // Second call: cache hit, no request (with and without a requested checksum).
+    const second = await cache.ensure({ poolPath: pool, url: `${base}/img/disk.img` });
+    assertEquals(second.cacheHit, true);
+    assertEquals(second.sha256, sha(data));
+    const third = await cache.ensure({
+      poolPath: pool,
+      url: `${base}/img/disk.img?x=1`,
+      sha256: sha(data),
+    });
+    assertEquals(third.cacheHit, true);
+    assertEquals(hits.get("/img/disk.img"), 1);
+
+    // Concurrent creates of a new image share one download.
+    const [a, b] = await Promise.all([
+      cache.ensure({ poolPath: pool, url: `${base}/img/other.img` }),
+      cache.ensure({ poolPath: pool, url: `${base}/img/other.img` }),
+    ]);
+    assertEquals(hits.get("/img/other.img"), 1);
+    assertEquals([a.cacheHit, b.cacheHit].sort(), [false, true]);
+
+    assertEquals(await listDir(`${pool}/images`), [
+      "disk.img",
+      "disk.img.sha256",
+      "other.img",
+      "other.img.sha256",
+    ]);
+    assertEquals(await ImageCache.list(pool), [
+      { basename: "disk.img", sha256: sha(data), size_bytes: data.length },
+      { basename: "other.img", sha256: sha(other), size_bytes: other.length },
+    ]);
+  } finally {
+    await server.shutdown();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: wrong sha256 → checksum_mismatch and no file left", async () => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  const data = randomBytes(200_000);
+  const { server, base } = startServer(new Map([["/disk.img", data]]));
+  try {
+    const cache = new ImageCache({ idleTimeoutMs: 5000 });
+    const err = await assertRejects(() =>
+      cache.ensure({ poolPath: root, url: `${base}/disk.img`, sha256: "0".repeat(64) })
+    );
+    assert(err instanceof ApiError);
+    assertEquals(err.code, "checksum_mismatch");
+    assertStringIncludes(err.message, sha(data));
+    assertEquals(await listDir(`${root}/images`), []);
+  } finally {
+    await server.shutdown();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: cached sidecar differing from the request re-downloads once", async () => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  const v1 = randomBytes(5000);
+  const v2 = randomBytes(6000);
+  const files = new Map([["/disk.img", v1]]);
+  const { server, hits, base } = startServer(files);
+  try {
+    const cache = new ImageCache({ idleTimeoutMs: 5000 });
+    await cache.ensure({ poolPath: root, url: `${base}/disk.img` });
+    // The URL still serves v1 but v2's checksum is requested: mismatch, cache untouched.
+    const err = await assertRejects(() =>
+      cache.ensure({ poolPath: root, url: `${base}/disk.img`, sha256: sha(v2) })
+    );
+    assertEquals((err as ApiError).code, "checksum_mismatch");
+    assertStringIncludes(err.message, "cached sidecar");
+    assertEquals(hits.get("/disk.img"), 2);
+    assertEquals(await listDir(`${root}/images`), ["disk.img", "disk.img.sha256"]);
+    assertEquals(sha(await Deno.readFile(`${root}/images/disk.img`)), sha(v1));
+    // Now the URL serves v2: the re-download replaces the cached copy.
+    files.set("/disk.img", v2);
+    const got = await cache.ensure({ poolPath: root, url: `${base}/disk.img`, sha256: sha(v2) });
+    assertEquals([got.cacheHit, got.sha256], [false, sha(v2)]);
+    assertEquals(sha(await Deno.readFile(`${root}/images/disk.img`)), sha(v2));
+    assertEquals((await Deno.readTextFile(`${root}/images/disk.img.sha256`)).trim(), sha(v2));
+  } finally {
+    await server.shutdown();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: 404, refused connection and idle timeout → download_failed", async () => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  const { server, base } = startServer(new Map());
+  try {
+    const cache = new ImageCache({ idleTimeoutMs: 500 });
+    const e404 = await assertRejects(() =>
+      cache.ensure({ poolPath: root, url: `${base}/nope/missing.img` })
+    );
+    assertEquals((e404 as ApiError).code, "download_failed");
+    assertStringIncludes(e404.message, "HTTP 404");
+
+    const stall = await assertRejects(() =>
+      cache.ensure({ poolPath: root, url: `${base}/stall/slow.img` })
+    );
+    assertEquals((stall as ApiError).code, "download_failed");
+    assertStringIncludes(stall.message, "no data received");
+
+    // A port nobody listens on.
+    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (l.addr as Deno.NetAddr).port;
+    l.close();
+    const refused = await assertRejects(() =>
+      cache.ensure({ poolPath: root, url: `http://127.0.0.1:${port}/x.img` })
+    );
+    assertEquals((refused as ApiError).code, "download_failed");
+    assertEquals(await listDir(`${root}/images`), []);
+  } finally {
+    await server.shutdown();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: unwritable cache → image_unavailable", async () => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  const { server, base } = startServer(new Map([["/disk.img", new Uint8Array(10)]]));
+  try {
+    // The pool path is a regular file, so <pool>/images cannot be created.
+    await Deno.writeTextFile(`${root}/pool`, "");
+    const err = await assertRejects(() =>
+      new ImageCache({ idleTimeoutMs: 5000 }).ensure({
+        poolPath: `${root}/pool`,
+        url: `${base}/disk.img`,
+      })
+    );
+    assertEquals((err as ApiError).code, "image_unavailable");
+  } finally {
+    await server.shutdown();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: basename validation", () => {
+  assertEquals(imageBasename("https://h/a/b/ubuntu.img?x=y#z"), "ubuntu.img");
+  assertEquals(imageBasename("https://h/a%2Fb.img"), "a%2Fb.img");
+  for (
+    const bad of [
+      "https://h/",
+      "https://h/a/",
+      "https://h/.hidden.img",
+      "https://h/x.img.sha256",
+      "https://h/" + "a".repeat(249),
+    ]
+  ) {
+    let code = "";
+    try {
+      imageBasename(bad);
+    } catch (e) {
+      code = (e as ApiError).code;
+    }
+    assertEquals(code, "validation_failed", bad);
+  }
+  assertEquals(imageBasename("https://h/" + "a".repeat(248)).length, 248);
+});

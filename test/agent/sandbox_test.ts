@@ -1,0 +1,61 @@
+import { assertEquals, assertMatch } from "../assert.ts";
+import { permissionFlags } from "../../scripts/permissions.ts";
+
+Deno.test("sandbox: the agent's exact permission flags confine it to its roots", async () => {
+  const base = await Deno.makeTempDir({ prefix: "otx-sandbox-" });
+  try {
+    const roots = { config: `${base}/etc`, state: `${base}/state`, run: `${base}/run` };
+    for (const d of Object.values(roots)) await Deno.mkdir(d);
+    const outside = `${base}/outside.txt`;
+    await Deno.writeTextFile(outside, "secret");
+    const probe = new URL("./sandbox_probe.ts", import.meta.url).pathname;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        ...permissionFlags("otherix-agent", roots),
+        probe,
+        roots.state,
+        roots.config,
+        outside,
+      ],
+      env: { OTHERIX_PROBE: "yes" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assertEquals(out.code, 0, stderr);
+    const r: Record<string, string> = JSON.parse(new TextDecoder().decode(out.stdout));
+    const denied = /^NotCapable: /;
+    // Refused.
+    assertMatch(r["read /etc/passwd"], denied);
+    assertMatch(r["read outside file"], denied);
+    assertMatch(r["spawn /bin/sh"], denied);
+    assertMatch(r["spawn sh"], denied);
+    assertMatch(r["env HOME"], denied);
+    assertMatch(r["write config"], denied);
+    assertMatch(r["Deno.kill"], denied);
+    // Allowed.
+    assertEquals(r["env OTHERIX_PROBE"], "ok");
+    assertEquals(r["write+read state"], "ok");
+    assertEquals(r["read config"], "ok");
+    assertEquals(r["spawn qemu-img --version"], "ok");
+    assertEquals(r["sys figures"], "ok");
+    assertEquals(r["statfs state"], "ok");
+    // Deno refuses /sys and /dev to anything short of --allow-all, whatever --allow-read says:
+    // the agent falls back to qemu-img / a QEMU smoke test for accelerator detection, and to
+    // the state dir for system-disk figures.
+    assertMatch(r["stat /sys/module"], /^NotCapable: Requires all access/);
+    assertMatch(r["open /dev/kvm rw"], /^NotCapable: Requires all access/);
+    assertMatch(r["statfs /"], denied);
+    assertEquals(r["accelerator detection"], "ok");
+    const pvm = await Deno.stat("/sys/module/kvm_pvm").then(() => true, () => false);
+    if (pvm) {
+      assertEquals(
+        r["accelerator"],
+        "accelerator: tcg (kvm unusable: /dev/kvm is PVM-only nested KVM (/sys/module/kvm_pvm))",
+      );
+    }
+  } finally {
+    await Deno.remove(base, { recursive: true });
+  }
+});
