@@ -179,7 +179,9 @@ export function fetchCaUnverified(cpUrl: string, timeoutMs = 15_000): Promise<Ca
     }
     const req = request(
       url,
-      { method: "GET", rejectUnauthorized: false, timeout: timeoutMs },
+      // `ca: []`: trust nothing (the pin decides). Without an explicit `ca`, Deno's node
+      // compat loads system and NODE_EXTRA_CA_CERTS roots, which needs `--allow-sys` in full.
+      { method: "GET", rejectUnauthorized: false, ca: [], timeout: timeoutMs },
       (res) => {
         const chunks: Uint8Array[] = [];
         res.on("data", (c: Uint8Array) => chunks.push(c));

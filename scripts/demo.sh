@@ -111,8 +111,9 @@ heartbeat:
 YAML
 
 say "starting otherix-api on :$API_PORT (embedded store, first boot creates the cluster CA)"
-(cd "$REPO" && OTHERIX_BOOTSTRAP_ADMIN_EMAIL="$ADMIN_EMAIL" OTHERIX_BOOTSTRAP_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
-  setsid deno task -q otherix-api -- --config "$ROOT/etc/otherix/api.yaml" >"$DEMO/api.log" 2>&1 &
+(cd "$REPO"
+  OTHERIX_BOOTSTRAP_ADMIN_EMAIL="$ADMIN_EMAIL" OTHERIX_BOOTSTRAP_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
+    setsid deno task -q otherix-api -- --config "$ROOT/etc/otherix/api.yaml" >"$DEMO/api.log" 2>&1 &
   echo $! >"$DEMO/api.pid")
 for _ in $(seq 1 120); do
   curl -fsS "http://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && break
@@ -140,7 +141,8 @@ OTHERIX_BOOTSTRAP__NODE_NAME=$NODE
 ENV
 
 say "starting otherix-agent (bootstrap: pinned CA, CSR, mTLS)"
-(cd "$REPO" && setsid deno task -q otherix-agent -- --config "$ROOT/etc/otherix/agent.yaml" \
+(cd "$REPO"
+  setsid deno task -q otherix-agent -- --config "$ROOT/etc/otherix/agent.yaml" \
   >"$DEMO/agent.log" 2>&1 &
   echo $! >"$DEMO/agent.pid")
 for _ in $(seq 1 120); do
@@ -150,6 +152,10 @@ done
 otx node list
 otx node list -o json | grep -q '"status": "ready"' || { tail -n 30 "$DEMO/agent.log"; die "node did not become ready"; }
 grep -o '"msg":"accelerator[^"]*"' "$DEMO/agent.log" | head -n 1 || true
+for _ in $(seq 1 60); do   # the default pool is provisioned when the node turns ready
+  otx pool list -o json 2>/dev/null | grep -q '"status": "ready"' && break
+  sleep 0.5
+done
 
 MARKER="cloud-init-data-reached-the-guest-$(date +%s)"
 cat >"$DEMO/user-data.yaml" <<UD
