@@ -107,3 +107,18 @@ export function formatBytes(bytes: number): string {
 export function yesNo(value: boolean): string {
   return value ? "yes" : "no";
 }
+
+/**
+ * Renders `raw` as JSON or YAML when `format` asks for it, else the human form `human()`.
+ * List commands pass the whole list as `{items, next_cursor: null}` (see {@link listEnvelope}).
+ */
+export function renderAs(format: string, raw: unknown, human: () => string): string {
+  if (format === "json") return renderJson(raw);
+  if (format === "yaml") return renderYaml(raw);
+  return human();
+}
+
+/** The list envelope printed for `-o json|yaml` once every page was fetched. */
+export function listEnvelope(items: unknown[]): { items: unknown[]; next_cursor: null } {
+  return { items, next_cursor: null };
+}

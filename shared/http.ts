@@ -27,7 +27,10 @@ export function errorHandler(log: Logger): ErrorHandler {
 
 /** 404 envelope for unknown routes. */
 export const notFoundHandler: NotFoundHandler = (c) =>
-  c.json({ error: { code: "not_found", message: `no route for ${c.req.method} ${c.req.path}` } }, 404);
+  c.json(
+    { error: { code: "not_found", message: `no route for ${c.req.method} ${c.req.path}` } },
+    404,
+  );
 
 /**
  * Reads and validates the JSON body with `schema`.

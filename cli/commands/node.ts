@@ -12,11 +12,11 @@ import type { Io } from "../io.ts";
 import {
   formatBytes,
   type KvEntry,
+  listEnvelope,
   type OutputFormat,
-  renderJson,
+  renderAs,
   renderKeyValues,
   renderTable,
-  renderYaml,
   yesNo,
 } from "../render.ts";
 
@@ -87,9 +87,7 @@ export function registerNodeCommands(program: Command, io: Io): void {
       const client = await connect(cmd, io);
       const { items, raw } = await client.listAll("/v1/nodes", NodeSchema);
       const format = opts.output as OutputFormat;
-      if (format === "json") io.out(renderJson({ items: raw, next_cursor: null }));
-      else if (format === "yaml") io.out(renderYaml({ items: raw, next_cursor: null }));
-      else io.out(nodeTable(items, io.now()));
+      io.out(renderAs(format, listEnvelope(raw), () => nodeTable(items, io.now())));
     });
 
   node.command("get")
@@ -100,10 +98,16 @@ export function registerNodeCommands(program: Command, io: Io): void {
       const client = await connect(cmd, io);
       const { data, raw } = await client.json("GET", `/v1/nodes/${seg(name)}`, NodeSchema);
       const format = opts.output as OutputFormat;
-      if (format === "json") io.out(renderJson(raw));
-      else if (format === "yaml") io.out(renderYaml(raw));
-      else if (format === "table") io.out(nodeTable([data], io.now()));
-      else io.out(renderKeyValues(nodeKeyValues(data, io.now())));
+      io.out(
+        renderAs(
+          format,
+          raw,
+          () =>
+            format === "table"
+              ? nodeTable([data], io.now())
+              : renderKeyValues(nodeKeyValues(data, io.now())),
+        ),
+      );
     });
 
   const joinToken = node.command("join-token").description("manage node join tokens");
@@ -129,8 +133,7 @@ export function registerNodeCommands(program: Command, io: Io): void {
         { body },
       );
       const format = opts.output as OutputFormat;
-      if (format === "json") return io.out(renderJson(raw));
-      if (format === "yaml") return io.out(renderYaml(raw));
+      if (format === "json" || format === "yaml") return io.out(renderAs(format, raw, String));
       io.out(renderKeyValues([
         ["token", data.token],
         ["node", data.node_name],

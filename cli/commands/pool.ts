@@ -8,7 +8,7 @@ import { PoolInstanceSchema } from "../../shared/api/pools.ts";
 import { connect, outputOption } from "../common.ts";
 import { formatAge } from "../duration.ts";
 import type { Io } from "../io.ts";
-import { formatBytes, type OutputFormat, renderJson, renderTable, renderYaml } from "../render.ts";
+import { formatBytes, listEnvelope, type OutputFormat, renderAs, renderTable } from "../render.ts";
 
 /** Registers `pool` and its subcommands on `program`. */
 export function registerPoolCommands(program: Command, io: Io): void {
@@ -21,8 +21,9 @@ export function registerPoolCommands(program: Command, io: Io): void {
       const client = await connect(cmd, io);
       const { items, raw } = await client.listAll("/v1/pools", PoolInstanceSchema);
       const format = opts.output as OutputFormat;
-      if (format === "json") return io.out(renderJson({ items: raw, next_cursor: null }));
-      if (format === "yaml") return io.out(renderYaml({ items: raw, next_cursor: null }));
+      if (format === "json" || format === "yaml") {
+        return io.out(renderAs(format, listEnvelope(raw), String));
+      }
       const now = io.now();
       io.out(renderTable(
         ["name", "node", "type", "status", "path", "available", "default", "age"],

@@ -14,11 +14,11 @@ import type { Io } from "../io.ts";
 import { confirm } from "../prompt.ts";
 import {
   type KvEntry,
+  listEnvelope,
   type OutputFormat,
-  renderJson,
+  renderAs,
   renderKeyValues,
   renderTable,
-  renderYaml,
 } from "../render.ts";
 import { waitForTask } from "../wait.ts";
 
@@ -136,9 +136,9 @@ export function registerVmCommands(program: Command, io: Io): void {
       const client = await connect(cmd, io);
       const { items, raw } = await client.listAll("/v1/vms", VmSchema);
       const format = opts.output as OutputFormat;
-      if (format === "json") io.out(renderJson({ items: raw, next_cursor: null }));
-      else if (format === "yaml") io.out(renderYaml({ items: raw, next_cursor: null }));
-      else io.out(vmTable(items, Boolean(opts.showIds), io.now()));
+      io.out(
+        renderAs(format, listEnvelope(raw), () => vmTable(items, Boolean(opts.showIds), io.now())),
+      );
     });
 
   vm.command("get")
@@ -149,10 +149,16 @@ export function registerVmCommands(program: Command, io: Io): void {
       const client = await connect(cmd, io);
       const { data, raw } = await client.json("GET", `/v1/vms/${seg(name)}`, VmSchema);
       const format = opts.output as OutputFormat;
-      if (format === "json") io.out(renderJson(raw));
-      else if (format === "yaml") io.out(renderYaml(raw));
-      else if (format === "table") io.out(vmTable([data], false, io.now()));
-      else io.out(renderKeyValues(vmKeyValues(data)));
+      io.out(
+        renderAs(
+          format,
+          raw,
+          () =>
+            format === "table"
+              ? vmTable([data], false, io.now())
+              : renderKeyValues(vmKeyValues(data)),
+        ),
+      );
     });
 
   vm.command("delete")
@@ -208,9 +214,7 @@ export function registerVmCommands(program: Command, io: Io): void {
 }
 
 function printTask(io: Io, format: OutputFormat, raw: unknown, text: string): void {
-  if (format === "json") io.out(renderJson(raw));
-  else if (format === "yaml") io.out(renderYaml(raw));
-  else io.out(text);
+  io.out(renderAs(format, raw, () => text));
 }
 
 /** Prints the final task; a failed task becomes `api_error: <code>: <message>` (exit 1). */
@@ -221,7 +225,7 @@ function finishTask(
   raw: unknown,
   successText: string,
 ): void {
-  if (format !== "text") io.out(format === "json" ? renderJson(raw) : renderYaml(raw));
+  if (format !== "text") io.out(renderAs(format, raw, String));
   if (task.status === "failed") {
     const code = task.error?.code ??
       (task.type === "vm.delete" ? "vm_delete_failed" : "vm_create_failed");

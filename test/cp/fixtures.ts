@@ -26,6 +26,7 @@ import {
   type TlsServer,
 } from "../../shared/tls.ts";
 import { CP_CERT_ORG } from "../../shared/constants.ts";
+import { waitFor } from "../harness.ts";
 
 /** Log lines captured from a control plane. */
 export class LogCapture {
@@ -300,22 +301,11 @@ export class FakeAgent {
 
 export { AGENT_CERT_ORG };
 
-/** Polls `fn` until truthy (throws after `ms`). */
-export async function until<T>(
+/** Polls `fn` every 25 ms until truthy (throws after `ms`); see the harness's `waitFor`. */
+export function until<T>(
   what: string,
   fn: () => Promise<T | null | undefined | false> | T | null | undefined | false,
   ms = 10_000,
 ): Promise<T> {
-  const end = Date.now() + ms;
-  let last: unknown;
-  while (Date.now() < end) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (e) {
-      last = e;
-    }
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  throw new Error(`timed out waiting for ${what}${last ? `: ${last}` : ""}`);
+  return waitFor(what, async () => await fn(), ms, 25);
 }
