@@ -153,6 +153,12 @@ kernel_from_deb() {
   local kpkg root
   kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
     sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n1)
+  if [[ -z "$kpkg" && $(id -u) -eq 0 ]]; then
+    # No package lists yet (a fresh machine whose tools were already installed).
+    apt-get update >&2 || true
+    kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
+      sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n1)
+  fi
   [[ -n "$kpkg" ]] || return 1
   # Drop .debs of other kernel ABIs.
   find "$DEB_DIR" -maxdepth 1 -name 'linux-image-*.deb' ! -name "${kpkg}_*" -delete
