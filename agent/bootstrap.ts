@@ -11,6 +11,9 @@
  * - neither: bootstrap. `GET {cp_url}/v1/ca` (the CA is not trusted yet, so this one call
  *   skips TLS verification), pin the CA by its `sha256:` fingerprint, then trust only that
  *   CA: generate a key + CSR and redeem the join token at `POST {cp_url}/v1/nodes/bootstrap`.
+ *   The served `ca_pem` must be exactly one certificate: the pin covers one certificate, and
+ *   any extra one in a bundle would be trusted too (by this client, and by the agent's mTLS
+ *   server once written to `ca.crt`).
  *
  * Write order: `ca.crt`, then `agent.key`, then `agent.crt`, each atomically (temp file,
  * fsync, rename). The certificate is written last, so a crash can leave a key without a
@@ -36,6 +39,9 @@ import { createTlsClient } from "../shared/tls.ts";
 import { type AgentConfig, agentPaths } from "./config.ts";
 import { errorMessage, writeFileAtomic } from "./fsutil.ts";
 import { hostName } from "./sysinfo.ts";
+
+/** Largest `/v1/ca` response read before the CA is pinned, bytes. */
+export const MAX_CA_RESPONSE_BYTES = 1024 * 1024;
 
 /** A fatal bootstrap failure; `message` is what the operator sees. */
 export class BootstrapError extends Error {
@@ -158,16 +164,39 @@ async function useExisting(
     );
   }
   if (!cn) throw new BootstrapError(`bootstrap: cert ${files.cert} has no CN`);
+  await tightenKeyMode(files.key, log);
   log.info("agent: using existing cert material", { node: cn, cert: files.cert });
   return { nodeName: cn, certPem, keyPem, caPem, bootstrapped: false };
 }
 
 /**
+ * Makes the private key file mode 0600 when it is readable or writable by group or others
+ * (e.g. restored from a backup), logging a warning.
+ *
+ * @throws BootstrapError when the mode cannot be read or changed
+ */
+async function tightenKeyMode(path: string, log: Logger): Promise<void> {
+  try {
+    const mode = (await Deno.stat(path)).mode;
+    if (mode === null || (mode & 0o077) === 0) return;
+    await Deno.chmod(path, 0o600);
+    log.warn("bootstrap: private key was accessible to other users; mode set to 0600", {
+      key: path,
+      was: "0" + (mode & 0o777).toString(8),
+    });
+  } catch (e) {
+    throw new BootstrapError(`bootstrap: cannot restrict mode of ${path}: ${errorMessage(e)}`);
+  }
+}
+
+/**
  * `GET {cpUrl}/v1/ca` WITHOUT verifying the server certificate (the CA is not trusted yet;
  * the caller pins it by fingerprint). Uses `node:https` because Deno's `fetch` cannot skip
- * verification per request.
+ * verification per request. At most {@link MAX_CA_RESPONSE_BYTES} of body are read (the
+ * server is not authenticated yet).
  *
- * @throws BootstrapError `bootstrap: fetch /v1/ca: <error>`
+ * @throws BootstrapError `bootstrap: fetch /v1/ca: <error>` (transport error, timeout,
+ *   non-2xx, oversized or malformed body)
  */
 export function fetchCaUnverified(cpUrl: string, timeoutMs = 15_000): Promise<CaResponse> {
   const url = cpUrl.replace(/\/+$/, "") + "/v1/ca";
@@ -184,9 +213,21 @@ export function fetchCaUnverified(cpUrl: string, timeoutMs = 15_000): Promise<Ca
       { method: "GET", rejectUnauthorized: false, ca: [], timeout: timeoutMs },
       (res) => {
         const chunks: Uint8Array[] = [];
-        res.on("data", (c: Uint8Array) => chunks.push(c));
+        let size = 0;
+        res.on("data", (c: Uint8Array) => {
+          size += c.length;
+          if (size > MAX_CA_RESPONSE_BYTES) {
+            req.destroy(new Error(`response larger than ${MAX_CA_RESPONSE_BYTES} bytes`));
+            return;
+          }
+          chunks.push(c);
+        });
         res.on("error", (e: Error) => reject(fail(e.message)));
         res.on("end", () => {
+          if (size > MAX_CA_RESPONSE_BYTES) {
+            reject(fail(`response larger than ${MAX_CA_RESPONSE_BYTES} bytes`));
+            return;
+          }
           const text = new TextDecoder().decode(concat(chunks));
           if ((res.statusCode ?? 0) < 200 || (res.statusCode ?? 0) > 299) {
             reject(fail(`HTTP ${res.statusCode}`));
@@ -249,6 +290,12 @@ async function runBootstrap(
 
   log.info("bootstrap: fetching cluster CA", { cp_url: cpUrl, node: requestedName });
   const ca = await fetchCaUnverified(cpUrl, timeoutMs);
+  const blocks = ca.ca_pem.match(/-----BEGIN [^-\r\n]*-----/g) ?? [];
+  if (blocks.length !== 1 || blocks[0] !== "-----BEGIN CERTIFICATE-----") {
+    throw new BootstrapError(
+      `bootstrap: fetch /v1/ca: served CA must be exactly one PEM certificate, got ${blocks.length} PEM blocks`,
+    );
+  }
   let actual: string;
   try {
     actual = await certFingerprint(ca.ca_pem);

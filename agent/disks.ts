@@ -43,8 +43,8 @@ async function run(
  * Inspects an image with `qemu-img info --output=json --force-share`.
  *
  * @throws ApiError `vm_create_failed` when qemu-img fails, the format is neither raw nor
- *   qcow2, or a qcow2 image names a backing file of its own (refused: a downloaded image
- *   must not make QEMU open arbitrary host files)
+ *   qcow2, or a qcow2 image names a backing file or an external data file of its own
+ *   (refused: a downloaded image must not make QEMU open arbitrary host files)
  */
 export async function imageInfo(qemuImg: string, path: string): Promise<ImageInfo> {
   const text = await run(
@@ -68,6 +68,13 @@ export async function imageInfo(qemuImg: string, path: string): Promise<ImageInf
   }
   if (info["backing-filename"] !== undefined) {
     throw new ApiError("vm_create_failed", `image ${path}: images with a backing file are refused`);
+  }
+  const specific = info["format-specific"] as { data?: Record<string, unknown> } | undefined;
+  if (specific?.data?.["data-file"] !== undefined) {
+    throw new ApiError(
+      "vm_create_failed",
+      `image ${path}: images with an external data file are refused`,
+    );
   }
   if (typeof size !== "number" || !Number.isSafeInteger(size) || size < 0) {
     throw new ApiError("vm_create_failed", `image ${path}: no virtual size`);

@@ -21,8 +21,7 @@ export async function writeFileAtomic(
   try {
     const file = await Deno.open(tmp, { write: true, createNew: true, mode });
     try {
-      let off = 0;
-      while (off < bytes.length) off += await file.write(bytes.subarray(off));
+      await writeAll(file, bytes);
       await file.sync();
     } finally {
       file.close();
@@ -34,6 +33,12 @@ export async function writeFileAtomic(
     await Deno.remove(tmp).catch(() => {});
     throw e;
   }
+}
+
+/** Writes all of `data` to `file` (`write` may accept fewer bytes than offered). */
+export async function writeAll(file: Deno.FsFile, data: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < data.length) off += await file.write(data.subarray(off));
 }
 
 /** Removes `path` recursively; a missing path is not an error. */

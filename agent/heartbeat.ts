@@ -51,10 +51,6 @@ export interface HeartbeatOptions {
 export interface Heartbeat {
   /** Stops the loop (an in-flight request is aborted). */
   stop(): Promise<void>;
-  /** Sends the next heartbeat now. */
-  kick(): void;
-  /** The last node status the control plane reported (null before the first success). */
-  nodeStatus(): string | null;
 }
 
 /** Builds one heartbeat body. */
@@ -123,15 +119,9 @@ export function startHeartbeat(o: HeartbeatOptions): Heartbeat {
   let status: string | null = null;
   let failing = false;
   let wake: (() => void) | null = null;
-  let kicked = false;
 
   const sleep = (ms: number) =>
     new Promise<void>((resolve) => {
-      if (kicked) {
-        kicked = false;
-        resolve();
-        return;
-      }
       const t = setTimeout(done, ms);
       function done() {
         clearTimeout(t);
@@ -175,10 +165,5 @@ export function startHeartbeat(o: HeartbeatOptions): Heartbeat {
       await loop;
       client.close();
     },
-    kick() {
-      if (wake) wake();
-      else kicked = true;
-    },
-    nodeStatus: () => status,
   };
 }

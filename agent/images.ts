@@ -3,10 +3,12 @@
  * troubleshooting `image_unavailable`, `checksum_mismatch`, `download_failed`).
  *
  * Layout: `{poolPath}/images/{basename}` plus the sidecar `{basename}.sha256` (lowercase hex
- * and a newline). IfNotPresent semantics: a file with a valid sidecar is a cache hit and is
- * not re-hashed. Downloads stream into a hidden temp file in the same directory while a
- * SHA-256 is computed, then are renamed into place (image first, sidecar last, so a crash
- * never leaves a sidecar describing other bytes).
+ * and a newline). IfNotPresent semantics: a regular file (not a symlink) with a valid sidecar
+ * is a cache hit and is not re-hashed. Downloads ask for `Accept-Encoding: identity`, so the
+ * SHA-256 covers the bytes as published (what `sha256sum` of the file gives); they stream
+ * into a hidden temp file in the same directory while the hash is computed, then are
+ * renamed into place (image first, sidecar last, so a crash never leaves a sidecar
+ * describing other bytes).
  *
  * Checksums: when the request names `image_sha256` and the cached sidecar differs, the image
  * is downloaded again once; if the fresh bytes match, they replace the cached copy
@@ -22,7 +24,7 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { ApiError } from "../shared/errors.ts";
 import type { CachedImage } from "../shared/api/nodes.ts";
-import { writeFileAtomic } from "./fsutil.ts";
+import { errorMessage, writeAll, writeFileAtomic } from "./fsutil.ts";
 import { KeyedMutex } from "./lock.ts";
 
 /** Suffix of checksum sidecars. */
@@ -78,9 +80,11 @@ export interface EnsureImageOptions {
 export interface EnsuredImage {
   /** Absolute path of the cached image. */
   path: string;
+  /** The cache key: the URL's last path segment (see {@link imageBasename}). */
   basename: string;
   /** Lowercase hex SHA-256 (from the sidecar). */
   sha256: string;
+  /** Size of the cached file, bytes. */
   sizeBytes: number;
   /** True when no download was needed. */
   cacheHit: boolean;
@@ -116,12 +120,20 @@ export class ImageCache {
   /**
    * Makes sure `opts.url` is cached in `opts.poolPath` and returns it.
    *
-   * @throws ApiError `validation_failed` (bad basename), `download_failed` (HTTP non-2xx,
-   *   network error, idle timeout, truncated body), `checksum_mismatch` (bytes differ from
-   *   `opts.sha256`), `image_unavailable` (the cache directory or file cannot be written)
+   * @throws ApiError `validation_failed` (not an http(s) URL, bad basename),
+   *   `download_failed` (HTTP non-2xx, network error, idle timeout, truncated body),
+   *   `checksum_mismatch` (bytes differ from `opts.sha256`), `image_unavailable` (the cache
+   *   directory or file cannot be written)
    */
   ensure(opts: EnsureImageOptions): Promise<EnsuredImage> {
     const basename = imageBasename(opts.url);
+    // `fetch` also reads file: (and data:, blob:) URLs; only the network is a source.
+    const scheme = new URL(opts.url).protocol;
+    if (scheme !== "http:" && scheme !== "https:") {
+      throw new ApiError("validation_failed", `image_url: must be an http(s) URL, got ${scheme}`, {
+        fields: [{ path: "vm.image_url", message: "must be an http(s) URL" }],
+      });
+    }
     const dir = join(opts.poolPath, "images");
     const path = join(dir, basename);
     return this.#locks.run(path, () => this.#ensureLocked(opts, dir, basename, path));
@@ -143,7 +155,10 @@ export class ImageCache {
     try {
       await Deno.mkdir(dir, { recursive: true, mode: 0o750 });
     } catch (e) {
-      throw new ApiError("image_unavailable", `cannot create image cache ${dir}: ${msg(e)}`);
+      throw new ApiError(
+        "image_unavailable",
+        `cannot create image cache ${dir}: ${errorMessage(e)}`,
+      );
     }
     const tmp = join(dir, `.${basename.slice(0, 200)}.${crypto.randomUUID().slice(0, 8)}.part`);
     try {
@@ -166,7 +181,10 @@ export class ImageCache {
         await Deno.rename(tmp, path);
         await writeFileAtomic(sidecar, sha256 + "\n", 0o644);
       } catch (e) {
-        throw new ApiError("image_unavailable", `cannot write image cache ${path}: ${msg(e)}`);
+        throw new ApiError(
+          "image_unavailable",
+          `cannot write image cache ${path}: ${errorMessage(e)}`,
+        );
       }
       return { path, basename, sha256, sizeBytes: size, cacheHit: false };
     } finally {
@@ -194,9 +212,14 @@ export class ImageCache {
     try {
       let res: Response;
       try {
-        res = await (this.#opts.fetch ?? fetch)(opts.url, { signal: ctrl.signal });
+        // identity: a transparently decompressed body would not match the published
+        // checksum, nor the Content-Length, which then counts the compressed bytes.
+        res = await (this.#opts.fetch ?? fetch)(opts.url, {
+          signal: ctrl.signal,
+          headers: { "accept-encoding": "identity" },
+        });
       } catch (e) {
-        throw failed(ctrl.signal.aborted ? msg(ctrl.signal.reason) : msg(e));
+        throw failed(ctrl.signal.aborted ? errorMessage(ctrl.signal.reason) : errorMessage(e));
       }
       if (!res.ok || !res.body) {
         await res.body?.cancel().catch(() => {});
@@ -209,7 +232,10 @@ export class ImageCache {
         file = await Deno.open(tmp, { write: true, createNew: true, mode: 0o644 });
       } catch (e) {
         await res.body.cancel().catch(() => {});
-        throw new ApiError("image_unavailable", `cannot write image cache ${tmp}: ${msg(e)}`);
+        throw new ApiError(
+          "image_unavailable",
+          `cannot write image cache ${tmp}: ${errorMessage(e)}`,
+        );
       }
       const hash = createHash("sha256");
       let received = 0;
@@ -221,7 +247,7 @@ export class ImageCache {
             arm();
             chunk = await reader.read();
           } catch (e) {
-            throw failed(ctrl.signal.aborted ? msg(ctrl.signal.reason) : msg(e));
+            throw failed(ctrl.signal.aborted ? errorMessage(ctrl.signal.reason) : errorMessage(e));
           }
           if (chunk.done) break;
           hash.update(chunk.value);
@@ -229,7 +255,10 @@ export class ImageCache {
             await writeAll(file, chunk.value);
           } catch (e) {
             await reader.cancel().catch(() => {});
-            throw new ApiError("image_unavailable", `cannot write image cache ${tmp}: ${msg(e)}`);
+            throw new ApiError(
+              "image_unavailable",
+              `cannot write image cache ${tmp}: ${errorMessage(e)}`,
+            );
           }
           received += chunk.value.length;
           opts.onProgress?.(received, total);
@@ -240,7 +269,10 @@ export class ImageCache {
         try {
           await file.sync();
         } catch (e) {
-          throw new ApiError("image_unavailable", `cannot write image cache ${tmp}: ${msg(e)}`);
+          throw new ApiError(
+            "image_unavailable",
+            `cannot write image cache ${tmp}: ${errorMessage(e)}`,
+          );
         }
       } finally {
         file.close();
@@ -274,20 +306,16 @@ export class ImageCache {
   }
 }
 
+/**
+ * Size of the regular file at `path`, or null when it is missing or not a regular file. A
+ * symlink is not followed (and yields null): a planted link must never become a VM's
+ * backing file.
+ */
 async function fileSize(path: string): Promise<number | null> {
   try {
-    const st = await Deno.stat(path);
+    const st = await Deno.lstat(path);
     return st.isFile ? st.size : null;
   } catch {
     return null;
   }
-}
-
-async function writeAll(file: Deno.FsFile, data: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < data.length) off += await file.write(data.subarray(off));
-}
-
-function msg(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }

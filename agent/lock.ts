@@ -20,9 +20,4 @@ export class KeyedMutex {
       if (this.#tails.get(key) === current) this.#tails.delete(key);
     }
   }
-
-  /** True while some work for `key` is queued or running. */
-  busy(key: string): boolean {
-    return this.#tails.has(key);
-  }
 }

@@ -67,13 +67,19 @@ export class PoolManager {
   }
 
   /**
-   * Removes download leftovers (`images/.*.part`, `images/.*.tmp`) from every desired pool.
-   * Call once at startup, before any download can run.
+   * Removes download leftovers (`images/.*.part`, `images/.*.tmp`) from every desired pool
+   * whose path is valid (pools whose path passes through a symlink are skipped, as in
+   * {@link reconcile}). Call once at startup, before any download can run.
    */
   async cleanTemp(): Promise<void> {
     for (const p of this.#desired) {
       if (this.pathProblem(p.path)) continue;
       const dir = join(p.path, "images");
+      try {
+        await mkdirBeneath(this.#poolsDir, dir, 0o750);
+      } catch {
+        continue; // a symlink or non-directory on the way: reconcile() reports it
+      }
       try {
         for await (const e of Deno.readDir(dir)) {
           if (e.isFile && e.name.startsWith(".") && /\.(part|tmp)$/.test(e.name)) {

@@ -304,16 +304,17 @@ export async function startQemu(opts: StartQemuOptions): Promise<QemuProcess> {
 }
 
 /**
- * Stops QEMU: QMP `quit`, then waits up to `graceMs` for the exit, then SIGKILL.
- * Resolves with the exit status.
+ * Stops QEMU: QMP `quit`, then SIGKILL when QEMU has not exited `graceMs` after the quit was
+ * sent (one window, however long the QMP reply takes). Resolves with the exit status.
  */
 export async function stopQemu(proc: QemuProcess, graceMs = 10_000): Promise<Deno.CommandStatus> {
+  const deadline = Date.now() + graceMs;
   if (proc.alive() && proc.qmp) {
     // The reply may be lost when QEMU exits first; the exit is what counts.
     await withTimeout(proc.qmp.execute("quit"), graceMs, "quit").catch(() => {});
   }
   try {
-    return await withTimeout(proc.status, graceMs, "qemu exit");
+    return await withTimeout(proc.status, deadline - Date.now(), "qemu exit");
   } catch {
     proc.kill();
     return await proc.status;

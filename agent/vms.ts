@@ -116,21 +116,33 @@ export class VmManager {
     this.#o = opts;
   }
 
-  /** Files of VM `id`. */
+  /**
+   * Files of VM `id`.
+   *
+   * @throws ApiError `validation_failed` when `id` is not a UUID (so no id can name a path
+   *   outside the VM directories)
+   */
   files(id: string): VmFilePaths {
+    if (!UUID_RE.test(id)) throw new ApiError("validation_failed", `vm id ${id} is not a UUID`);
     return vmFilePaths(this.#o.paths.vmsDir, this.#o.paths.vmSocketsDir, id);
+  }
+
+  /** QEMU's exit window after QMP `quit`, ms. */
+  get #graceMs(): number {
+    return this.#o.stopGraceMs ?? 10_000;
   }
 
   /** Observed VMs (heartbeats, `GET /v1/vms`), sorted by name. */
   list(): ObservedVm[] {
     return [...this.#vms.values()]
-      .map((r) => ({ id: r.id, name: r.name, phase: r.phase, pid: r.proc?.pid ?? null }))
+      .map((r) => this.get(r.id)!)
       .sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id));
   }
 
   /** The observed VM `id`, if known. */
   get(id: string): ObservedVm | undefined {
-    return this.list().find((v) => v.id === id);
+    const r = this.#vms.get(id);
+    return r && { id: r.id, name: r.name, phase: r.phase, pid: r.proc?.pid ?? null };
   }
 
   /**
@@ -321,7 +333,7 @@ export class VmManager {
         });
         if (this.#closing) {
           // shutdown() began while QEMU was starting: do not leave it behind.
-          await stopQemu(proc, this.#o.stopGraceMs ?? 10_000);
+          await stopQemu(proc, this.#graceMs);
           throw new ApiError("vm_create_failed", "the agent is shutting down");
         }
         return proc;
@@ -369,7 +381,8 @@ export class VmManager {
    * Deletes VM `id`: stops QEMU (QMP `quit`, SIGKILL after the grace period) and removes its
    * state and socket directories. Unknown ids succeed (idempotent).
    *
-   * @throws ApiError `vm_delete_failed` when files cannot be removed
+   * @throws ApiError `validation_failed` when `id` is not a UUID; `vm_delete_failed` when
+   *   files cannot be removed
    */
   delete(id: string, progress: (p: string) => void = () => {}): Promise<void> {
     return this.#locks.run(id, async () => {
@@ -379,7 +392,7 @@ export class VmManager {
       try {
         if (record?.proc) {
           progress("stopping qemu");
-          const s = await stopQemu(record.proc, this.#o.stopGraceMs ?? 10_000);
+          const s = await stopQemu(record.proc, this.#graceMs);
           this.#o.log.info("qemu: stopped", { vm_id: id, status: describeStatus(s) });
           record.proc = null;
         }
@@ -397,7 +410,8 @@ export class VmManager {
   /**
    * The last `tailBytes` bytes of VM `id`'s serial log (empty before QEMU wrote any).
    *
-   * @throws ApiError `vm_not_found` when the VM is neither known nor has a directory
+   * @throws ApiError `validation_failed` when `id` is not a UUID; `vm_not_found` when the VM
+   *   is neither known nor has a directory
    */
   async consoleLog(id: string, tailBytes: number): Promise<string> {
     const files = this.files(id);
@@ -437,7 +451,7 @@ export class VmManager {
     await Promise.allSettled([...this.#starting]);
     await Promise.all([...this.#vms.values()].map(async (r) => {
       if (!r.proc) return;
-      const s = await stopQemu(r.proc, this.#o.stopGraceMs ?? 10_000);
+      const s = await stopQemu(r.proc, this.#graceMs);
       this.#o.log.info("qemu: stopped for agent shutdown", {
         vm_id: r.id,
         status: describeStatus(s),

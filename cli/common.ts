@@ -9,6 +9,7 @@ import { type Command, InvalidArgumentError, Option } from "commander";
 import { ApiClient } from "./client.ts";
 import { loadConfig, resolveConfigPath } from "./config_store.ts";
 import { parseDuration } from "./duration.ts";
+import { UsageError } from "./errors.ts";
 import type { Io } from "./io.ts";
 import { OUTPUT_FORMATS, type OutputFormat } from "./render.ts";
 import { resolveTarget } from "./resolve.ts";
@@ -112,7 +113,15 @@ export async function connect(cmd: Command, io: Io): Promise<ApiClient> {
   });
 }
 
-/** Encodes a path segment (a resource name) for a URL. */
+/**
+ * Encodes a path segment (a resource name) for a URL.
+ *
+ * @throws UsageError when `name` is empty, `.` or `..`: URL resolution drops or climbs such a
+ *   segment (encoded as `%2E` too), so the request would reach another endpoint
+ */
 export function seg(name: string): string {
+  if (name === "" || name === "." || name === "..") {
+    throw new UsageError(`invalid name "${name}": must not be empty, "." or ".."`);
+  }
   return encodeURIComponent(name);
 }

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { type Prompter, terminalPrompter } from "./prompt.ts";
+import { type Prompter, terminalPrompter, writeAllSync } from "./prompt.ts";
 
 /** Everything a command may touch outside its arguments. */
 export interface Io {
@@ -31,13 +31,6 @@ export interface Io {
   fetch: typeof fetch;
   /** Reads a text file (`--user-data @file`). */
   readTextFile(path: string): Promise<string>;
-}
-
-const encoder = new TextEncoder();
-
-function writeAllSync(w: { writeSync(p: Uint8Array): number }, text: string): void {
-  let bytes = encoder.encode(text);
-  while (bytes.length) bytes = bytes.subarray(w.writeSync(bytes));
 }
 
 /** The real process: `Deno.env`, `Deno.stdout`/`Deno.stderr`, the terminal, `fetch`. */

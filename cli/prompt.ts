@@ -129,7 +129,8 @@ export interface Prompter {
   secret(question: string): Promise<string | null>;
 }
 
-function writeAllSync(w: { writeSync(p: Uint8Array): number }, text: string): void {
+/** Writes all of `text` (UTF-8) to `w` (`writeSync` may take fewer bytes than offered). */
+export function writeAllSync(w: { writeSync(p: Uint8Array): number }, text: string): void {
   let bytes = encoder.encode(text);
   while (bytes.length) bytes = bytes.subarray(w.writeSync(bytes));
 }

@@ -169,6 +169,7 @@ export function registerVmCommands(program: Command, io: Io): void {
     .addOption(waitTimeoutOption())
     .addOption(outputOption("text", ["text", "json", "yaml"]))
     .action(async (name: string, opts, cmd: Command) => {
+      const path = `/v1/vms/${seg(name)}`; // a bad name fails before the prompt
       if (!opts.force) {
         if (!io.stdinIsTerminal()) {
           throw new UsageError(
@@ -181,7 +182,7 @@ export function registerVmCommands(program: Command, io: Io): void {
         }
       }
       const client = await connect(cmd, io);
-      const deleted = await client.json("DELETE", `/v1/vms/${seg(name)}`, TaskSchema);
+      const deleted = await client.json("DELETE", path, TaskSchema);
       const format = opts.output as OutputFormat;
       const task = deleted.data;
       if (!opts.wait) {

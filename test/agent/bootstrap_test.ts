@@ -1,5 +1,10 @@
 import { assert, assertEquals, assertRejects, assertStringIncludes } from "../assert.ts";
-import { bootstrap, BootstrapError, certFiles } from "../../agent/bootstrap.ts";
+import {
+  bootstrap,
+  BootstrapError,
+  certFiles,
+  MAX_CA_RESPONSE_BYTES,
+} from "../../agent/bootstrap.ts";
 import { agentPaths, parseAgentConfig } from "../../agent/config.ts";
 import { certInfo, createCa, isSignedBy } from "../../shared/pki.ts";
 import { AGENT_CERT_ORG } from "../../shared/constants.ts";
@@ -53,6 +58,13 @@ Deno.test("bootstrap: redeems the token, persists cert material, then reuses it"
     assertEquals([again.nodeName, again.bootstrapped, again.keyPem], ["node-a", false, id.keyPem]);
     assert(lines2.some((l) => l.includes("agent: using existing cert material")));
     assertEquals(cp.bootstrapCalls, 1);
+
+    // A key restored with a loose mode is made private again on the next start.
+    await Deno.chmod(s.files.key, 0o644);
+    const { log: log3, lines: lines3 } = memoryLogger();
+    await bootstrap(s.cfg, log3);
+    assertEquals((await Deno.stat(s.files.key)).mode! & 0o777, 0o600);
+    assert(lines3.some((l) => l.includes("private key was accessible to other users")));
   } finally {
     await cp.close();
     await Deno.remove(s.root, { recursive: true });
@@ -89,6 +101,46 @@ Deno.test("bootstrap: pinned fingerprint mismatch is fatal and writes nothing", 
     assertEquals(await listDir(`${s.root}/state/certs`), []);
     assertEquals(await listDir(`${s2.root}/state/certs`), []);
     await Deno.remove(s2.root, { recursive: true });
+  } finally {
+    await cp.close();
+    await Deno.remove(s.root, { recursive: true });
+  }
+});
+
+Deno.test("bootstrap: a served CA bundle is refused even when its first certificate is pinned", async () => {
+  const cp = await startFakeCp();
+  const attacker = await createCa("attacker CA");
+  const s = await setup(cp.url, cp.fingerprint);
+  try {
+    // A MITM appends its own CA: the pin matches the first certificate, but every
+    // certificate in ca_pem would be trusted (and written to ca.crt for the mTLS server).
+    cp.servedCaPem = cp.ca.certPem + attacker.certPem;
+    const err = await assertRejects(() => bootstrap(s.cfg, memoryLogger().log));
+    assert(err instanceof BootstrapError);
+    assertStringIncludes(err.message, "served CA must be exactly one PEM certificate, got 2");
+    // A private key smuggled next to the certificate is refused as well.
+    cp.servedCaPem = cp.ca.certPem + attacker.keyPem;
+    const err2 = await assertRejects(() => bootstrap(s.cfg, memoryLogger().log));
+    assertStringIncludes(err2.message, "exactly one PEM certificate");
+    assertEquals(cp.bootstrapCalls, 0);
+    assertEquals(await listDir(`${s.root}/state/certs`), []);
+  } finally {
+    await cp.close();
+    await Deno.remove(s.root, { recursive: true });
+  }
+});
+
+Deno.test("bootstrap: an oversized /v1/ca answer is refused before it is buffered", async () => {
+  const cp = await startFakeCp();
+  const s = await setup(cp.url, cp.fingerprint);
+  try {
+    cp.servedCaPem = "A".repeat(MAX_CA_RESPONSE_BYTES + 1);
+    const err = await assertRejects(() => bootstrap(s.cfg, memoryLogger().log));
+    assertStringIncludes(
+      err.message,
+      `bootstrap: fetch /v1/ca: response larger than ${MAX_CA_RESPONSE_BYTES} bytes`,
+    );
+    assertEquals(cp.bootstrapCalls, 0);
   } finally {
     await cp.close();
     await Deno.remove(s.root, { recursive: true });

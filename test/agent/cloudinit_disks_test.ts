@@ -113,6 +113,21 @@ Deno.test("disks: qcow2 overlay backed by a raw image, sized max(disk_gib, image
     const e = await assertRejects(() => imageInfo("qemu-img", `${dir}/disk.qcow2`));
     assertEquals((e as ApiError).code, "vm_create_failed");
     assertStringIncludes(e.message, "backing file");
+    // A qcow2 whose clusters live in an external data file (any host file) is refused too.
+    await Deno.writeTextFile(`${dir}/host-secret`, "secret\n");
+    await Deno.truncate(`${dir}/host-secret`, 1024 * 1024);
+    await sh("qemu-img", [
+      "create",
+      "-f",
+      "qcow2",
+      "-o",
+      `data_file=${dir}/host-secret,data_file_raw=on`,
+      `${dir}/ext.qcow2`,
+      "1M",
+    ]);
+    const e3 = await assertRejects(() => imageInfo("qemu-img", `${dir}/ext.qcow2`));
+    assertEquals((e3 as ApiError).code, "vm_create_failed");
+    assertStringIncludes(e3.message, "external data file");
     // Not an image at all.
     const e2 = await assertRejects(() => imageInfo("qemu-img", `${dir}/nope.img`));
     assertEquals((e2 as ApiError).code, "vm_create_failed");

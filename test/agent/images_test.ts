@@ -1,5 +1,6 @@
 import { assert, assertEquals, assertRejects, assertStringIncludes } from "../assert.ts";
 import { createHash } from "node:crypto";
+import { gzipSync } from "node:zlib";
 import { ApiError } from "../../shared/errors.ts";
 import { imageBasename, ImageCache } from "../../agent/images.ts";
 
@@ -206,6 +207,76 @@ Deno.test("images: unwritable cache → image_unavailable", async () => {
     assertEquals((err as ApiError).code, "image_unavailable");
   } finally {
     await server.shutdown();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: a server that compresses on request still yields the published bytes", async () => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  const data = new Uint8Array(300_000).fill(7); // compresses to a few hundred bytes
+  // Like a CDN compressing on the fly: gzip whenever the client accepts it.
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+    if (!(req.headers.get("accept-encoding") ?? "").includes("gzip")) return new Response(data);
+    const gz = new Uint8Array(gzipSync(data));
+    return new Response(gz, {
+      headers: { "content-encoding": "gzip", "content-length": String(gz.length) },
+    });
+  });
+  try {
+    const got = await new ImageCache({ idleTimeoutMs: 5000 }).ensure({
+      poolPath: root,
+      url: `http://127.0.0.1:${server.addr.port}/disk.img`,
+      sha256: sha(data),
+    });
+    assertEquals([got.sha256, got.sizeBytes], [sha(data), data.length]);
+    assertEquals(sha(await Deno.readFile(got.path)), sha(data));
+  } finally {
+    await server.shutdown();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: a symlink planted in the cache is never a cache hit", async () => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  const data = randomBytes(4096);
+  const { server, hits, base } = startServer(new Map([["/disk.img", data]]));
+  try {
+    // A host file outside the pool, linked into the cache with a matching sidecar: a cache
+    // hit would make it the backing file of the next VM's disk.
+    const secret = new TextEncoder().encode("host secret\n");
+    await Deno.writeFile(`${root}/secret`, secret);
+    await Deno.mkdir(`${root}/pool/images`, { recursive: true });
+    await Deno.symlink(`${root}/secret`, `${root}/pool/images/disk.img`);
+    await Deno.writeTextFile(`${root}/pool/images/disk.img.sha256`, sha(secret) + "\n");
+    assertEquals(await ImageCache.list(`${root}/pool`), []);
+
+    const got = await new ImageCache({ idleTimeoutMs: 5000 }).ensure({
+      poolPath: `${root}/pool`,
+      url: `${base}/disk.img`,
+    });
+    assertEquals([got.cacheHit, got.sha256], [false, sha(data)]);
+    assertEquals(hits.get("/disk.img"), 1);
+    // The link was replaced by a regular file; its target is untouched.
+    const st = await Deno.lstat(`${root}/pool/images/disk.img`);
+    assert(st.isFile && !st.isSymlink);
+    assertEquals(await Deno.readFile(`${root}/secret`), secret);
+  } finally {
+    await server.shutdown();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: only http(s) URLs are fetched (fetch would also read file: URLs)", async () => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  try {
+    await Deno.writeTextFile(`${root}/agent.key`, "private\n");
+    const cache = new ImageCache({ idleTimeoutMs: 5000 });
+    for (const url of [`file://${root}/agent.key`, "data:,hello/x.img"]) {
+      const err = await assertRejects(() => cache.ensure({ poolPath: `${root}/pool`, url }));
+      assertEquals((err as ApiError).code, "validation_failed", url);
+    }
+    assertEquals(await listDir(root), ["agent.key"]);
+  } finally {
     await Deno.remove(root, { recursive: true });
   }
 });

@@ -62,8 +62,12 @@ Deno.test("pools: reconcile creates dirs, reports ready/failed, persists the des
     const again = (await pm.observe()).find((o) => o.name === "default")!;
     assertEquals(again.images, [{ basename: "a.img", sha256: "a".repeat(64), size_bytes: 3 }]);
 
-    // Startup cleanup removes interrupted downloads only.
+    // Startup cleanup removes interrupted downloads only, and never through a symlink
+    // (the "sneaky" pool links to a directory outside the pools directory).
+    await Deno.mkdir(`${root}/outside/images`);
+    await Deno.writeTextFile(`${root}/outside/images/.victim.tmp`, "not ours");
     await pm.cleanTemp();
+    assertEquals(await Deno.readTextFile(`${root}/outside/images/.victim.tmp`), "not ours");
     assertEquals(
       (await Array.fromAsync(Deno.readDir(`${poolsDir}/default/images`))).map((e) => e.name)
         .sort(),

@@ -10,11 +10,13 @@ import {
   buildQemuArgs,
   checkSocketPath,
   qemuEscape,
+  type QemuProcess,
   RingBuffer,
   startQemu,
   stopQemu,
   vmFilePaths,
 } from "../../agent/qemu.ts";
+import type { QmpClient } from "../../agent/qmp.ts";
 
 const ID = "0b5c8a3e-6f5e-4d0e-9a59-0c0e7f1d2a11";
 
@@ -192,4 +194,30 @@ Deno.test("qemu: start under TCG reaches running over QMP, quit stops it", async
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("qemu: stop SIGKILLs a QEMU whose QMP hangs once one grace window has passed", async () => {
+  // A QEMU that never answers `quit` and only exits when killed.
+  let killed = 0;
+  let exit!: (s: Deno.CommandStatus) => void;
+  const status = new Promise<Deno.CommandStatus>((r) => (exit = r));
+  const hungQmp = { execute: () => new Promise(() => {}), close() {} } as unknown as QmpClient;
+  const proc: QemuProcess = {
+    pid: 1,
+    status,
+    stderrTail: () => "",
+    alive: () => killed === 0,
+    qmp: hungQmp,
+    kill() {
+      killed++;
+      exit({ success: false, code: 137, signal: "SIGKILL" });
+    },
+  };
+  const graceMs = 600;
+  const t0 = performance.now();
+  const s = await stopQemu(proc, graceMs);
+  const ms = performance.now() - t0;
+  assertEquals([s.signal, killed], ["SIGKILL", 1]);
+  assert(ms >= graceMs - 20, `killed after ${ms} ms, before the grace window`);
+  assert(ms < 1.5 * graceMs, `killed after ${ms} ms: more than one grace window of ${graceMs} ms`);
 });

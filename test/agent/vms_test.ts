@@ -1,4 +1,5 @@
-import { assert, assertEquals, assertStringIncludes } from "../assert.ts";
+import { assert, assertEquals, assertRejects, assertStringIncludes } from "../assert.ts";
+import type { ApiError } from "../../shared/errors.ts";
 import type { AgentVmCreateRequest } from "../../shared/api/agent.ts";
 import { agentPaths } from "../../agent/config.ts";
 import { ImageCache } from "../../agent/images.ts";
@@ -282,5 +283,33 @@ Deno.test("vms: recovery quits a QEMU left running by a previous agent process",
     assertEquals(await listDir(s.paths.vmSocketsDir), []);
   } finally {
     await s.done();
+  }
+});
+
+Deno.test("vms: ids that are not UUIDs are refused before any path is built", async () => {
+  const t = await tempRoot();
+  try {
+    const paths = agentPaths(t.cfg);
+    const vms = new VmManager({
+      paths,
+      qemu: t.cfg.qemu,
+      accelerator: "tcg",
+      hostArch: "amd64",
+      images: new ImageCache({ idleTimeoutMs: 5000 }),
+      log: memoryLogger().log,
+    });
+    await vms.recover();
+    // `<state>/vms/../../etc` is the agent's config root.
+    await Deno.writeTextFile(`${t.root}/etc/agent.yaml`, "keep: me\n");
+    for (const id of ["../../etc", "..", ""]) {
+      const del = await assertRejects(() => vms.delete(id));
+      assertEquals((del as ApiError).code, "validation_failed", id);
+      const log = await assertRejects(() => vms.consoleLog(id, 10));
+      assertEquals((log as ApiError).code, "validation_failed", id);
+    }
+    assertEquals(await Deno.readTextFile(`${t.root}/etc/agent.yaml`), "keep: me\n");
+    assertEquals(await listDir(t.root), ["etc", "run", "state"]);
+  } finally {
+    await t.cleanup();
   }
 });

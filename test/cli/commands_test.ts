@@ -438,3 +438,26 @@ Deno.test("pool list: one row per instance, spec columns", async () => {
       "default   node-b   local_dir   pending   /var/lib/otherix/pools/default   -           yes       5d\n",
   );
 });
+
+Deno.test("names that URL resolution would drop or climb are usage errors, no request sent", async () => {
+  for (
+    const args of [
+      ["vm", "get", ""],
+      ["vm", "get", "."],
+      ["vm", "delete", "..", "--force"],
+      ["vm", "logs", ".."],
+      ["node", "get", ""],
+    ]
+  ) {
+    const seen: Seen[] = [];
+    const io = fakeIo({ env: API, fetch: routesFetch({}, seen) });
+    const code = await run(args, io);
+    assertEquals(code, 1, args.join(" "));
+    assertStringIncludes(io.stderr, "error: invalid name", args.join(" "));
+    assertEquals(seen.map((s) => `${s.method} ${s.path}`), [], args.join(" "));
+  }
+  // An interactive delete refuses the name before asking for confirmation.
+  const io = fakeIo({ env: API, tty: true, answers: ["y"], fetch: routesFetch({}) });
+  assertEquals(await run(["vm", "delete", "."], io), 1);
+  assertEquals(io.prompts, []);
+});

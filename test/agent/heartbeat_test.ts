@@ -1,0 +1,107 @@
+/**
+ * The heartbeat loop against a control plane that goes away and comes back: failures are
+ * logged and retried, heartbeats resume on their own, and `stop()` ends the loop promptly.
+ */
+import { assert, assertEquals } from "../assert.ts";
+import { agentPaths } from "../../agent/config.ts";
+import { startHeartbeat } from "../../agent/heartbeat.ts";
+import { ImageCache } from "../../agent/images.ts";
+import { PoolManager } from "../../agent/pools.ts";
+import { VmManager } from "../../agent/vms.ts";
+import { startFakeCp } from "./fake_cp.ts";
+import { memoryLogger, tempRoot } from "./helpers.ts";
+
+/** A TCP proxy to `port` that, while `down`, drops every connection (open ones included). */
+function toggleProxy(port: number) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const open = new Set<Deno.Conn>();
+  let down = false;
+  const closeAll = () => {
+    for (const c of open) {
+      try {
+        c.close();
+      } catch { /* closed */ }
+    }
+    open.clear();
+  };
+  const serving = (async () => {
+    for await (const conn of listener) {
+      if (down) {
+        conn.close();
+        continue;
+      }
+      const upstream = await Deno.connect({ hostname: "127.0.0.1", port });
+      open.add(conn);
+      open.add(upstream);
+      conn.readable.pipeTo(upstream.writable).catch(() => {});
+      upstream.readable.pipeTo(conn.writable).catch(() => {});
+    }
+  })();
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    setDown(v: boolean) {
+      down = v;
+      if (v) closeAll();
+    },
+    async close() {
+      listener.close();
+      closeAll();
+      await serving.catch(() => {});
+    },
+  };
+}
+
+async function until(pred: () => boolean, ms = 15_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > end) throw new Error("timed out");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+Deno.test("heartbeat: survives a control plane outage and resumes by itself", async () => {
+  const cp = await startFakeCp();
+  const proxy = toggleProxy(Number(new URL(cp.url).port));
+  const t = await tempRoot();
+  const paths = agentPaths(t.cfg);
+  const { log, lines } = memoryLogger();
+  const cert = await cp.agentClient("node-a");
+  const hb = startHeartbeat({
+    cpUrl: `https://127.0.0.1:${proxy.port}`,
+    identity: { nodeName: "node-a", ...cert, caPem: cp.ca.certPem, bootstrapped: false },
+    endpoint: "https://127.0.0.1:9443",
+    accelerator: "tcg",
+    poolsDir: paths.poolsDir,
+    stateDir: paths.stateDir,
+    pools: new PoolManager(paths.poolsDir, `${paths.stateDir}/desired-pools.json`, log),
+    vms: new VmManager({
+      paths,
+      qemu: t.cfg.qemu,
+      accelerator: "tcg",
+      hostArch: "amd64",
+      images: new ImageCache({ idleTimeoutMs: 1000 }),
+      log,
+    }),
+    initialIntervalSeconds: 1,
+    log,
+    requestTimeoutMs: 2000,
+  });
+  const failures = () => lines.filter((l) => l.includes("heartbeat: failed")).length;
+  try {
+    await until(() => cp.heartbeats.length >= 1);
+    proxy.setDown(true);
+    await until(() => failures() >= 2); // retried, not given up
+    const during = cp.heartbeats.length;
+    proxy.setDown(false);
+    await until(() => cp.heartbeats.length > during);
+    assert(lines.filter((l) => l.includes("heartbeat: ok")).length >= 2, "recovery is logged");
+    assertEquals(cp.heartbeatPeers.every((p) => p === "node-a"), true);
+  } finally {
+    const t0 = performance.now();
+    await hb.stop();
+    assert(performance.now() - t0 < 3000, "stop() ends the loop promptly");
+    await proxy.close();
+    await cp.close();
+    await t.cleanup();
+  }
+});
