@@ -4,8 +4,8 @@
  * clientAuth), which agents require.
  *
  * Failures are {@link AgentError}s: `unreachable` for transport problems (connection
- * refused, TLS failure, timeout) and `api` for an error envelope or an invalid response; the
- * agent's error code is kept verbatim.
+ * refused, TLS failure, timeout, an endpoint that is not `https:`) and `api` for an error
+ * envelope or an invalid response; the agent's error code is kept verbatim.
  *
  * @module
  */
@@ -85,6 +85,13 @@ class HttpAgentClient implements AgentClient {
       url = new URL(path, endpoint.endsWith("/") ? endpoint : endpoint + "/");
     } catch {
       throw new AgentError("unreachable", `invalid agent endpoint ${JSON.stringify(endpoint)}`);
+    }
+    if (url.protocol !== "https:") {
+      // Never send VM specs (user-data) in clear text to an unauthenticated peer.
+      throw new AgentError(
+        "unreachable",
+        `agent endpoint ${JSON.stringify(endpoint)} is not https (mTLS is required)`,
+      );
     }
     const timeout = AbortSignal.timeout(AGENT_REQUEST_TIMEOUT_MS);
     try {

@@ -34,7 +34,12 @@ export function checkJoinToken(rec: JoinTokenRecord | null, now: Date): JoinToke
   return rec;
 }
 
-/** Mints a join token; returns the response with the plaintext token (shown once). */
+/**
+ * Mints a join token for `req.node_name` (`max_uses` default 1, lifetime `req.ttl_seconds`
+ * or `opts.defaultTtlSeconds`, seconds); only its SHA-256 is stored.
+ *
+ * @returns the create response with the plaintext token (shown once) and the CA fingerprint
+ */
 export async function createJoinToken(
   store: Store,
   req: JoinTokenCreateRequest,
@@ -64,7 +69,11 @@ export async function createJoinToken(
   };
 }
 
-/** Reads and checks a join token by its plaintext (no use is consumed). */
+/**
+ * Reads and checks a join token by its plaintext (no use is consumed).
+ *
+ * @throws ApiError as {@link checkJoinToken}
+ */
 export async function peekJoinToken(
   store: Store,
   token: string,
@@ -76,9 +85,13 @@ export async function peekJoinToken(
 
 /**
  * Consumes one use of a join token atomically together with `extra` ops, which are built
- * from the current state and guarded by `guards` compares (CAS retry on interference).
+ * from the current state and guarded by `guards` (unchanged `modRevision`) and `absent`
+ * (keys that must not exist) compares; on interference everything is re-read and retried.
+ * Errors thrown by `extra` propagate and nothing is written.
  *
- * @throws ApiError as {@link checkJoinToken} (re-checked on every retry)
+ * @returns the token record after the use (`uses` incremented)
+ * @throws ApiError as {@link checkJoinToken} (re-checked on every retry); `internal_error`
+ *   after 50 lost races
  */
 export async function redeemJoinToken(
   store: Store,

@@ -10,6 +10,7 @@ import { markStaleNodes } from "./nodes.ts";
 
 /** A running monitor. */
 export interface NodeMonitor {
+  /** Stops the loop; resolves after the tick in progress (if any) ends. */
   stop(): Promise<void>;
 }
 
@@ -18,7 +19,11 @@ export function monitorIntervalMs(staleThresholdSeconds: number): number {
   return Math.min(5000, Math.max(250, (staleThresholdSeconds * 1000) / 4));
 }
 
-/** Starts the monitor loop. */
+/**
+ * Starts the monitor loop: {@link markStaleNodes} every {@link monitorIntervalMs} of the
+ * stale threshold; a failed tick is logged and the loop goes on. `stop()` waits for the
+ * tick in progress.
+ */
 export function startNodeMonitor(ctx: CpContext): NodeMonitor {
   let stopped = false;
   let timer: ReturnType<typeof setTimeout> | undefined;

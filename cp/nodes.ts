@@ -15,6 +15,7 @@ import type {
   HeartbeatRequest,
   HeartbeatResponse,
   Node,
+  ObservedPool,
 } from "../shared/api/nodes.ts";
 import type { PoolInstance } from "../shared/api/pools.ts";
 import { isTerminal } from "../shared/api/tasks.ts";
@@ -33,8 +34,12 @@ import {
 } from "./repo/records.ts";
 import { type KeyValue, rangeAll, updateKey } from "./store/store.ts";
 
-/** The public view of a node. */
-export function nodeView(n: NodeRecord, vmCount: number): Node {
+/**
+ * The public view of a node with `vmCount` VMs placed on it. `full` false is the reduced
+ * shape served to roles without `node:manage` (spec: developer / viewer callers see no
+ * hardware inventory): `resources` is null.
+ */
+export function nodeView(n: NodeRecord, vmCount: number, full = true): Node {
   return {
     id: n.id,
     name: n.name,
@@ -44,7 +49,7 @@ export function nodeView(n: NodeRecord, vmCount: number): Node {
     endpoint: n.endpoint,
     accelerator: n.accelerator,
     agent_version: n.agent_version,
-    resources: n.resources,
+    resources: full ? n.resources : null,
     vm_count: vmCount,
     last_heartbeat_at: n.last_heartbeat_at,
     created_at: n.created_at,
@@ -71,7 +76,7 @@ export function poolView(p: PoolRecord, defaultPool: string | null): PoolInstanc
   };
 }
 
-/** VMs per node name. */
+/** Number of VM records placed on each node, keyed by node name (nodes without VMs absent). */
 export async function vmCounts(ctx: CpContext): Promise<Map<string, number>> {
   const counts = new Map<string, number>();
   for (const kv of await rangeAll<VmRecord>(ctx.store, keys.vms)) {
@@ -80,11 +85,16 @@ export async function vmCounts(ctx: CpContext): Promise<Map<string, number>> {
   return counts;
 }
 
+/** Reads a node; null when it is not registered. */
+export async function findNode(ctx: CpContext, name: string): Promise<NodeRecord | null> {
+  return (await ctx.store.get<NodeRecord>(keys.node(name)))?.value ?? null;
+}
+
 /** Reads a node. @throws ApiError `node_not_found` */
 export async function getNode(ctx: CpContext, name: string): Promise<NodeRecord> {
-  const kv = await ctx.store.get<NodeRecord>(keys.node(name));
-  if (!kv) throw new ApiError("node_not_found", `node "${name}" not found`);
-  return kv.value;
+  const node = await findNode(ctx, name);
+  if (!node) throw new ApiError("node_not_found", `node "${name}" not found`);
+  return node;
 }
 
 /** The cluster settings (absent = never set). */
@@ -194,30 +204,39 @@ export async function applyHeartbeat(
   });
   if (previous !== "ready") log.info("node ready", { node: certNode, from: previous });
 
-  await ensureDefaultPool(ctx, node!, hb.pools_dir);
-  await observePools(ctx, certNode, hb);
+  // One read of this node's pool instances serves provisioning, observation and the answer.
+  const pools = (await rangeAll<PoolRecord>(store, keys.pools))
+    .filter((kv) => kv.value.node === certNode);
+  await ensureDefaultPool(ctx, node!, hb.pools_dir, pools);
+  const current = await observePools(ctx, certNode, hb, pools);
   await reconcileVms(ctx, certNode, hb);
 
-  const desired = await rangeAll<PoolRecord>(store, keys.pools);
   return {
     node_status: "ready",
-    desired_pools: desired
-      .filter((kv) => kv.value.node === certNode)
-      .map((kv) => ({ name: kv.value.name, path: kv.value.path })),
+    desired_pools: current.map((p) => ({ name: p.name, path: p.path })),
     heartbeat_interval_seconds: cfg.nodes.heartbeat_interval_seconds,
   };
 }
 
+/** A pool instance's key and value. */
+type PoolEntry = { key: string; value: PoolRecord };
+
 /**
  * Auto-provisions `storage_pools.default_pool_name` at `<pools_dir>/<name>` on a ready node
- * that has no instance of it yet, if the path passes the allowed-path gate (else logs a
- * warning once and provisions nothing), and sets the cluster default pool when never set.
+ * that has no instance of it yet (`pools`: the node's instances; a created one is appended),
+ * if the path passes the allowed-path gate (else logs a warning once and provisions nothing),
+ * and sets the cluster default pool when never set.
  */
-async function ensureDefaultPool(ctx: CpContext, node: NodeRecord, poolsDir: string) {
+async function ensureDefaultPool(
+  ctx: CpContext,
+  node: NodeRecord,
+  poolsDir: string,
+  pools: PoolEntry[],
+) {
   const { store, cfg, log } = ctx;
   const name = cfg.storage_pools.default_pool_name;
   const key = keys.pool(name, node.name);
-  if (!(await store.get(key))) {
+  if (!pools.some((kv) => kv.key === key)) {
     const path = joinPoolPath(poolsDir, name);
     const check = checkPoolPath(path, cfg.storage_pools.allowed_path_prefixes);
     if (!check.ok) {
@@ -252,7 +271,11 @@ async function ensureDefaultPool(ctx: CpContext, node: NodeRecord, poolsDir: str
         success: [{ type: "put", key, value: pool }],
       });
       if (res.succeeded) {
+        pools.push({ key, value: pool });
         log.info("default pool provisioned", { node: node.name, pool: name, path });
+      } else {
+        const raced = await store.get<PoolRecord>(key); // provisioned by a concurrent heartbeat
+        if (raced) pools.push(raced);
       }
     }
   }
@@ -270,65 +293,91 @@ async function ensureDefaultPool(ctx: CpContext, node: NodeRecord, poolsDir: str
   if (settings.succeeded) log.info("cluster default pool set", { pool: name });
 }
 
-/** Flips this node's pool instances to the status the agent observes. */
-async function observePools(ctx: CpContext, nodeName: string, hb: HeartbeatRequest) {
-  const pools = (await rangeAll<PoolRecord>(ctx.store, keys.pools))
-    .filter((kv) => kv.value.node === nodeName);
+/** `cur` updated with what the agent observes of it (`seen`: absent = not reported). */
+function observedPool(cur: PoolRecord, seen: ObservedPool | undefined): PoolRecord {
+  return seen
+    ? {
+      ...cur,
+      status: seen.status,
+      message: seen.message,
+      total_bytes: seen.total_bytes,
+      available_bytes: seen.available_bytes,
+      images: seen.images,
+    }
+    : { ...cur, status: cur.status === "ready" ? "pending" : cur.status };
+}
+
+function samePoolState(a: PoolRecord, b: PoolRecord): boolean {
+  return a.status === b.status && a.message === b.message &&
+    a.total_bytes === b.total_bytes && a.available_bytes === b.available_bytes &&
+    JSON.stringify(a.images) === JSON.stringify(b.images);
+}
+
+/**
+ * Flips this node's pool instances (`pools`) to the status the agent observes, writing only
+ * the ones that changed.
+ *
+ * @returns the node's pool instances as stored afterwards
+ */
+async function observePools(
+  ctx: CpContext,
+  nodeName: string,
+  hb: HeartbeatRequest,
+  pools: PoolEntry[],
+): Promise<PoolRecord[]> {
+  const out: PoolRecord[] = [];
   for (const kv of pools) {
     const seen = hb.pools.find((p) => p.name === kv.value.name && p.path === kv.value.path);
-    await updateKey<PoolRecord>(ctx.store, kv.key, (cur) => {
+    if (samePoolState(kv.value, observedPool(kv.value, seen))) {
+      out.push(kv.value);
+      continue;
+    }
+    // `from`: set by the last (committed) attempt only; updateKey may retry `fn`.
+    let from = null as PoolRecord["status"] | null;
+    const stored = await updateKey<PoolRecord>(ctx.store, kv.key, (cur) => {
+      from = null;
       if (!cur) return undefined;
-      const next: PoolRecord = seen
-        ? {
-          ...cur,
-          status: seen.status,
-          message: seen.message,
-          total_bytes: seen.total_bytes,
-          available_bytes: seen.available_bytes,
-          images: seen.images,
-        }
-        : { ...cur, status: cur.status === "ready" ? "pending" : cur.status };
-      if (
-        next.status === cur.status && next.message === cur.message &&
-        next.total_bytes === cur.total_bytes && next.available_bytes === cur.available_bytes &&
-        JSON.stringify(next.images) === JSON.stringify(cur.images)
-      ) return undefined;
-      if (next.status !== cur.status) {
-        ctx.log.info("pool status changed", {
-          node: nodeName,
-          pool: cur.name,
-          from: cur.status,
-          to: next.status,
-          message: next.message,
-        });
-      }
+      const next = observedPool(cur, seen);
+      if (samePoolState(cur, next)) return undefined;
+      from = cur.status;
       return { ...next, updated_at: ctx.now().toISOString() };
     });
+    if (stored) out.push(stored);
+    if (stored && from !== null && from !== stored.status) {
+      ctx.log.info("pool status changed", {
+        node: nodeName,
+        pool: stored.name,
+        from,
+        to: stored.status,
+        message: stored.message,
+      });
+    }
   }
+  return out;
 }
 
 /**
  * Projects observed VM phases (`running` / `stopped` / `failed`) onto VMs of this node that
  * are settled (`running` / `stopped` / `failed`) and have no in-flight task, so in-flight
- * tasks are never fought. VMs the agent does not report are left alone.
+ * tasks are never fought. VMs the agent does not report are left alone, and so are VMs
+ * whose deletion failed (desired phase `deleted`): they keep `failed` and the task error
+ * until the delete is retried.
  */
 async function reconcileVms(ctx: CpContext, nodeName: string, hb: HeartbeatRequest) {
   const settled = new Set(["running", "stopped", "failed"]);
+  const projectable = (v: VmRecord) => settled.has(v.status) && v.desired_phase !== "deleted";
   const vms = (await rangeAll<VmRecord>(ctx.store, keys.vms))
-    .filter((kv) => kv.value.node === nodeName && settled.has(kv.value.status));
+    .filter((kv) => kv.value.node === nodeName && projectable(kv.value));
   for (const kv of vms) {
     const seen = hb.vms.find((v) => v.id === kv.value.id);
     if (!seen || !settled.has(seen.phase) || seen.phase === kv.value.status) continue;
     if (await taskInFlight(ctx, kv.value)) continue;
+    let from = null as VmRecord["status"] | null; // set by the committed attempt only
     await updateKey<VmRecord>(ctx.store, kv.key, async (cur) => {
-      if (!cur || cur.id !== kv.value.id || !settled.has(cur.status)) return undefined;
+      from = null;
+      if (!cur || cur.id !== kv.value.id || !projectable(cur)) return undefined;
       if (cur.status === seen.phase || await taskInFlight(ctx, cur)) return undefined;
-      ctx.log.info("vm status reconciled from heartbeat", {
-        vm: cur.name,
-        node: nodeName,
-        from: cur.status,
-        to: seen.phase,
-      });
+      from = cur.status;
       return {
         ...cur,
         status: seen.phase as VmRecord["status"],
@@ -336,6 +385,14 @@ async function reconcileVms(ctx: CpContext, nodeName: string, hb: HeartbeatReque
         updated_at: ctx.now().toISOString(),
       };
     });
+    if (from !== null) {
+      ctx.log.info("vm status reconciled from heartbeat", {
+        vm: kv.value.name,
+        node: nodeName,
+        from,
+        to: seen.phase,
+      });
+    }
   }
 }
 
@@ -345,7 +402,12 @@ async function taskInFlight(ctx: CpContext, vm: VmRecord): Promise<boolean> {
   return !!t && !isTerminal(t.value.status);
 }
 
-/** Marks `ready` nodes without a heartbeat for `stale_threshold_seconds` as `unreachable`. */
+/**
+ * Marks `ready` nodes without a heartbeat for `nodes.stale_threshold_seconds` as
+ * `unreachable` (logged once per transition).
+ *
+ * @returns the names of the nodes flipped by this call
+ */
 export async function markStaleNodes(ctx: CpContext): Promise<string[]> {
   const threshold = ctx.cfg.nodes.stale_threshold_seconds * 1000;
   const flipped: string[] = [];
@@ -355,17 +417,23 @@ export async function markStaleNodes(ctx: CpContext): Promise<string[]> {
       n.status === "ready" && n.last_heartbeat_at !== null &&
       ctx.now().getTime() - Date.parse(n.last_heartbeat_at) > threshold;
     if (!stale(kv.value)) continue;
+    // updateKey may call `fn` again after losing a race (e.g. to a heartbeat): only the last
+    // call's decision is committed, so report the flip after the write.
+    let flippedFrom = null as NodeRecord | null;
     await updateKey<NodeRecord>(ctx.store, kv.key, (cur) => {
-      if (!cur || !stale(cur)) return undefined;
-      flipped.push(cur.name);
-      ctx.log.warn("node unreachable", {
-        node: cur.name,
-        from: cur.status,
-        last_heartbeat_at: cur.last_heartbeat_at,
-        stale_threshold_seconds: ctx.cfg.nodes.stale_threshold_seconds,
-      });
+      flippedFrom = cur && stale(cur) ? cur : null;
+      if (!cur || !flippedFrom) return undefined;
       return { ...cur, status: "unreachable", updated_at: ctx.now().toISOString() };
     });
+    if (flippedFrom) {
+      flipped.push(flippedFrom.name);
+      ctx.log.warn("node unreachable", {
+        node: flippedFrom.name,
+        from: flippedFrom.status,
+        last_heartbeat_at: flippedFrom.last_heartbeat_at,
+        stale_threshold_seconds: ctx.cfg.nodes.stale_threshold_seconds,
+      });
+    }
   }
   return flipped;
 }

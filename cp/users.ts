@@ -90,7 +90,8 @@ const BootstrapEnvSchema = z.object({
  * Logs `bootstrap admin created` with the email only (never the password).
  *
  * @returns the created admin, or null when nothing was done
- * @throws Error when the env vars are set but invalid (startup fails loudly)
+ * @throws Error naming the offending variable when the env vars are set but invalid (email
+ *   not an address of ≤ 254 characters, password over 1024 characters) — startup fails loudly
  */
 export async function ensureBootstrapAdmin(
   store: Store,
@@ -115,7 +116,12 @@ export async function ensureBootstrapAdmin(
   }
   const parsed = BootstrapEnvSchema.safeParse({ email, password });
   if (!parsed.success) {
-    throw new Error(`${BOOTSTRAP_EMAIL_ENV}: not a valid email address`);
+    // Name the variable at fault; zod's messages never echo the value (the password).
+    throw new Error(
+      parsed.error.issues.map((i) =>
+        `${i.path[0] === "email" ? BOOTSTRAP_EMAIL_ENV : BOOTSTRAP_PASSWORD_ENV}: ${i.message}`
+      ).join("; "),
+    );
   }
   const existing = await getUserByEmail(store, email);
   if (existing) {

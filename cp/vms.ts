@@ -17,7 +17,7 @@ import type { Vm, VmCreateRequest } from "../shared/api/vms.ts";
 import { ApiError, isErrorCode } from "../shared/errors.ts";
 import { AgentError } from "./agent_client.ts";
 import type { CpContext } from "./context.ts";
-import { getSettings, vmCounts } from "./nodes.ts";
+import { findNode, getSettings, vmCounts } from "./nodes.ts";
 import {
   keys,
   type NodeRecord,
@@ -53,7 +53,10 @@ export function vmView(v: VmRecord): Vm {
   };
 }
 
-/** The image cache basename of an image URL: the last segment of its path. */
+/**
+ * The image cache basename of an image URL: the last segment of its path
+ * (`https://h/a/b.img?x` → `b.img`). @throws TypeError when `url` is not a URL
+ */
 export function imageBasename(url: string): string {
   return new URL(url).pathname.split("/").pop() ?? "";
 }
@@ -190,7 +193,7 @@ export async function deleteVm(ctx: CpContext, name: string): Promise<Task> {
  */
 export async function consoleLog(ctx: CpContext, name: string, tailBytes: number): Promise<string> {
   const vm = await getVm(ctx, name);
-  const node = (await ctx.store.get<NodeRecord>(keys.node(vm.node)))?.value;
+  const node = await findNode(ctx, vm.node);
   if (!node?.endpoint) {
     throw new ApiError("node_not_ready", `node ${vm.node} has no agent endpoint yet`);
   }

@@ -27,13 +27,24 @@ export const ENV_PREFIX = "OTHERIX_";
  * `z.object`, optional/default/nullable wrappers; anything else is a leaf.
  */
 export function leafPaths(schema: z.ZodType, prefix: string[] = []): string[][] {
+  return leaves(schema, prefix).map(([path]) => path);
+}
+
+/** Every leaf of an object schema with its (unwrapped) schema. */
+function leaves(schema: z.ZodType, prefix: string[] = []): [string[], z.ZodType][] {
   const inner = unwrap(schema);
   if (inner instanceof z.ZodObject) {
     return Object.entries(inner.shape as Record<string, z.ZodType>).flatMap(([k, s]) =>
-      leafPaths(s, [...prefix, k])
+      leaves(s, [...prefix, k])
     );
   }
-  return prefix.length ? [prefix] : [];
+  return prefix.length ? [[prefix, inner]] : [];
+}
+
+/** True for a string leaf, also one parsed further (`z.string().transform(…)`). */
+function isStringLeaf(schema: z.ZodType): boolean {
+  const s = schema instanceof z.ZodPipe ? unwrap(schema.in as z.ZodType) : schema;
+  return s instanceof z.ZodString;
 }
 
 function unwrap(schema: z.ZodType): z.ZodType {
@@ -54,7 +65,9 @@ export function envName(path: string[]): string {
 
 /**
  * Applies env overrides for every leaf of `schema` to `raw` (mutates and returns it).
- * Values are parsed as YAML scalars/flow values, so `15`, `true` and `[a, b]` keep their types.
+ * Values of non-string keys are parsed as YAML scalars/flow values, so `15`, `true` and
+ * `[a, b]` keep their types; string keys take the value verbatim (`007` stays a string). An
+ * empty value unsets the key.
  *
  * @param getEnv lookup function; defaults to `Deno.env.get`
  */
@@ -63,7 +76,7 @@ export function applyEnvOverrides(
   raw: Record<string, unknown>,
   getEnv: (name: string) => string | undefined = (n) => Deno.env.get(n),
 ): Record<string, unknown> {
-  for (const path of leafPaths(schema)) {
+  for (const [path, leaf] of leaves(schema)) {
     const value = getEnv(envName(path));
     if (value === undefined) continue;
     let node = raw;
@@ -72,11 +85,14 @@ export function applyEnvOverrides(
       if (typeof next !== "object" || next === null || Array.isArray(next)) node[key] = {};
       node = node[key] as Record<string, unknown>;
     }
+    // A string key takes the value verbatim: YAML would turn `007` or `1e3` into numbers.
     let parsed: unknown = value;
-    try {
-      parsed = parseYaml(value);
-    } catch {
-      parsed = value;
+    if (!isStringLeaf(leaf)) {
+      try {
+        parsed = parseYaml(value);
+      } catch {
+        parsed = value;
+      }
     }
     // Strings that YAML would turn into null stay strings; empty means "unset".
     node[path[path.length - 1]] = value === "" ? undefined : parsed ?? value;

@@ -105,6 +105,14 @@ export function splitSans(names: Iterable<string>): SanSet {
   return { dns: [...dns], ip: [...ip] };
 }
 
+/** The SubjectAltName entries of a SAN set. */
+function altNamesOf(sans: SanSet): x509.JsonGeneralName[] {
+  return [
+    ...sans.dns.map((value) => ({ type: "dns" as const, value })),
+    ...sans.ip.map((value) => ({ type: "ip" as const, value })),
+  ];
+}
+
 interface IssueOptions {
   ca: CertAndKey;
   publicKey: CryptoKey;
@@ -118,10 +126,6 @@ async function issue(opts: IssueOptions): Promise<string> {
   const caCert = new x509.X509Certificate(opts.ca.certPem);
   const caKey = await importPrivateKeyPem(opts.ca.keyPem);
   const now = Date.now();
-  const altNames: x509.JsonGeneralName[] = [
-    ...opts.sans.dns.map((value) => ({ type: "dns" as const, value })),
-    ...opts.sans.ip.map((value) => ({ type: "ip" as const, value })),
-  ];
   const cert = await x509.X509CertificateGenerator.create({
     serialNumber: randomSerial(),
     subject: `CN=${escapeDn(opts.commonName)}, O=${escapeDn(opts.organization)}`,
@@ -139,7 +143,7 @@ async function issue(opts: IssueOptions): Promise<string> {
         x509.ExtendedKeyUsage.serverAuth,
         x509.ExtendedKeyUsage.clientAuth,
       ]),
-      new x509.SubjectAlternativeNameExtension(altNames),
+      new x509.SubjectAlternativeNameExtension(altNamesOf(opts.sans)),
       await x509.AuthorityKeyIdentifierExtension.create(caCert),
     ],
   });
@@ -177,27 +181,45 @@ export async function createCsr(
   sans: SanSet,
 ): Promise<{ csrPem: string; keyPem: string }> {
   const keys = await generateKeyPair();
-  const altNames: x509.JsonGeneralName[] = [
-    ...sans.dns.map((value) => ({ type: "dns" as const, value })),
-    ...sans.ip.map((value) => ({ type: "ip" as const, value })),
-  ];
   const csr = await x509.Pkcs10CertificateRequestGenerator.create({
     name: `CN=${escapeDn(commonName)}`,
     keys,
     signingAlgorithm: SIGN_ALG,
-    extensions: [new x509.SubjectAlternativeNameExtension(altNames)],
+    extensions: [new x509.SubjectAlternativeNameExtension(altNamesOf(sans))],
   });
   return { csrPem: csr.toString("pem"), keyPem: await exportPrivateKeyPem(keys.privateKey) };
+}
+
+/** Most DNS/IP SANs a CSR may request. */
+export const MAX_CSR_SANS = 32;
+
+/**
+ * A DNS name a CSR may request: dot-separated labels of letters, digits, `-` and `_` (seen in
+ * real host names), at most 253 characters; no wildcard, space or `:`.
+ */
+const DNS_SAN_RE =
+  /^(?=.{1,253}$)[a-z0-9_]([-a-z0-9_]{0,61}[a-z0-9_])?(\.[a-z0-9_]([-a-z0-9_]{0,61}[a-z0-9_])?)*$/i;
+
+/** Why a CSR's public key is refused (only ECDSA P-256 and RSA ≥ 2048 bits), or null. */
+function keyProblem(alg: Algorithm & { namedCurve?: string; modulusLength?: number }) {
+  if (alg.name === "ECDSA") return alg.namedCurve === "P-256" ? null : `curve ${alg.namedCurve}`;
+  if (alg.name === "RSASSA-PKCS1-v1_5") {
+    return (alg.modulusLength ?? 0) >= 2048 ? null : `${alg.modulusLength}-bit RSA`;
+  }
+  return alg.name;
 }
 
 /**
  * Verifies a CSR's self-signature and signs it with the CA. The subject is NOT taken from
  * the CSR: the CA sets CN = `commonName` (the node name the join token authorizes) and
  * O = `organization`. DNS/IP SANs the CSR requests are copied (the agent's advertised host),
- * plus `commonName` as a DNS SAN.
+ * plus `commonName` as a DNS SAN; other SAN types are ignored.
  *
- * @throws ApiError `validation_failed` when the CSR is malformed, not ECDSA P-256 / RSA,
- *   or its signature does not verify
+ * @param validityDays certificate lifetime, days (default 365)
+ * @returns the certificate, PEM
+ * @throws ApiError `validation_failed` when the CSR is malformed, its key is not ECDSA P-256
+ *   or RSA ≥ 2048 bits, its signature does not verify, or it requests a DNS SAN that is not a
+ *   plain host name (wildcards included) or more than {@link MAX_CSR_SANS} SANs
  */
 export async function signCsr(
   ca: CertAndKey,
@@ -206,24 +228,44 @@ export async function signCsr(
   organization: string,
   validityDays = 365,
 ): Promise<string> {
+  const invalid = (why: string) => new ApiError("validation_failed", `csr_pem: ${why}`);
   let csr: x509.Pkcs10CertificateRequest;
+  let publicKey: CryptoKey;
   try {
     csr = new x509.Pkcs10CertificateRequest(csrPem);
   } catch (e) {
-    throw new ApiError("validation_failed", `csr_pem: not a PKCS#10 CSR: ${(e as Error).message}`);
+    throw invalid(`not a PKCS#10 CSR: ${(e as Error).message}`);
   }
-  if (!(await csr.verify())) {
-    throw new ApiError("validation_failed", "csr_pem: CSR signature does not verify");
+  let keyWhy: string | null;
+  try {
+    keyWhy = keyProblem(csr.publicKey.algorithm);
+  } catch {
+    keyWhy = "unknown algorithm";
+  }
+  if (keyWhy !== null) {
+    throw invalid(`unsupported key (${keyWhy}); use ECDSA P-256 or RSA >= 2048 bits`);
+  }
+  try {
+    if (!(await csr.verify())) throw new Error("bad signature");
+    publicKey = await csr.publicKey.export(crypto);
+  } catch {
+    throw invalid("CSR signature does not verify");
   }
   const requested: string[] = [];
   const ext = csr.extensions.find((e) => e instanceof x509.SubjectAlternativeNameExtension) as
     | x509.SubjectAlternativeNameExtension
     | undefined;
   for (const n of ext?.names.items ?? []) {
+    const badQuad = IPV4_RE.test(n.value) && n.value.split(".").some((o) => Number(o) > 255);
+    if (n.type === "dns" && (!DNS_SAN_RE.test(n.value) || badQuad)) {
+      throw invalid(`requested DNS SAN ${JSON.stringify(n.value)} is not a host name`);
+    }
     if (n.type === "dns" || n.type === "ip") requested.push(n.value);
   }
+  if (requested.length > MAX_CSR_SANS) {
+    throw invalid(`requests ${requested.length} SANs (max ${MAX_CSR_SANS})`);
+  }
   const sans = splitSans([commonName, ...requested]);
-  const publicKey = await csr.publicKey.export(crypto);
   return await issue({ ca, publicKey, commonName, organization, sans, validityDays });
 }
 

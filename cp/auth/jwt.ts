@@ -16,8 +16,10 @@ const ISSUER = "otherix";
 const ROLES = new Set(["admin", "operator", "developer", "viewer"]);
 
 /**
- * Returns the cluster JWT secret, creating it (32 random bytes) when absent. Safe against
+ * Returns the cluster JWT secret (32 bytes), creating it when absent. Safe against
  * concurrent first boots: the first writer wins and everyone reads its secret.
+ *
+ * @throws StoreError when the store fails
  */
 export async function loadOrCreateJwtSecret(store: Store): Promise<Uint8Array> {
   const existing = await store.get<{ secret: string }>(keys.jwtSecret);
@@ -39,7 +41,7 @@ export interface IssuedToken {
   expiresAt: Date;
 }
 
-/** Signs an access token for `sub` with `role`, valid `ttlSeconds` from `now`. */
+/** Signs an HS256 access token for `sub` with `role`, valid `ttlSeconds` (seconds) from `now`. */
 export async function issueAccessToken(
   secret: Uint8Array,
   claims: { sub: string; role: Role },
@@ -59,7 +61,8 @@ export async function issueAccessToken(
 }
 
 /**
- * Verifies an access token's signature, issuer and expiry.
+ * Verifies an access token's signature (HS256 only), issuer and expiry (`exp`, `iat` and
+ * `sub` are required) at `now`.
  *
  * @returns the subject (user id) and role
  * @throws ApiError `unauthenticated` ("access token expired" / "invalid access token")
@@ -73,6 +76,8 @@ export async function verifyAccessToken(
     const { payload } = await jwtVerify(token, secret, {
       algorithms: ["HS256"],
       issuer: ISSUER,
+      // Without `exp` jose would accept the token forever.
+      requiredClaims: ["exp", "iat", "sub"],
       currentDate: now,
     });
     if (typeof payload.sub !== "string" || !ROLES.has(payload.role as string)) {

@@ -54,22 +54,36 @@ export async function authenticateBearer(
   return { user, kind: "jwt" };
 }
 
-/** Requires a valid bearer credential; sets `user` and `authKind`. */
-export function authMiddleware(store: Store, jwtSecret: Uint8Array): MiddlewareHandler<AppEnv> {
+/**
+ * Requires a valid bearer credential; sets `user` and `authKind`. Expiry of JWTs and API
+ * tokens is judged on `now` (the control plane's clock, the one tokens are issued on).
+ *
+ * @throws ApiError 401 `unauthenticated` (see {@link authenticateBearer})
+ */
+export function authMiddleware(
+  store: Store,
+  jwtSecret: Uint8Array,
+  now: () => Date = () => new Date(),
+): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const header = c.req.header("authorization");
     const m = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
     if (!m) {
       throw new ApiError("unauthenticated", "missing bearer token (Authorization: Bearer …)");
     }
-    const { user, kind } = await authenticateBearer(store, jwtSecret, m[1]);
+    const { user, kind } = await authenticateBearer(store, jwtSecret, m[1], now());
     c.set("user", user);
     c.set("authKind", kind);
     await next();
   };
 }
 
-/** Requires the caller's role to grant `permission` (after {@link authMiddleware}). */
+/**
+ * Requires the caller's role to grant `permission` (after {@link authMiddleware}).
+ *
+ * @throws ApiError 403 `permission_denied` (details `{permission, role}`), 401
+ *   `unauthenticated` when no caller was authenticated
+ */
 export function requirePermission(permission: Permission): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const user = c.get("user");

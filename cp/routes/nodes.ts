@@ -5,6 +5,9 @@
  * - `POST /v1/nodes/join-tokens` (`node:manage`) → 201 JoinTokenCreateResponse
  * - `GET /v1/pools?node=` (`storage_pool:read`) → `{items: PoolInstance[], next_cursor}`
  *
+ * Callers without `node:manage` (developer, viewer) get the reduced node shape (no
+ * `resources`; see `nodeView`).
+ *
  * @module
  */
 import { Hono } from "hono";
@@ -12,6 +15,7 @@ import { z } from "zod";
 import { ListQuerySchema, ResourceNameSchema } from "../../shared/api/common.ts";
 import { JoinTokenCreateRequestSchema } from "../../shared/api/nodes.ts";
 import { parseOrThrow } from "../../shared/errors.ts";
+import { can } from "../../shared/rbac.ts";
 import { jsonBody, queryOf } from "../../shared/http.ts";
 import { type AppEnv, authMiddleware, requirePermission } from "../auth/middleware.ts";
 import type { CpContext } from "../context.ts";
@@ -25,7 +29,7 @@ const NameParam = z.object({ name: ResourceNameSchema });
 /** The node routes (mounted at `/v1/nodes`). */
 export function nodeRoutes(ctx: CpContext): Hono<AppEnv> {
   const r = new Hono<AppEnv>();
-  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret));
+  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now));
 
   r.post("/join-tokens", requirePermission("node:manage"), async (c) => {
     const body = await jsonBody(c, JoinTokenCreateRequestSchema);
@@ -46,13 +50,14 @@ export function nodeRoutes(ctx: CpContext): Hono<AppEnv> {
 
   r.get("/", requirePermission("node:read"), async (c) => {
     const q = queryOf(c, ListQuerySchema);
+    const full = can(c.get("user").role, "node:manage");
     const counts = await vmCounts(ctx);
     return c.json(
       await listPage<NodeRecord, ReturnType<typeof nodeView>>(
         ctx.store,
         keys.nodes,
         q,
-        (n) => nodeView(n, counts.get(n.name) ?? 0),
+        (n) => nodeView(n, counts.get(n.name) ?? 0, full),
       ),
     );
   });
@@ -60,7 +65,8 @@ export function nodeRoutes(ctx: CpContext): Hono<AppEnv> {
   r.get("/:name", requirePermission("node:read"), async (c) => {
     const { name } = parseOrThrow(NameParam, c.req.param(), "path");
     const node = await getNode(ctx, name);
-    return c.json(nodeView(node, (await vmCounts(ctx)).get(name) ?? 0));
+    const full = can(c.get("user").role, "node:manage");
+    return c.json(nodeView(node, (await vmCounts(ctx)).get(name) ?? 0, full));
   });
 
   return r;
@@ -71,7 +77,7 @@ const PoolListQuerySchema = ListQuerySchema.extend({ node: ResourceNameSchema.op
 /** The pool routes (mounted at `/v1/pools`). */
 export function poolRoutes(ctx: CpContext): Hono<AppEnv> {
   const r = new Hono<AppEnv>();
-  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret));
+  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now));
   r.get("/", requirePermission("storage_pool:read"), async (c) => {
     const q = queryOf(c, PoolListQuerySchema);
     const def = (await getSettings(ctx))?.default_pool_name ?? null;

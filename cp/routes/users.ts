@@ -41,7 +41,7 @@ function tokenView(t: ApiTokenRecord): ApiToken {
 export function userRoutes(ctx: CpContext): Hono<AppEnv> {
   const { store } = ctx;
   const r = new Hono<AppEnv>();
-  r.use("*", authMiddleware(store, ctx.jwtSecret));
+  r.use("*", authMiddleware(store, ctx.jwtSecret, ctx.now));
 
   r.get("/me", (c) => c.json(userView(c.get("user"))));
 

@@ -30,7 +30,7 @@ const NameParam = z.object({ name: ResourceNameSchema });
 /** The VM routes (mounted at `/v1/vms`). */
 export function vmRoutes(ctx: CpContext): Hono<AppEnv> {
   const r = new Hono<AppEnv>();
-  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret));
+  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now));
 
   r.post("/", requirePermission("vm:write"), async (c) => {
     const body = await jsonBody(c, VmCreateRequestSchema);
@@ -67,7 +67,7 @@ export function vmRoutes(ctx: CpContext): Hono<AppEnv> {
 /** The task routes (mounted at `/v1/tasks`). */
 export function taskRoutes(ctx: CpContext): Hono<AppEnv> {
   const r = new Hono<AppEnv>();
-  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret));
+  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now));
   r.get("/:id", requirePermission("task:read"), async (c) => {
     const { id } = parseOrThrow(z.object({ id: z.string().uuid() }), c.req.param(), "path");
     return c.json(taskView(await getTask(ctx.store, id)));

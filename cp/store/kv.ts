@@ -338,6 +338,22 @@ class KvStore implements Store {
   }
 
   async revoke(lease: string): Promise<void> {
+    // Expire the lease record first (a new versionstamp): a transaction that read the live
+    // lease then fails its check and, retrying, finds it expired, so no key can be attached
+    // once the attached keys are listed below. Without this a put landing between the last
+    // listing and the final delete of the lease record left a key on a lease that no longer
+    // existed, which then never expired. A crash mid-revoke leaves an expired record that the
+    // sweeper revokes again.
+    for (let attempt = 0;; attempt++) {
+      const cur = await this.#kv.get<LeaseRec>([L, lease]);
+      if (cur.value === null || cur.value.expires === 0) break;
+      const res = await this.#kv.atomic().check(cur).set([L, lease], { ...cur.value, expires: 0 })
+        .commit();
+      if (res.ok) break;
+      if (attempt >= 20) {
+        throw new StoreError(`revoke of lease ${lease}: too many concurrent writes`);
+      }
+    }
     for (let attempt = 0; attempt < 20; attempt++) {
       const keys: string[] = [];
       for await (const e of this.#kv.list({ prefix: [LK, lease] })) keys.push(e.key[2] as string);

@@ -191,7 +191,11 @@ export async function updateKey<T>(
   throw new StoreError(`update of ${key}: too many concurrent writes`);
 }
 
-/** Reads every key under `prefix` (all pages). */
+/**
+ * Reads every key under `prefix` (all pages of 500), in key order.
+ *
+ * @throws StoreError as {@link Store.range}
+ */
 export async function rangeAll<T>(store: Store, prefix: string): Promise<KeyValue<T>[]> {
   const out: KeyValue<T>[] = [];
   let cursor: string | null = null;

@@ -25,7 +25,8 @@ import { isTerminal } from "../../shared/api/tasks.ts";
 import type { ErrorInfo } from "../../shared/errors.ts";
 import { AgentError } from "../agent_client.ts";
 import type { CpContext } from "../context.ts";
-import { keys, type NodeRecord, type TaskRecord, type VmRecord } from "../repo/records.ts";
+import { findNode } from "../nodes.ts";
+import { keys, type TaskRecord, type VmRecord } from "../repo/records.ts";
 import { type Op, rangeAll } from "../store/store.ts";
 import { findTask, finishOps, terminal } from "./queue.ts";
 
@@ -39,17 +40,37 @@ export interface Worker {
 
 class Stopped extends Error {}
 
-/** Starts the worker: runs every queued task and watches the queue for new ones. */
+/** Longest pause before re-running a task whose runner failed unexpectedly, milliseconds. */
+export const RUNNER_RETRY_MAX_MS = 60_000;
+
+/**
+ * Starts the worker: runs every queued task and watches the queue for new ones. A runner that
+ * fails unexpectedly (not an agent error: those fail the task) is re-run after a backoff of
+ * `workers.poll_interval_ms` doubling up to {@link RUNNER_RETRY_MAX_MS}.
+ */
 export function startWorker(ctx: CpContext): Worker {
   const running = new Map<string, Promise<void>>();
+  const retries = new Map<string, ReturnType<typeof setTimeout>>();
   const abort = new AbortController();
   const log = ctx.log.with({ component_part: "worker" });
 
-  const launch = (id: string) => {
+  const launch = (id: string, failures = 0) => {
     if (abort.signal.aborted || running.has(id)) return;
     const p = runTask(ctx, id, abort.signal)
       .catch((e) => {
-        if (!(e instanceof Stopped)) log.error("task runner failed", { task_id: id, err: e });
+        if (e instanceof Stopped || abort.signal.aborted) return;
+        // An unexpected failure (e.g. a store error) must not strand the task until the next
+        // restart: run it again after a backoff; its deadline still bounds it.
+        const delay = Math.min(
+          RUNNER_RETRY_MAX_MS,
+          ctx.cfg.workers.poll_interval_ms * 2 ** failures,
+        );
+        log.error("task runner failed; retrying", { task_id: id, err: e, retry_in_ms: delay });
+        const timer = setTimeout(() => {
+          retries.delete(id);
+          launch(id, failures + 1);
+        }, delay);
+        retries.set(id, timer);
       })
       .finally(() => running.delete(id));
     running.set(id, p);
@@ -72,6 +93,8 @@ export function startWorker(ctx: CpContext): Worker {
     async stop() {
       cancelWatch();
       abort.abort();
+      for (const timer of retries.values()) clearTimeout(timer);
+      retries.clear();
       await Promise.allSettled([...running.values()]);
     },
     async idle() {
@@ -127,7 +150,7 @@ export async function runTask(ctx: CpContext, taskId: string, signal: AbortSigna
   let vm = vmKv.value;
   let needDispatch = task.status === "pending";
   if (task.status === "pending") {
-    const node = await getNode(ctx, vm.node);
+    const node = await findNode(ctx, vm.node);
     if (!node || node.status !== "ready" || !node.endpoint) {
       const why = !node
         ? "is not registered"
@@ -181,7 +204,7 @@ export async function runTask(ctx: CpContext, taskId: string, signal: AbortSigna
       }, vm);
       return;
     }
-    const node = await getNode(ctx, vm.node);
+    const node = await findNode(ctx, vm.node);
     if (!node?.endpoint) {
       await finish(ctx, task, {
         code: "node_not_ready",
@@ -243,10 +266,6 @@ export async function runTask(ctx: CpContext, taskId: string, signal: AbortSigna
       return;
     }
   }
-}
-
-async function getNode(ctx: CpContext, name: string): Promise<NodeRecord | null> {
-  return (await ctx.store.get<NodeRecord>(keys.node(name)))?.value ?? null;
 }
 
 function dispatch(

@@ -7,7 +7,10 @@ import {
   hashToken,
   isApiTokenShape,
 } from "../../cp/auth/tokens.ts";
-import { authenticateBearer } from "../../cp/auth/middleware.ts";
+import { type AppEnv, authenticateBearer, authMiddleware } from "../../cp/auth/middleware.ts";
+import { Hono } from "hono";
+import { SignJWT, UnsecuredJWT } from "jose";
+import { errorHandler } from "../../shared/http.ts";
 import { openKvStore } from "../../cp/store/kv.ts";
 import { keys } from "../../cp/repo/records.ts";
 import { authenticate, createUser, ensureBootstrapAdmin } from "../../cp/users.ts";
@@ -57,6 +60,51 @@ Deno.test("jwt: issue/verify round trip; expired, tampered and foreign-key token
   await assertRejects(() => verifyAccessToken(secret, "not-a-jwt", now));
 });
 
+Deno.test("jwt: tokens without exp/sub, unsigned or with another algorithm are rejected", async () => {
+  const secret = crypto.getRandomValues(new Uint8Array(32));
+  const now = new Date();
+  const iat = Math.floor(now.getTime() / 1000);
+  const base = () =>
+    new SignJWT({ role: "admin" }).setIssuer("otherix").setSubject("u-1").setIssuedAt(iat);
+  const noExp = await base().setProtectedHeader({ alg: "HS256" }).sign(secret);
+  const noSub = await new SignJWT({ role: "admin" }).setProtectedHeader({ alg: "HS256" })
+    .setIssuer("otherix").setIssuedAt(iat).setExpirationTime(iat + 60).sign(secret);
+  const hs512 = await base().setExpirationTime(iat + 60).setProtectedHeader({ alg: "HS512" })
+    .sign(crypto.getRandomValues(new Uint8Array(64)));
+  const none = new UnsecuredJWT({ role: "admin" }).setIssuer("otherix").setSubject("u-1")
+    .setIssuedAt(iat).setExpirationTime(iat + 60).encode();
+  for (
+    const [what, token] of [["no exp", noExp], ["no sub", noSub], ["HS512", hs512], [
+      "alg none",
+      none,
+    ]]
+  ) {
+    const e = await assertRejects(() => verifyAccessToken(secret, token, now), what);
+    assert(e instanceof ApiError && e.code === "unauthenticated", what);
+  }
+});
+
+Deno.test("auth middleware judges expiry on the control plane's clock", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "otx-auth-" });
+  const store = await openKvStore(`${dir}/store.kv`);
+  try {
+    const secret = await loadOrCreateJwtSecret(store);
+    const user = await createUser(store, { email: "c@example.com", password: "x", role: "viewer" });
+    // The control plane's clock is two hours behind the wall clock.
+    const cpNow = () => new Date(Date.now() - 2 * 3600_000);
+    const t = await issueAccessToken(secret, { sub: user.id, role: "viewer" }, 900, cpNow());
+    const app = new Hono<AppEnv>();
+    app.onError(errorHandler(createLogger("test", "error")));
+    app.use("*", authMiddleware(store, secret, cpNow));
+    app.get("/me", (c) => c.json({ id: c.get("user").id }));
+    const res = await app.request("/me", { headers: { authorization: `Bearer ${t.token}` } });
+    assertEquals([res.status, (await res.json()).id], [200, user.id]);
+  } finally {
+    await store.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("tokens: otx_/otxjoin_ shapes, ≥32 random bytes, SHA-256 hex hashing", async () => {
   const a = generateApiToken();
   const b = generateApiToken();
@@ -83,6 +131,21 @@ Deno.test("auth: JWT secret persists; bearer resolves JWT and API tokens; bootst
 
     const env = (m: Record<string, string>) => (n: string) => m[n];
     assertEquals(await ensureBootstrapAdmin(store, env({}), log), null);
+    // Invalid bootstrap env names the variable at fault, never echoing the password.
+    const longPw = "p".repeat(1025);
+    const badPw = await assertRejects(() =>
+      ensureBootstrapAdmin(
+        store,
+        env({
+          OTHERIX_BOOTSTRAP_ADMIN_EMAIL: "a@example.com",
+          OTHERIX_BOOTSTRAP_ADMIN_PASSWORD: longPw,
+        }),
+        log,
+      )
+    );
+    assert(badPw.message.startsWith("OTHERIX_BOOTSTRAP_ADMIN_PASSWORD:"), badPw.message);
+    assert(!badPw.message.includes(longPw));
+
     const admin = await ensureBootstrapAdmin(
       store,
       env({

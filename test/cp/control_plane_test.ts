@@ -255,6 +255,24 @@ Deno.test("cp: node monitor flips ready→unreachable; heartbeat brings it back;
   });
 });
 
+Deno.test("cp: a task runner that fails unexpectedly is re-run, not stranded", async () => {
+  await withCp(async (cp, agent, api, logs) => {
+    await agent.heartbeat();
+    // The first dispatch blows up outside the agent protocol (as a store error would).
+    const agents = cp.ctx.agents;
+    const createVm = agents.createVm.bind(agents);
+    let failures = 0;
+    agents.createVm = (...args) => {
+      if (failures++ === 0) return Promise.reject(new TypeError("boom"));
+      return createVm(...args);
+    };
+    const t = (await api("POST", "/v1/vms", VM("vm-retry"))).json;
+    assertEquals((await waitTask(api, t.id)).status, "succeeded");
+    assert(logs.has("task runner failed; retrying", { task_id: t.id }));
+    assertEquals((await api("GET", "/v1/vms/vm-retry")).json.status, "running");
+  });
+});
+
 Deno.test("cp: heartbeat identity checks", async () => {
   await withCp(async (_cp, agent) => {
     const other = await agent.heartbeat({ node_name: "node-b" });

@@ -224,6 +224,27 @@ export function storeContract(name: string, factory: () => Promise<StoreFixture>
     },
   );
 
+  t("leases: puts racing a revoke either fail or are deleted by it (no orphans)", async (s) => {
+    for (let round = 0; round < 20; round++) {
+      const lease = await s.grant(60);
+      const puts = Array.from({ length: 10 }, async (_, i) => {
+        await sleep(Math.random() * 3);
+        try {
+          await s.put(`/race/${round}/${i}`, i, { lease });
+        } catch (e) {
+          assert(e instanceof StoreError, String(e));
+        }
+      });
+      await sleep(Math.random() * 3);
+      await s.revoke(lease);
+      await Promise.all(puts);
+      const left = (await rangeAll(s, `/race/${round}/`)).filter((kv) => kv.lease === lease);
+      assertEquals(left.map((kv) => kv.key), [], `round ${round}: keys survived their lease`);
+      const late = await assertRejects(() => s.put(`/race/${round}/late`, 1, { lease }));
+      assert(late instanceof StoreError);
+    }
+  });
+
   t("ping succeeds on an open store", async (s) => {
     await s.ping();
   });

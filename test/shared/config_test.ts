@@ -27,6 +27,18 @@ Deno.test("config: OTHERIX_<SECTION>__<KEY> overrides the file, typed by the sch
   assertEquals(cfg.cp_cert.additional_sans, ["cp.lan", "10.0.0.2"]);
   assertEquals(cfg.server.listen, { hostname: "127.0.0.1", port: 9000 });
   assertEquals(envName(["bootstrap", "cp_url"]), "OTHERIX_BOOTSTRAP__CP_URL");
+  // String keys take the value verbatim, even when YAML would read a number.
+  const numeric: Record<string, string> = {
+    OTHERIX_CP_CERT__REPLICA_NAME: "007",
+    OTHERIX_STORAGE_POOLS__DEFAULT_POOL_NAME: "1e3",
+  };
+  const cfg2 = parseApiConfig("", (n) => numeric[n]);
+  assertEquals([cfg2.cp_cert.replica_name, cfg2.storage_pools.default_pool_name], ["007", "1e3"]);
+  const agent = parseAgentConfig(
+    "",
+    (n) => n === "OTHERIX_BOOTSTRAP__NODE_NAME" ? "42" : undefined,
+  );
+  assertEquals(agent.bootstrap.node_name, "42");
 });
 
 Deno.test("config: invalid values and unknown keys fail naming the key", () => {

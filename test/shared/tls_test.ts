@@ -1,5 +1,8 @@
+import "reflect-metadata";
+import * as x509 from "@peculiar/x509";
 import { assert, assertEquals, assertRejects } from "../assert.ts";
 import { Hono } from "hono";
+import { ApiError } from "../../shared/errors.ts";
 import { AGENT_CERT_ORG, CP_CERT_ORG } from "../../shared/constants.ts";
 import {
   certFingerprint,
@@ -25,6 +28,60 @@ Deno.test("pki: a CSR signed by the CA gets CN = node name, not the CSR subject"
   assert(await isSignedBy(certPem, ca.certPem));
   assert(await keyMatchesCert(keyPem, certPem));
   assert(/^sha256:[0-9a-f]{64}$/.test(await certFingerprint(ca.certPem)));
+});
+
+/** A CSR for `keyAlg` (signed with `sigAlg`) requesting `dns` SANs, PEM. */
+async function rawCsr(
+  dns: string[],
+  keyAlg: RsaHashedKeyGenParams | EcKeyGenParams | { name: string } = {
+    name: "ECDSA",
+    namedCurve: "P-256",
+  },
+  sigAlg: unknown = { name: "ECDSA", hash: "SHA-256" },
+): Promise<string> {
+  const keys = await crypto.subtle.generateKey(keyAlg, true, ["sign", "verify"]) as CryptoKeyPair;
+  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
+    name: "CN=x",
+    keys,
+    signingAlgorithm: sigAlg as Algorithm,
+    extensions: [
+      new x509.SubjectAlternativeNameExtension(
+        dns.map((value) => ({ type: "dns" as const, value })),
+      ),
+    ],
+  });
+  return csr.toString("pem");
+}
+
+Deno.test("pki: bad CSRs are validation_failed (never a 500); weak or odd keys are refused", async () => {
+  const ca = await createCa();
+  const rsa = (bits: number) => ({
+    name: "RSASSA-PKCS1-v1_5",
+    modulusLength: bits,
+    publicExponent: new Uint8Array([1, 0, 1]),
+    hash: "SHA-256",
+  });
+  const bad: [string, string][] = [
+    ["DNS SAN with ':'", await rawCsr(["a:b"])],
+    ["DNS SAN that is an invalid dotted quad", await rawCsr(["999.1.1.1"])],
+    ["wildcard DNS SAN", await rawCsr(["*.lan"])],
+    ["DNS SAN with a space", await rawCsr(["x y"])],
+    ["too many SANs", await rawCsr(Array.from({ length: 40 }, (_, i) => `h${i}.lan`))],
+    [
+      "P-384 key",
+      await rawCsr([], { name: "ECDSA", namedCurve: "P-384" }, { name: "ECDSA", hash: "SHA-384" }),
+    ],
+    ["Ed25519 key", await rawCsr([], { name: "Ed25519" }, { name: "Ed25519" })],
+    ["1024-bit RSA key", await rawCsr([], rsa(1024), { name: "RSASSA-PKCS1-v1_5" })],
+  ];
+  for (const [what, pem] of bad) {
+    const e = await assertRejects(() => signCsr(ca, pem, "node-a", AGENT_CERT_ORG), what);
+    assert(e instanceof ApiError && e.code === "validation_failed", `${what}: ${e}`);
+  }
+  // Real host names (underscores too) and RSA >= 2048 are fine.
+  const ok = await signCsr(ca, await rawCsr(["node-a.lan", "my_host"]), "node-a", AGENT_CERT_ORG);
+  assert(certInfo(ok).sans.includes("my_host"));
+  await signCsr(ca, await rawCsr([], rsa(2048), { name: "RSASSA-PKCS1-v1_5" }), "n", "o");
 });
 
 Deno.test("pki: a certificate from another CA does not verify", async () => {
