@@ -23,7 +23,7 @@
  */
 import { request } from "node:https";
 import { join } from "node:path";
-import { AGENT_CERT_ORG } from "../shared/constants.ts";
+import { AGENT_CERT_ORG, CP_CERT_ORG } from "../shared/constants.ts";
 import { BootstrapResponseSchema, type CaResponse, CaResponseSchema } from "../shared/api/nodes.ts";
 import { ErrorEnvelopeSchema } from "../shared/errors.ts";
 import type { Logger } from "../shared/log.ts";
@@ -35,7 +35,7 @@ import {
   keyMatchesCert,
   splitSans,
 } from "../shared/pki.ts";
-import { createTlsClient } from "../shared/tls.ts";
+import { requestTls } from "../shared/tls.ts";
 import { type AgentConfig, agentPaths } from "./config.ts";
 import { errorMessage, writeFileAtomic } from "./fsutil.ts";
 import { hostName } from "./sysinfo.ts";
@@ -317,57 +317,52 @@ async function runBootstrap(
 
   const sans = splitSans([advertiseHost(cfg, hostname), requestedName, "localhost", "127.0.0.1"]);
   const csr = await createCsr(requestedName, sans);
-  const client = createTlsClient({ caPem: ca.ca_pem });
-  let certPem: string;
-  let nodeName: string;
+  let res: Response;
   try {
-    let res: Response;
-    try {
-      res = await fetch(cpUrl.replace(/\/+$/, "") + "/v1/nodes/bootstrap", {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ token, csr_pem: csr.csrPem }),
-        client,
-        signal: AbortSignal.timeout(timeoutMs),
-      });
-    } catch (e) {
-      throw new BootstrapError(`bootstrap protocol: POST /v1/nodes/bootstrap: ${errorMessage(e)}`);
-    }
-    const text = await res.text();
-    let body: unknown = null;
-    try {
-      body = JSON.parse(text);
-    } catch {
-      // not JSON
-    }
-    if (!res.ok) {
-      const env = ErrorEnvelopeSchema.safeParse(body);
-      const code = env.success ? env.data.error.code : "unknown_error";
-      const detail = env.success ? ` (${env.data.error.message})` : "";
-      throw new BootstrapError(
-        `bootstrap protocol: CSR submission rejected by CP: HTTP ${res.status} ${code}${detail}`,
-      );
-    }
-    const parsed = BootstrapResponseSchema.safeParse(body);
-    if (!parsed.success) {
-      throw new BootstrapError("bootstrap protocol: CP returned an invalid bootstrap response");
-    }
-    certPem = parsed.data.certificate_pem;
-    const issued = certInfo(certPem);
-    if (!(await isSignedBy(certPem, ca.ca_pem)) || !(await keyMatchesCert(csr.keyPem, certPem))) {
-      throw new BootstrapError(
-        "bootstrap protocol: CP returned a certificate not signed by the pinned CA or not for our key",
-      );
-    }
-    if (issued.organization !== AGENT_CERT_ORG || !issued.commonName) {
-      throw new BootstrapError(
-        `bootstrap protocol: issued certificate has subject CN=${issued.commonName} O=${issued.organization}, expected O=${AGENT_CERT_ORG}`,
-      );
-    }
-    nodeName = issued.commonName;
-  } finally {
-    client.close();
+    // Only the pinned CA, and only a control-plane certificate: the token goes nowhere else.
+    res = await requestTls(cpUrl.replace(/\/+$/, "") + "/v1/nodes/bootstrap", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ token, csr_pem: csr.csrPem }),
+      tls: { caPem: ca.ca_pem },
+      expect: { organization: CP_CERT_ORG },
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+  } catch (e) {
+    throw new BootstrapError(`bootstrap protocol: POST /v1/nodes/bootstrap: ${errorMessage(e)}`);
   }
+  const text = await res.text();
+  let body: unknown = null;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    // not JSON
+  }
+  if (!res.ok) {
+    const env = ErrorEnvelopeSchema.safeParse(body);
+    const code = env.success ? env.data.error.code : "unknown_error";
+    const detail = env.success ? ` (${env.data.error.message})` : "";
+    throw new BootstrapError(
+      `bootstrap protocol: CSR submission rejected by CP: HTTP ${res.status} ${code}${detail}`,
+    );
+  }
+  const parsed = BootstrapResponseSchema.safeParse(body);
+  if (!parsed.success) {
+    throw new BootstrapError("bootstrap protocol: CP returned an invalid bootstrap response");
+  }
+  const certPem = parsed.data.certificate_pem;
+  const issued = certInfo(certPem);
+  if (!(await isSignedBy(certPem, ca.ca_pem)) || !(await keyMatchesCert(csr.keyPem, certPem))) {
+    throw new BootstrapError(
+      "bootstrap protocol: CP returned a certificate not signed by the pinned CA or not for our key",
+    );
+  }
+  if (issued.organization !== AGENT_CERT_ORG || !issued.commonName) {
+    throw new BootstrapError(
+      `bootstrap protocol: issued certificate has subject CN=${issued.commonName} O=${issued.organization}, expected O=${AGENT_CERT_ORG}`,
+    );
+  }
+  const nodeName = issued.commonName;
   if (nodeName !== requestedName) {
     log.warn("bootstrap: the join token names a different node; using the certificate's CN", {
       requested: requestedName,

@@ -17,7 +17,8 @@ import {
 import { architectureOf } from "../shared/api/common.ts";
 import { ErrorEnvelopeSchema } from "../shared/errors.ts";
 import type { Logger } from "../shared/log.ts";
-import { createTlsClient } from "../shared/tls.ts";
+import { type ClientTlsMaterial, requestTls } from "../shared/tls.ts";
+import { CP_CERT_ORG } from "../shared/constants.ts";
 import type { Accelerator } from "./accel.ts";
 import type { AgentIdentity } from "./bootstrap.ts";
 import { errorMessage } from "./fsutil.ts";
@@ -69,22 +70,25 @@ export async function buildHeartbeat(o: HeartbeatOptions): Promise<HeartbeatRequ
 }
 
 /**
- * Sends one heartbeat and returns the parsed response.
+ * Sends one heartbeat over mTLS and returns the parsed response. The server must present a
+ * control-plane certificate (O = `CP_CERT_ORG`), not merely any cluster certificate.
  *
- * @throws Error describing the transport failure or the CP's error envelope
+ * @throws Error describing the transport failure, a server that is not a control plane, or
+ *   the CP's error envelope
  */
 export async function sendHeartbeat(
   o: HeartbeatOptions,
-  client: Deno.HttpClient,
+  tls: ClientTlsMaterial,
   signal?: AbortSignal,
 ): Promise<HeartbeatResponse> {
   const body = HeartbeatRequestSchema.parse(await buildHeartbeat(o));
   const timeout = AbortSignal.timeout(o.requestTimeoutMs ?? 10_000);
-  const res = await fetch(o.cpUrl.replace(/\/+$/, "") + "/v1/nodes/heartbeat", {
+  const res = await requestTls(o.cpUrl.replace(/\/+$/, "") + "/v1/nodes/heartbeat", {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify(body),
-    client,
+    tls,
+    expect: { organization: CP_CERT_ORG },
     signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
   });
   const text = await res.text();
@@ -109,11 +113,11 @@ export async function sendHeartbeat(
 
 /** Starts the loop; the first heartbeat is sent immediately. */
 export function startHeartbeat(o: HeartbeatOptions): Heartbeat {
-  const client = createTlsClient({
+  const tls: ClientTlsMaterial = {
     caPem: o.identity.caPem,
     certPem: o.identity.certPem,
     keyPem: o.identity.keyPem,
-  });
+  };
   const stopCtrl = new AbortController();
   let intervalMs = o.initialIntervalSeconds * 1000;
   let status: string | null = null;
@@ -135,7 +139,7 @@ export function startHeartbeat(o: HeartbeatOptions): Heartbeat {
     while (!stopCtrl.signal.aborted) {
       let next = intervalMs;
       try {
-        const res = await sendHeartbeat(o, client, stopCtrl.signal);
+        const res = await sendHeartbeat(o, tls, stopCtrl.signal);
         intervalMs = res.heartbeat_interval_seconds * 1000;
         next = intervalMs;
         if (failing || status !== res.node_status) {
@@ -163,7 +167,6 @@ export function startHeartbeat(o: HeartbeatOptions): Heartbeat {
       stopCtrl.abort();
       wake?.();
       await loop;
-      client.close();
     },
   };
 }

@@ -1,7 +1,9 @@
 /**
  * The control plane's client of the agent protocol (`shared/api/agent.ts`) over mTLS: it
- * trusts only the cluster CA and presents this replica's certificate (O = `CP_CERT_ORG`,
- * clientAuth), which agents require.
+ * trusts only the cluster CA, presents this replica's certificate (O = `CP_CERT_ORG`,
+ * clientAuth), which agents require, and accepts only the node it meant to call: the
+ * server certificate must say CN = the node name, O = `AGENT_CERT_ORG` (so a joined node
+ * holding a SAN for another node's address cannot pose as it).
  *
  * Failures are {@link AgentError}s: `unreachable` for transport problems (connection
  * refused, TLS failure, timeout, an endpoint that is not `https:`) and `api` for an error
@@ -11,7 +13,8 @@
  */
 import { type AgentTask, AgentTaskSchema, type AgentVmCreateRequest } from "../shared/api/agent.ts";
 import { ErrorEnvelopeSchema, type ErrorInfo } from "../shared/errors.ts";
-import { createTlsClient } from "../shared/tls.ts";
+import { AGENT_CERT_ORG } from "../shared/constants.ts";
+import { type ClientTlsMaterial, requestTls } from "../shared/tls.ts";
 import type { CertAndKey } from "../shared/pki.ts";
 
 /** A failed agent call. */
@@ -37,24 +40,32 @@ export class AgentError extends Error {
   }
 }
 
-/** Calls the control plane makes on an agent endpoint (`https://host:port`). */
+/** The agent to call: its node name (the certificate CN it must present) and endpoint. */
+export interface AgentTarget {
+  /** Node name. */
+  name: string;
+  /** Advertised mTLS endpoint, `https://host:port`. */
+  endpoint: string;
+}
+
+/** Calls the control plane makes on a node's agent. */
 export interface AgentClient {
   /** `POST /v1/vms` → the agent task (202). @throws AgentError */
-  createVm(endpoint: string, req: AgentVmCreateRequest, signal?: AbortSignal): Promise<AgentTask>;
+  createVm(agent: AgentTarget, req: AgentVmCreateRequest, signal?: AbortSignal): Promise<AgentTask>;
   /**
    * `DELETE /v1/vms/{id}?task_id=` → the agent task, or null when the agent does not know
    * the VM (404 `vm_not_found`: already gone). @throws AgentError
    */
   deleteVm(
-    endpoint: string,
+    agent: AgentTarget,
     vmId: string,
     taskId: string,
     signal?: AbortSignal,
   ): Promise<AgentTask | null>;
   /** `GET /v1/tasks/{id}` → the task, or null on 404 (agent restarted). @throws AgentError */
-  getTask(endpoint: string, taskId: string, signal?: AbortSignal): Promise<AgentTask | null>;
+  getTask(agent: AgentTarget, taskId: string, signal?: AbortSignal): Promise<AgentTask | null>;
   /** `GET /v1/vms/{id}/console-log?tail_bytes=` → text. @throws AgentError */
-  consoleLog(endpoint: string, vmId: string, tailBytes: number): Promise<string>;
+  consoleLog(agent: AgentTarget, vmId: string, tailBytes: number): Promise<string>;
   close(): void;
 }
 
@@ -67,19 +78,20 @@ export function createAgentClient(caPem: string, replica: CertAndKey): AgentClie
 }
 
 class HttpAgentClient implements AgentClient {
-  #client: Deno.HttpClient;
+  #tls: ClientTlsMaterial;
 
   constructor(caPem: string, replica: CertAndKey) {
-    this.#client = createTlsClient({ caPem, certPem: replica.certPem, keyPem: replica.keyPem });
+    this.#tls = { caPem, certPem: replica.certPem, keyPem: replica.keyPem };
   }
 
   async #call(
     method: string,
-    endpoint: string,
+    agent: AgentTarget,
     path: string,
     body?: unknown,
     signal?: AbortSignal,
   ): Promise<Response> {
+    const { endpoint } = agent;
     let url: URL;
     try {
       url = new URL(path, endpoint.endsWith("/") ? endpoint : endpoint + "/");
@@ -95,9 +107,10 @@ class HttpAgentClient implements AgentClient {
     }
     const timeout = AbortSignal.timeout(AGENT_REQUEST_TIMEOUT_MS);
     try {
-      return await fetch(url, {
+      return await requestTls(url, {
         method,
-        client: this.#client,
+        tls: this.#tls,
+        expect: { commonName: agent.name, organization: AGENT_CERT_ORG },
         headers: body === undefined ? {} : { "content-type": "application/json" },
         body: body === undefined ? undefined : JSON.stringify(body),
         signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
@@ -143,15 +156,15 @@ class HttpAgentClient implements AgentClient {
     return parsed.data;
   }
 
-  async createVm(endpoint: string, req: AgentVmCreateRequest, signal?: AbortSignal) {
-    const res = await this.#call("POST", endpoint, "v1/vms", req, signal);
+  async createVm(agent: AgentTarget, req: AgentVmCreateRequest, signal?: AbortSignal) {
+    const res = await this.#call("POST", agent, "v1/vms", req, signal);
     if (!res.ok) throw await this.#errorOf(res, "agent POST /v1/vms");
     return await this.#task(res, "agent POST /v1/vms");
   }
 
-  async deleteVm(endpoint: string, vmId: string, taskId: string, signal?: AbortSignal) {
+  async deleteVm(agent: AgentTarget, vmId: string, taskId: string, signal?: AbortSignal) {
     const path = `v1/vms/${encodeURIComponent(vmId)}?task_id=${encodeURIComponent(taskId)}`;
-    const res = await this.#call("DELETE", endpoint, path, undefined, signal);
+    const res = await this.#call("DELETE", agent, path, undefined, signal);
     if (res.status === 404) {
       const err = await this.#errorOf(res, "agent DELETE /v1/vms");
       if (err.info?.code === "vm_not_found") return null;
@@ -161,10 +174,10 @@ class HttpAgentClient implements AgentClient {
     return await this.#task(res, "agent DELETE /v1/vms");
   }
 
-  async getTask(endpoint: string, taskId: string, signal?: AbortSignal) {
+  async getTask(agent: AgentTarget, taskId: string, signal?: AbortSignal) {
     const res = await this.#call(
       "GET",
-      endpoint,
+      agent,
       `v1/tasks/${encodeURIComponent(taskId)}`,
       undefined,
       signal,
@@ -178,14 +191,14 @@ class HttpAgentClient implements AgentClient {
     return await this.#task(res, "agent GET /v1/tasks");
   }
 
-  async consoleLog(endpoint: string, vmId: string, tailBytes: number) {
+  async consoleLog(agent: AgentTarget, vmId: string, tailBytes: number) {
     const path = `v1/vms/${encodeURIComponent(vmId)}/console-log?tail_bytes=${tailBytes}`;
-    const res = await this.#call("GET", endpoint, path);
+    const res = await this.#call("GET", agent, path);
     if (!res.ok) throw await this.#errorOf(res, "agent GET console-log");
     return await res.text();
   }
 
   close() {
-    this.#client.close();
+    // No pooled connections to release.
   }
 }

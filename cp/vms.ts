@@ -198,7 +198,11 @@ export async function consoleLog(ctx: CpContext, name: string, tailBytes: number
     throw new ApiError("node_not_ready", `node ${vm.node} has no agent endpoint yet`);
   }
   try {
-    return await ctx.agents.consoleLog(node.endpoint, vm.id, tailBytes);
+    return await ctx.agents.consoleLog(
+      { name: node.name, endpoint: node.endpoint },
+      vm.id,
+      tailBytes,
+    );
   } catch (e) {
     if (!(e instanceof AgentError)) throw e;
     if (e.kind === "unreachable") {

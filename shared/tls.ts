@@ -6,11 +6,17 @@
  * `@hono/node-server`'s request listener (DESIGN.md "Facts"). The verified peer certificate is
  * exposed to handlers through {@link peerOf}.
  *
- * Clients: Deno's `fetch` presents a client certificate via `Deno.createHttpClient`.
+ * Clients: Deno's `fetch` presents a client certificate via `Deno.createHttpClient`, but it
+ * cannot say WHICH CA-signed identity answered. Between cluster members use
+ * {@link requestTls}, which also checks the server certificate's subject (the control plane
+ * calls node `X` only if the certificate says CN=`X`, O=`otherix:nodes`; agents talk only to
+ * O=`otherix:control-plane`), so one joined node cannot pose as another or as the control
+ * plane.
  *
  * @module
  */
-import { createServer, type Server } from "node:https";
+import { createServer, request as httpsRequest, type Server } from "node:https";
+import { checkServerIdentity, type PeerCertificate } from "node:tls";
 import type { IncomingMessage } from "node:http";
 import type { TLSSocket } from "node:tls";
 import { getRequestListener } from "@hono/node-server";
@@ -119,5 +125,119 @@ export function createTlsClient(m: ClientTlsMaterial): Deno.HttpClient {
   return Deno.createHttpClient({
     caCerts: [m.caPem],
     ...(m.certPem && m.keyPem ? { cert: m.certPem, key: m.keyPem } : {}),
+  });
+}
+
+/** Who a TLS server must be: checked against its verified certificate's subject. */
+export interface ExpectedPeer {
+  /** Required subject CN (e.g. the node name); omitted: any. */
+  commonName?: string;
+  /** Required subject O (`AGENT_CERT_ORG` or `CP_CERT_ORG`). */
+  organization: string;
+}
+
+/** Options of {@link requestTls}. */
+export interface TlsRequestInit {
+  method?: string;
+  headers?: Record<string, string>;
+  /** Request body (JSON text). */
+  body?: string;
+  signal?: AbortSignal;
+  /** Trust anchor and optional client certificate. */
+  tls: ClientTlsMaterial;
+  /** The identity the server certificate must carry. */
+  expect: ExpectedPeer;
+  /** Largest response body accepted, bytes (default 8 MiB). */
+  maxBodyBytes?: number;
+}
+
+/** Why the server's certificate is not `expect` (null: it is). */
+export function peerMismatch(cert: PeerCertificate, expect: ExpectedPeer): string | null {
+  const subject = (cert?.subject ?? {}) as unknown as Record<string, string | string[]>;
+  const first = (v: string | string[] | undefined) => (Array.isArray(v) ? v[0] : v) ?? null;
+  const cn = first(subject.CN);
+  const org = first(subject.O);
+  if (org !== expect.organization) {
+    return `server certificate O=${org ?? "(none)"} is not ${expect.organization}`;
+  }
+  if (expect.commonName !== undefined && cn !== expect.commonName) {
+    return `server certificate CN=${cn ?? "(none)"} is not ${expect.commonName}`;
+  }
+  return null;
+}
+
+/**
+ * An HTTPS request that verifies the server against `init.tls.caPem` (chain + host name, as
+ * `fetch` does) AND checks its certificate subject against `init.expect`. Connections are not
+ * pooled, so every request is checked. Resolves to a buffered `Response`.
+ *
+ * @throws Error on transport or TLS failure, identity mismatch, or a body over `maxBodyBytes`;
+ *   the signal's reason when aborted
+ */
+export function requestTls(url: URL | string, init: TlsRequestInit): Promise<Response> {
+  const max = init.maxBodyBytes ?? 8 * 1024 * 1024;
+  return new Promise<Response>((resolvePromise, rejectPromise) => {
+    let settled = false;
+    const resolve = (r: Response) => {
+      if (settled) return;
+      settled = true;
+      resolvePromise(r);
+    };
+    const reject = (e: unknown) => {
+      if (settled) return;
+      settled = true;
+      rejectPromise(e);
+    };
+    if (init.signal?.aborted) return reject(init.signal.reason);
+    const req = httpsRequest(url, {
+      method: init.method ?? "GET",
+      headers: init.headers,
+      agent: false, // no pooled sockets: each request's peer is checked
+      ca: init.tls.caPem,
+      cert: init.tls.certPem,
+      key: init.tls.keyPem,
+      checkServerIdentity: (host: string, cert: PeerCertificate) => {
+        const hostError = checkServerIdentity(host, cert);
+        if (hostError) return hostError;
+        const why = peerMismatch(cert, init.expect);
+        return why === null ? undefined : new Error(why);
+      },
+    }, (res) => {
+      const chunks: Uint8Array[] = [];
+      let size = 0;
+      res.on("data", (c: Uint8Array) => {
+        size += c.length;
+        if (size > max) {
+          reject(new Error(`response body exceeds ${max} bytes`));
+          req.destroy();
+          return;
+        }
+        chunks.push(c);
+      });
+      res.on("error", reject);
+      res.on("end", () => {
+        const headers = new Headers();
+        for (const [k, v] of Object.entries(res.headers)) {
+          if (v !== undefined) headers.set(k, Array.isArray(v) ? v.join(", ") : String(v));
+        }
+        const body = new Uint8Array(size);
+        let off = 0;
+        for (const c of chunks) {
+          body.set(c, off);
+          off += c.length;
+        }
+        const status = res.statusCode ?? 502;
+        const nullBody = status === 204 || status === 304;
+        resolve(new Response(nullBody ? null : body, { status, headers }));
+      });
+    });
+    const onAbort = () => {
+      reject(init.signal!.reason);
+      req.destroy();
+    };
+    init.signal?.addEventListener("abort", onAbort, { once: true });
+    req.on("error", (e: Error) => reject(init.signal?.aborted ? init.signal.reason : e));
+    req.on("close", () => init.signal?.removeEventListener("abort", onAbort));
+    req.end(init.body);
   });
 }

@@ -23,7 +23,7 @@
 import type { AgentTask } from "../../shared/api/agent.ts";
 import { isTerminal } from "../../shared/api/tasks.ts";
 import type { ErrorInfo } from "../../shared/errors.ts";
-import { AgentError } from "../agent_client.ts";
+import { AgentError, type AgentTarget } from "../agent_client.ts";
 import type { CpContext } from "../context.ts";
 import { findNode } from "../nodes.ts";
 import { keys, type TaskRecord, type VmRecord } from "../repo/records.ts";
@@ -215,7 +215,7 @@ export async function runTask(ctx: CpContext, taskId: string, signal: AbortSigna
     let at: AgentTask | null;
     try {
       if (needDispatch) {
-        at = await dispatch(ctx, task, vm, node.endpoint, signal);
+        at = await dispatch(ctx, task, vm, { name: node.name, endpoint: node.endpoint }, signal);
         needDispatch = false;
         lastContact = ctx.now().getTime();
         if (at === null) {
@@ -225,7 +225,11 @@ export async function runTask(ctx: CpContext, taskId: string, signal: AbortSigna
         }
         log.info("task dispatched", { endpoint: node.endpoint, agent_status: at.status });
       } else {
-        at = await ctx.agents.getTask(node.endpoint, task.id, signal);
+        at = await ctx.agents.getTask(
+          { name: node.name, endpoint: node.endpoint },
+          task.id,
+          signal,
+        );
         lastContact = ctx.now().getTime();
         if (at === null) {
           log.warn("agent lost the task; re-dispatching", { endpoint: node.endpoint });
@@ -272,11 +276,11 @@ function dispatch(
   ctx: CpContext,
   task: TaskRecord,
   vm: VmRecord,
-  endpoint: string,
+  agent: AgentTarget,
   signal: AbortSignal,
 ): Promise<AgentTask | null> {
-  if (task.type === "vm.delete") return ctx.agents.deleteVm(endpoint, vm.id, task.id, signal);
-  return ctx.agents.createVm(endpoint, {
+  if (task.type === "vm.delete") return ctx.agents.deleteVm(agent, vm.id, task.id, signal);
+  return ctx.agents.createVm(agent, {
     task_id: task.id,
     vm: {
       id: vm.id,

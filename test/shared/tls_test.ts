@@ -1,6 +1,6 @@
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
-import { assert, assertEquals, assertRejects } from "../assert.ts";
+import { assert, assertEquals, assertRejects, assertStringIncludes } from "../assert.ts";
 import { Hono } from "hono";
 import { ApiError } from "../../shared/errors.ts";
 import { AGENT_CERT_ORG, CP_CERT_ORG } from "../../shared/constants.ts";
@@ -15,7 +15,7 @@ import {
   signCsr,
   splitSans,
 } from "../../shared/pki.ts";
-import { createTlsClient, peerOf, serveTls, type TlsEnv } from "../../shared/tls.ts";
+import { createTlsClient, peerOf, requestTls, serveTls, type TlsEnv } from "../../shared/tls.ts";
 
 Deno.test("pki: a CSR signed by the CA gets CN = node name, not the CSR subject", async () => {
   const ca = await createCa();
@@ -135,5 +135,71 @@ Deno.test("tls: mutual TLS with node:https server and Deno fetch client", async 
     wrong.close();
   } finally {
     await srv.close();
+  }
+});
+
+Deno.test("tls: requestTls accepts only the expected subject and caps the body", async () => {
+  const ca = await createCa();
+  const cp = await issueServerCert(ca, "cp-1", CP_CERT_ORG, splitSans(["127.0.0.1"]));
+  const csr = await createCsr("node-a", splitSans(["127.0.0.1"]));
+  const agent = {
+    certPem: await signCsr(ca, csr.csrPem, "node-a", AGENT_CERT_ORG),
+    keyPem: csr.keyPem,
+  };
+  let hits = 0;
+  const app = new Hono<TlsEnv>()
+    .get("/who", (c) => {
+      hits++;
+      return c.json(peerOf(c.env.incoming));
+    })
+    .get("/big", () => new Response("x".repeat(2048)));
+  const serve = (cert: { certPem: string; keyPem: string }) =>
+    serveTls({
+      hostname: "127.0.0.1",
+      port: 0,
+      ...cert,
+      caPem: ca.certPem,
+      requireClientCert: false,
+      fetch: app.fetch,
+    });
+  // An agent's (valid, same-CA) certificate where a control plane is expected: refused.
+  const fakeCp = await serve(agent);
+  try {
+    const e = await assertRejects(() =>
+      requestTls(`https://127.0.0.1:${fakeCp.port}/who`, {
+        tls: { caPem: ca.certPem },
+        expect: { organization: CP_CERT_ORG },
+      })
+    );
+    assertStringIncludes(e.message, `O=${AGENT_CERT_ORG} is not ${CP_CERT_ORG}`);
+    assertEquals(hits, 0);
+  } finally {
+    await fakeCp.close();
+  }
+  const realCp = await serve(cp);
+  try {
+    const res = await requestTls(`https://127.0.0.1:${realCp.port}/who`, {
+      tls: { caPem: ca.certPem, certPem: agent.certPem, keyPem: agent.keyPem },
+      expect: { organization: CP_CERT_ORG, commonName: "cp-1" },
+    });
+    assertEquals(res.status, 200);
+    assertEquals((await res.json()).commonName, "node-a");
+    const wrongName = await assertRejects(() =>
+      requestTls(`https://127.0.0.1:${realCp.port}/who`, {
+        tls: { caPem: ca.certPem },
+        expect: { organization: CP_CERT_ORG, commonName: "cp-2" },
+      })
+    );
+    assertStringIncludes(wrongName.message, "CN=cp-1 is not cp-2");
+    const big = await assertRejects(() =>
+      requestTls(`https://127.0.0.1:${realCp.port}/big`, {
+        tls: { caPem: ca.certPem },
+        expect: { organization: CP_CERT_ORG },
+        maxBodyBytes: 1024,
+      })
+    );
+    assertStringIncludes(big.message, "exceeds 1024 bytes");
+  } finally {
+    await realCp.close();
   }
 });
