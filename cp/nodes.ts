@@ -358,13 +358,13 @@ async function observePools(
 
 /**
  * Projects observed VM phases (`running` / `stopped` / `failed`) onto VMs of this node that
- * are settled (`running` / `stopped` / `failed`) and have no in-flight task, so in-flight
+ * are settled (`running` / `stopped` / `failed` / `unknown`) and have no in-flight task, so in-flight
  * tasks are never fought. VMs the agent does not report are left alone, and so are VMs
  * whose deletion failed (desired phase `deleted`): they keep `failed` and the task error
  * until the delete is retried.
  */
 async function reconcileVms(ctx: CpContext, nodeName: string, hb: HeartbeatRequest) {
-  const settled = new Set(["running", "stopped", "failed"]);
+  const settled = new Set(["running", "stopped", "failed", "unknown"]);
   const projectable = (v: VmRecord) => settled.has(v.status) && v.desired_phase !== "deleted";
   const vms = (await rangeAll<VmRecord>(ctx.store, keys.vms))
     .filter((kv) => kv.value.node === nodeName && projectable(kv.value));
@@ -433,7 +433,27 @@ export async function markStaleNodes(ctx: CpContext): Promise<string[]> {
         last_heartbeat_at: flippedFrom.last_heartbeat_at,
         stale_threshold_seconds: ctx.cfg.nodes.stale_threshold_seconds,
       });
+      await markVmsUnknown(ctx, flippedFrom.name);
     }
   }
   return flipped;
+}
+
+/**
+ * Marks the settled VMs (`running` / `stopped`) of a node that just became `unreachable` as
+ * `unknown`: their state can no longer be confirmed. VMs with a task in flight are left to
+ * the task (its worker reports `agent_unreachable` if the node stays away).
+ */
+async function markVmsUnknown(ctx: CpContext, nodeName: string): Promise<void> {
+  const confirmable = (v: VmRecord) =>
+    v.node === nodeName && (v.status === "running" || v.status === "stopped");
+  const vms = (await rangeAll<VmRecord>(ctx.store, keys.vms)).filter((kv) => confirmable(kv.value));
+  for (const kv of vms) {
+    if (await taskInFlight(ctx, kv.value)) continue;
+    await updateKey<VmRecord>(ctx.store, kv.key, async (cur) => {
+      if (!cur || cur.id !== kv.value.id || !confirmable(cur)) return undefined;
+      if (await taskInFlight(ctx, cur)) return undefined;
+      return { ...cur, status: "unknown", updated_at: ctx.now().toISOString() };
+    });
+  }
 }

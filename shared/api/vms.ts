@@ -56,7 +56,11 @@ export type VmCreateRequestInput = z.input<typeof VmCreateRequestSchema>;
 /** VM create body after defaults. */
 export type VmCreateRequest = z.infer<typeof VmCreateRequestSchema>;
 
-/** VM status as projected by the control plane. */
+/**
+ * VM status as projected by the control plane. `unknown`: the VM's node stopped sending
+ * heartbeats (node `unreachable`), so its last state cannot be confirmed; the next heartbeat
+ * replaces it with what the agent observes (like a Kubernetes pod on a lost node).
+ */
 export const VmStatusSchema = z.enum([
   "pending",
   "creating",
@@ -64,6 +68,7 @@ export const VmStatusSchema = z.enum([
   "stopped",
   "deleting",
   "failed",
+  "unknown",
 ]);
 /** VM status. */
 export type VmStatus = z.infer<typeof VmStatusSchema>;

@@ -273,3 +273,56 @@ Deno.test("heartbeat: a VM whose delete failed keeps failed + error; others are 
     assertEquals((await ctx.store.get<VmRecord>(keys.vm("vm-stop")))!.value.status, "running");
   });
 });
+
+Deno.test("node monitor: VMs of an unreachable node become unknown until a heartbeat confirms them", async () => {
+  await withCtx(async (ctx, _calls, dir) => {
+    await register(ctx, "node-a");
+    await register(ctx, "node-b");
+    const hb = heartbeat("node-a", dir);
+    await applyHeartbeat(ctx, "node-a", hb);
+    await applyHeartbeat(ctx, "node-b", heartbeat("node-b", dir));
+    const ts = new Date().toISOString();
+    const vm = (name: string, node: string, status: VmRecord["status"]): VmRecord => ({
+      id: crypto.randomUUID(),
+      name,
+      owner_id: "u",
+      image_url: "http://h/i.img",
+      image_sha256: null,
+      image: "i.img",
+      architecture: "amd64",
+      vcpus: 1,
+      memory_mb: 128,
+      disk_gib: 1,
+      user_data: null,
+      pool: "default",
+      pool_path: `${dir}/pools/default`,
+      node,
+      status,
+      desired_phase: "running",
+      last_task_id: null,
+      error: null,
+      created_at: ts,
+      updated_at: ts,
+    });
+    const a1 = vm("a1", "node-a", "running");
+    const a2 = vm("a2", "node-a", "failed");
+    const b1 = vm("b1", "node-b", "running");
+    for (const v of [a1, a2, b1]) await ctx.store.put(keys.vm(v.name), v);
+    // node-a goes silent past the stale threshold; node-b keeps beating.
+    const later = Date.now() + (ctx.cfg.nodes.stale_threshold_seconds + 1) * 1000;
+    await ctx.store.put(keys.node("node-b"), {
+      ...(await ctx.store.get<NodeRecord>(keys.node("node-b")))!.value,
+      last_heartbeat_at: new Date(later).toISOString(),
+    });
+    ctx.now = () => new Date(later);
+    assertEquals(await markStaleNodes(ctx), ["node-a"]);
+    const status = async (n: string) => (await ctx.store.get<VmRecord>(keys.vm(n)))!.value.status;
+    assertEquals(await status("a1"), "unknown");
+    assertEquals(await status("a2"), "failed", "a failure is kept, not hidden");
+    assertEquals(await status("b1"), "running");
+    // The agent comes back and reports a1 stopped (it was restarted meanwhile).
+    hb.vms = [{ id: a1.id, name: a1.name, phase: "stopped", pid: null }];
+    await applyHeartbeat(ctx, "node-a", hb);
+    assertEquals(await status("a1"), "stopped");
+  });
+});
