@@ -25,6 +25,12 @@ import {
 } from "../shared/constants.ts";
 import { FingerprintSchema } from "../shared/api/nodes.ts";
 import { ResourceNameSchema } from "../shared/api/common.ts";
+import {
+  DEFAULT_SERIAL_LOG_MAX_BYTES,
+  MAX_SERIAL_LOG_MAX_BYTES,
+  MIN_SERIAL_LOG_MAX_BYTES,
+} from "./serial_log.ts";
+import { DEFAULT_MAX_DOWNLOAD_BYTES } from "./images.ts";
 
 /** The agent config schema (defaults applied). */
 export const AgentConfigSchema = z.object({
@@ -74,10 +80,22 @@ export const AgentConfigSchema = z.object({
     start_timeout_seconds: z.number().int().min(1).max(600).default(30),
     /** UEFI firmware passed as `-bios` to arm64 guests (`null`: none). */
     firmware_arm64: z.string().nullable().default("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"),
+    /**
+     * Cap of each VM's `serial.log`, bytes: a larger log is cut to its newest half (checked
+     * every few seconds; see agent/serial_log.ts).
+     */
+    serial_log_max_bytes: z.number().int().min(MIN_SERIAL_LOG_MAX_BYTES)
+      .max(MAX_SERIAL_LOG_MAX_BYTES).default(DEFAULT_SERIAL_LOG_MAX_BYTES),
   }).strict().prefault({}),
   images: z.object({
     /** Abort a download that makes no progress for this long, seconds. */
     download_idle_timeout_seconds: z.number().int().min(1).max(3600).default(60),
+    /**
+     * Largest image the agent downloads, bytes: a larger `Content-Length` fails at once, a
+     * body growing past it is aborted (`download_failed`).
+     */
+    max_download_bytes: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER)
+      .default(DEFAULT_MAX_DOWNLOAD_BYTES),
   }).strict().prefault({}),
   log: z.object({
     level: z.enum(["debug", "info", "warn", "error"]).default("info"),

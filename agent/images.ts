@@ -18,12 +18,19 @@
  * Concurrent requests for the same cache path are serialized, so they share one download:
  * the second finds the first one's result as a cache hit.
  *
+ * Size limits: a download whose `Content-Length` exceeds the pool filesystem's usable free
+ * space ({@link usableFreeBytes}) fails with `image_unavailable` before anything is written;
+ * one whose `Content-Length` or streamed body exceeds `images.max_download_bytes` fails with
+ * `download_failed` (a server that omits or lies about the length cannot fill the disk).
+ *
  * @module
  */
 import { createHash } from "node:crypto";
-import { join } from "node:path";
+import { statfs } from "node:fs/promises";
+import { basename as pathBasename, join } from "node:path";
 import { ApiError } from "../shared/errors.ts";
 import type { CachedImage } from "../shared/api/nodes.ts";
+import type { Logger } from "../shared/log.ts";
 import { errorMessage, writeAll, writeFileAtomic } from "./fsutil.ts";
 import { KeyedMutex } from "./lock.ts";
 
@@ -32,7 +39,62 @@ export const SIDECAR_SUFFIX = ".sha256";
 /** Longest image basename: the sidecar name must fit in 255 bytes too. */
 export const MAX_BASENAME_BYTES = 255 - SIDECAR_SUFFIX.length;
 
+/** Default `images.max_download_bytes` (64 GiB). */
+export const DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024 ** 3;
+/** Free space kept on a pool's filesystem: 1 GiB, or 5 % of it when that is smaller. */
+export const FREE_SPACE_MARGIN_BYTES = 1024 ** 3;
+/** The fraction of the filesystem size kept free when below {@link FREE_SPACE_MARGIN_BYTES}. */
+export const FREE_SPACE_MARGIN_FRACTION = 0.05;
+
 const HEX64 = /^[0-9a-f]{64}$/;
+
+/** Free space of a filesystem, bytes. */
+export interface FsSpace {
+  /** Bytes an unprivileged writer may still use (`f_bavail * f_bsize`). */
+  availableBytes: number;
+  /** Size of the filesystem (`f_blocks * f_bsize`). */
+  totalBytes: number;
+}
+
+/**
+ * The free space of the filesystem holding `path` (statfs). Needs `--allow-sys=statfs`
+ * and read access to `path`.
+ *
+ * @throws the underlying error when statfs fails
+ */
+export async function filesystemSpace(path: string): Promise<FsSpace> {
+  const st = await statfs(path);
+  return { availableBytes: st.bavail * st.bsize, totalBytes: st.blocks * st.bsize };
+}
+
+/**
+ * The free space kept on a filesystem of `totalBytes` bytes: {@link FREE_SPACE_MARGIN_BYTES}
+ * (1 GiB) or 5 % of the filesystem size, whichever is smaller; bytes.
+ */
+export function freeSpaceMarginBytes(totalBytes: number): number {
+  return Math.min(FREE_SPACE_MARGIN_BYTES, Math.floor(totalBytes * FREE_SPACE_MARGIN_FRACTION));
+}
+
+/**
+ * Bytes a download may use on a filesystem: the available bytes minus
+ * {@link freeSpaceMarginBytes}; never negative.
+ */
+export function usableFreeBytes(space: FsSpace): number {
+  return Math.max(0, space.availableBytes - freeSpaceMarginBytes(space.totalBytes));
+}
+
+/** `1536` → `1.5 KiB`; bytes below 1 KiB as `N bytes`. */
+export function formatBytes(n: number): string {
+  const units = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+  if (n < 1024) return `${n} bytes`;
+  let v = n / 1024;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(1)} ${units[i]}`;
+}
 
 /**
  * The cache basename of an image URL: the last path segment, exactly as it appears in the
@@ -68,6 +130,8 @@ export function imageBasename(imageUrl: string): string {
 export interface EnsureImageOptions {
   /** Absolute pool directory; the cache is `<poolPath>/images`. */
   poolPath: string;
+  /** Pool name for messages (default: the last segment of `poolPath`). */
+  poolName?: string;
   /** http(s) URL of the image. */
   url: string;
   /** Expected lowercase hex SHA-256, if the request named one. */
@@ -94,6 +158,15 @@ export interface EnsuredImage {
 export interface ImageCacheOptions {
   /** Abort a download that receives nothing for this long, ms. */
   idleTimeoutMs: number;
+  /**
+   * Largest download, bytes (`images.max_download_bytes`; default
+   * {@link DEFAULT_MAX_DOWNLOAD_BYTES}).
+   */
+  maxDownloadBytes?: number;
+  /** Free space of the filesystem holding a path (tests may inject one). */
+  filesystemSpace?: (path: string) => Promise<FsSpace>;
+  /** Receives a warning when the free space cannot be determined (the download goes on). */
+  log?: Logger;
   /** `fetch` to use (tests may inject one). */
   fetch?: typeof fetch;
 }
@@ -121,9 +194,11 @@ export class ImageCache {
    * Makes sure `opts.url` is cached in `opts.poolPath` and returns it.
    *
    * @throws ApiError `validation_failed` (not an http(s) URL, bad basename),
-   *   `download_failed` (HTTP non-2xx, network error, idle timeout, truncated body),
-   *   `checksum_mismatch` (bytes differ from `opts.sha256`), `image_unavailable` (the cache
-   *   directory or file cannot be written)
+   *   `download_failed` (HTTP non-2xx, network error, idle timeout, truncated body,
+   *   `Content-Length` or body larger than `maxDownloadBytes`), `checksum_mismatch` (bytes
+   *   differ from `opts.sha256`), `image_unavailable` (the cache directory or file cannot be
+   *   written; `Content-Length` larger than the pool filesystem's usable free space, see
+   *   {@link usableFreeBytes} — then nothing is written)
    */
   ensure(opts: EnsureImageOptions): Promise<EnsuredImage> {
     const basename = imageBasename(opts.url);
@@ -162,7 +237,7 @@ export class ImageCache {
     }
     const tmp = join(dir, `.${basename.slice(0, 200)}.${crypto.randomUUID().slice(0, 8)}.part`);
     try {
-      const { sha256, size } = await this.#download(opts, tmp);
+      const { sha256, size } = await this.#download(opts, dir, tmp);
       if (want && sha256 !== want) {
         const cachedNote = cachedSha && cachedSha !== want
           ? ` (cached sidecar has sha256 ${cachedSha})`
@@ -194,9 +269,11 @@ export class ImageCache {
 
   async #download(
     opts: EnsureImageOptions,
+    dir: string,
     tmp: string,
   ): Promise<{ sha256: string; size: number }> {
     const idleMs = this.#opts.idleTimeoutMs;
+    const maxBytes = this.#opts.maxDownloadBytes ?? DEFAULT_MAX_DOWNLOAD_BYTES;
     const ctrl = new AbortController();
     let timer: ReturnType<typeof setTimeout> | undefined;
     const arm = () => {
@@ -227,6 +304,20 @@ export class ImageCache {
       }
       const lenHeader = res.headers.get("content-length");
       const total = lenHeader && /^\d+$/.test(lenHeader) ? Number(lenHeader) : null;
+      if (total !== null) {
+        try {
+          if (total > maxBytes) {
+            throw failed(
+              `image is ${total} bytes (${formatBytes(total)}), over images.max_download_bytes ` +
+                `${maxBytes} (${formatBytes(maxBytes)})`,
+            );
+          }
+          await this.#checkFreeSpace(opts, dir, total);
+        } catch (e) {
+          await res.body.cancel().catch(() => {});
+          throw e;
+        }
+      }
       let file: Deno.FsFile;
       try {
         file = await Deno.open(tmp, { write: true, createNew: true, mode: 0o644 });
@@ -250,6 +341,13 @@ export class ImageCache {
             throw failed(ctrl.signal.aborted ? errorMessage(ctrl.signal.reason) : errorMessage(e));
           }
           if (chunk.done) break;
+          if (received + chunk.value.length > maxBytes) {
+            await reader.cancel().catch(() => {});
+            throw failed(
+              `body exceeds images.max_download_bytes ${maxBytes} (${formatBytes(maxBytes)}); ` +
+                `aborted after ${received} bytes`,
+            );
+          }
           hash.update(chunk.value);
           try {
             await writeAll(file, chunk.value);
@@ -281,6 +379,41 @@ export class ImageCache {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /**
+   * Fails with `image_unavailable` when `need` bytes exceed the usable free space of the
+   * filesystem holding `dir`. When statfs fails the check is skipped with a warning (the
+   * download cap and write errors still apply).
+   */
+  async #checkFreeSpace(opts: EnsureImageOptions, dir: string, need: number): Promise<void> {
+    let space: FsSpace;
+    try {
+      space = await (this.#opts.filesystemSpace ?? filesystemSpace)(dir);
+    } catch (e) {
+      this.#opts.log?.warn("image: cannot determine free space; not checked", {
+        dir,
+        err: errorMessage(e),
+      });
+      return;
+    }
+    const usable = usableFreeBytes(space);
+    if (need <= usable) return;
+    const margin = freeSpaceMarginBytes(space.totalBytes);
+    const pool = opts.poolName ?? pathBasename(opts.poolPath);
+    throw new ApiError(
+      "image_unavailable",
+      `not enough free space in pool ${pool}: need ${formatBytes(need)} (${need} bytes), ` +
+        `have ${formatBytes(usable)} (${usable} bytes free beyond a safety margin of ` +
+        `${formatBytes(margin)})`,
+      {
+        pool,
+        needed_bytes: need,
+        usable_bytes: usable,
+        available_bytes: space.availableBytes,
+        margin_bytes: margin,
+      },
+    );
   }
 
   /**

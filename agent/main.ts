@@ -7,9 +7,12 @@
  * Fatal errors (invalid config, bootstrap failures, an unbindable port) are logged as one
  * JSON line on stderr carrying the message, and the process exits with status 1.
  *
- * SIGINT / SIGTERM: stop the heartbeat, close the server, then stop every QEMU child cleanly
- * (QMP `quit`, SIGKILL after 10 s) so no QEMU outlives the agent; VM files are kept and the
- * VMs are reported `stopped` after the next start. Exit status 0.
+ * Background loops: the heartbeat, and the serial log cap (every 2 s each VM's `serial.log`
+ * over `qemu.serial_log_max_bytes` is cut to its newest half; agent/serial_log.ts).
+ *
+ * SIGINT / SIGTERM: stop the heartbeat, close the server, stop the serial log cap, then stop
+ * every QEMU child cleanly (QMP `quit`, SIGKILL after 10 s) so no QEMU outlives the agent; VM
+ * files are kept and the VMs are reported `stopped` after the next start. Exit status 0.
  *
  * @module
  */
@@ -108,6 +111,8 @@ export async function main(argv: string[]): Promise<void> {
 
   const images = new ImageCache({
     idleTimeoutMs: cfg.images.download_idle_timeout_seconds * 1000,
+    maxDownloadBytes: cfg.images.max_download_bytes,
+    log,
   });
   const vms = new VmManager({
     paths,
@@ -124,6 +129,7 @@ export async function main(argv: string[]): Promise<void> {
   } catch (e) {
     fatal(log, `agent: cannot prepare state directories: ${errorMessage(e)}`);
   }
+  vms.startSerialLogTrimmer();
   const pools = new PoolManager(paths.poolsDir, join(paths.stateDir, "desired-pools.json"), log);
   await pools.load();
   await pools.cleanTemp();

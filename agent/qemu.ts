@@ -92,7 +92,7 @@ export function qemuEscape(value: string): string {
  * -nodefaults -no-user-config -display none -vga none
  * -drive file=<disk>,if=virtio,format=qcow2
  * -drive file=<seed>,media=cdrom,if=ide,format=raw,readonly=on
- * -chardev socket,id=serial0,path=<serial.sock>,server=on,wait=off,logfile=<serial.log>
+ * -chardev socket,id=serial0,path=<serial.sock>,server=on,wait=off,logfile=<serial.log>,logappend=on
  * -serial chardev:serial0 -qmp unix:<qmp.sock>,server=on,wait=off
  * -nic user,model=virtio-net-pci
  * ```
@@ -100,6 +100,10 @@ export function qemuEscape(value: string): string {
  * arm64 uses `-machine virt,gic-version=max,accel=…`, the seed as a read-only virtio disk
  * (the virt machine has no IDE) and `-bios <firmwareArm64>` when set. The NIC is user-mode
  * networking (slirp) for now; bridged networking is a later iteration.
+ *
+ * `logappend=on` makes QEMU open the serial log with `O_APPEND`: it is kept across QEMU
+ * restarts of the VM, and QEMU keeps writing at its end after the agent truncates it (see
+ * agent/serial_log.ts).
  */
 export function buildQemuArgs(spec: QemuSpec): string[] {
   const f = spec.files;
@@ -135,7 +139,7 @@ export function buildQemuArgs(spec: QemuSpec): string[] {
     "-chardev",
     `socket,id=serial0,path=${qemuEscape(f.serialSock)},server=on,wait=off,logfile=${
       qemuEscape(f.serialLog)
-    }`,
+    },logappend=on`,
     "-serial",
     "chardev:serial0",
     "-qmp",

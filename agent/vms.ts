@@ -11,6 +11,10 @@
  * existing disk; a delete of an unknown id succeeds after removing any leftover files.
  * Operations on one VM id are serialized.
  *
+ * Serial logs: {@link VmManager.startSerialLogTrimmer} caps every known VM's `serial.log` at
+ * `qemu.serial_log_max_bytes` (agent/serial_log.ts); the `console-log` endpoint reads the
+ * tail of the current file.
+ *
  * Shutdown: the agent stops its QEMU children (QMP `quit`) when it exits, and on start it
  * quits any QEMU left over from a crashed agent, so no orphan survives the agent; VMs are
  * then reported `stopped` until the control plane re-creates them.
@@ -38,6 +42,7 @@ import { join } from "node:path";
 import { imageBasename, type ImageCache } from "./images.ts";
 import { KeyedMutex } from "./lock.ts";
 import { QmpClient } from "./qmp.ts";
+import { SERIAL_LOG_CHECK_INTERVAL_MS, trimSerialLog } from "./serial_log.ts";
 import {
   buildQemuArgs,
   checkSocketPath,
@@ -111,6 +116,7 @@ export class VmManager {
   #o: VmManagerOptions;
   #closing = false;
   #starting = new Set<Promise<unknown>>();
+  #trimmer: { stop(): Promise<void> } | null = null;
 
   constructor(opts: VmManagerOptions) {
     this.#o = opts;
@@ -264,6 +270,7 @@ export class VmManager {
       progress("fetching image");
       const img = await this.#o.images.ensure({
         poolPath: pool.path,
+        poolName: pool.name,
         url: vm.image_url,
         sha256: vm.image_sha256,
         onProgress: (n, total) =>
@@ -443,11 +450,68 @@ export class VmManager {
   }
 
   /**
-   * Stops every running QEMU (QMP `quit`, then SIGKILL); files are kept. Creates still in
-   * progress do not start QEMU any more (a QEMU that is starting is stopped once up).
+   * One pass of the serial log cap: trims the `serial.log` of every known VM that exceeds
+   * `qemu.serial_log_max_bytes` to its newest half (see {@link trimSerialLog}). Never throws:
+   * an I/O error is logged as a warning and the other VMs are still checked.
+   *
+   * @returns the number of logs trimmed
+   */
+  async trimSerialLogs(): Promise<number> {
+    const max = this.#o.qemu.serial_log_max_bytes;
+    let trimmed = 0;
+    for (const id of [...this.#vms.keys()]) {
+      try {
+        const t = await trimSerialLog(this.files(id).serialLog, max);
+        if (!t) continue;
+        trimmed++;
+        this.#o.log.debug("vm: serial log trimmed", {
+          vm_id: id,
+          before_bytes: t.beforeBytes,
+          after_bytes: t.afterBytes,
+        });
+      } catch (e) {
+        this.#o.log.warn("vm: cannot trim serial log", { vm_id: id, err: errorMessage(e) });
+      }
+    }
+    return trimmed;
+  }
+
+  /**
+   * Runs {@link trimSerialLogs} every `intervalMs` ms (default
+   * {@link SERIAL_LOG_CHECK_INTERVAL_MS}; passes never overlap) until the returned `stop()`
+   * or {@link shutdown}. Starting it again replaces the running loop.
+   */
+  startSerialLogTrimmer(intervalMs = SERIAL_LOG_CHECK_INTERVAL_MS): { stop(): Promise<void> } {
+    void this.#trimmer?.stop();
+    let stopped = false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let running: Promise<unknown> = Promise.resolve();
+    const tick = () => {
+      running = this.trimSerialLogs().finally(() => {
+        if (!stopped) timer = setTimeout(tick, intervalMs);
+      });
+    };
+    timer = setTimeout(tick, intervalMs);
+    const handle = {
+      stop: async () => {
+        stopped = true;
+        clearTimeout(timer);
+        await running.catch(() => {});
+        if (this.#trimmer === handle) this.#trimmer = null;
+      },
+    };
+    this.#trimmer = handle;
+    return handle;
+  }
+
+  /**
+   * Stops the serial log trimmer and every running QEMU (QMP `quit`, then SIGKILL); files
+   * are kept. Creates still in progress do not start QEMU any more (a QEMU that is starting
+   * is stopped once up).
    */
   async shutdown(): Promise<void> {
     this.#closing = true;
+    await this.#trimmer?.stop();
     await Promise.allSettled([...this.#starting]);
     await Promise.all([...this.#vms.values()].map(async (r) => {
       if (!r.proc) return;

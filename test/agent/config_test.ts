@@ -40,3 +40,18 @@ Deno.test("config: defaults and env overrides", () => {
   assertEquals(p.vmSocketsDir, "/run/otherix/vms");
   assertEquals(p.tokenFile, "/etc/otherix/bootstrap-token");
 });
+
+Deno.test("config: serial log cap and image download cap", () => {
+  const d = parseAgentConfig("");
+  assertEquals(d.qemu.serial_log_max_bytes, 8 * 1024 * 1024);
+  assertEquals(d.images.max_download_bytes, 64 * 1024 ** 3);
+  const c = parseAgentConfig(
+    "qemu:\n  serial_log_max_bytes: 65536\n",
+    (n) => ({ OTHERIX_IMAGES__MAX_DOWNLOAD_BYTES: "1099511627776" })[n],
+  );
+  assertEquals(c.qemu.serial_log_max_bytes, 65536);
+  assertEquals(c.images.max_download_bytes, 1024 ** 4);
+  const e = assertThrows(() => parseAgentConfig("qemu:\n  serial_log_max_bytes: 65535\n"));
+  assertStringIncludes(e.message, "qemu.serial_log_max_bytes");
+  assertThrows(() => parseAgentConfig("images:\n  max_download_bytes: 0\n"));
+});

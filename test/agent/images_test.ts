@@ -2,7 +2,7 @@ import { assert, assertEquals, assertRejects, assertStringIncludes } from "../as
 import { createHash } from "node:crypto";
 import { gzipSync } from "node:zlib";
 import { ApiError } from "../../shared/errors.ts";
-import { imageBasename, ImageCache } from "../../agent/images.ts";
+import { formatBytes, imageBasename, ImageCache, usableFreeBytes } from "../../agent/images.ts";
 
 function sha(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
@@ -302,4 +302,204 @@ Deno.test("images: basename validation", () => {
     assertEquals(code, "validation_failed", bad);
   }
   assertEquals(imageBasename("https://h/" + "a".repeat(248)).length, 248);
+});
+
+/**
+ * A loopback HTTP/1.1 server written by hand (Deno.serve sets Content-Length itself): each
+ * connection gets `head` (status line and headers, CRLF-separated, without the blank line),
+ * then `body`, then the connection is closed.
+ */
+function rawHttpServer(head: string, body: Uint8Array = new Uint8Array()) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  let requests = 0;
+  const done = (async () => {
+    for await (const conn of listener) {
+      requests++;
+      (async () => {
+        try {
+          // Read the request head before answering.
+          const buf = new Uint8Array(8192);
+          let got = "";
+          while (!got.includes("\r\n\r\n")) {
+            const n = await conn.read(buf);
+            if (n === null) break;
+            got += new TextDecoder().decode(buf.subarray(0, n));
+          }
+          await conn.write(new TextEncoder().encode(head + "\r\n\r\n"));
+          if (body.length) await conn.write(body);
+        } catch { /* client went away */ }
+        try {
+          conn.close();
+        } catch { /* closed */ }
+      })();
+    }
+  })();
+  return {
+    base: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+    requests: () => requests,
+    async close() {
+      listener.close();
+      await done.catch(() => {});
+    },
+  };
+}
+
+Deno.test("images: usable free space keeps min(1 GiB, 5 %) free", () => {
+  const GiB = 1024 ** 3;
+  // Large filesystem: the margin is 1 GiB.
+  assertEquals(usableFreeBytes({ availableBytes: 10 * GiB, totalBytes: 100 * GiB }), 9 * GiB);
+  // Small filesystem (10 GiB): 5 % = 512 MiB.
+  assertEquals(
+    usableFreeBytes({ availableBytes: 2 * GiB, totalBytes: 10 * GiB }),
+    2 * GiB - 512 * 1024 ** 2,
+  );
+  // Never negative.
+  assertEquals(usableFreeBytes({ availableBytes: 100, totalBytes: 100 * GiB }), 0);
+  assertEquals(formatBytes(512), "512 bytes");
+  assertEquals(formatBytes(1536), "1.5 KiB");
+  assertEquals(formatBytes(64 * GiB), "64.0 GiB");
+});
+
+Deno.test("images: a Content-Length beyond the pool's free space → image_unavailable, nothing written", async () => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  // 1 PiB announced (more than this disk), a few bytes sent.
+  const srv = rawHttpServer(
+    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 1125899906842624",
+    new Uint8Array(1000),
+  );
+  try {
+    const pool = `${root}/pools/tank`;
+    const err = await assertRejects(() =>
+      // A cap above the announced size: the free-space check is what fails.
+      new ImageCache({ idleTimeoutMs: 5000, maxDownloadBytes: 2 ** 52 }).ensure({
+        poolPath: pool,
+        poolName: "tank",
+        url: `${srv.base}/huge.img`,
+      })
+    );
+    assert(err instanceof ApiError);
+    assertEquals(err.code, "image_unavailable");
+    assertStringIncludes(err.message, "not enough free space in pool tank: need 1.0 PiB");
+    assertStringIncludes(err.message, "have ");
+    assertEquals(err.details?.needed_bytes, 1125899906842624);
+    assertEquals(srv.requests(), 1);
+    assertEquals(await listDir(`${pool}/images`), []);
+  } finally {
+    await srv.close();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: the free-space check uses statfs of the pool, with the margin", async () => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  const data = randomBytes(10_000);
+  const { server, base } = startServer(new Map([["/disk.img", data]]));
+  const GiB = 1024 ** 3;
+  const asked: string[] = [];
+  // 20 GiB filesystem (margin 1 GiB) with 1 GiB + 9 999 bytes available: one byte short.
+  const cache = (avail: number) =>
+    new ImageCache({
+      idleTimeoutMs: 5000,
+      filesystemSpace: (p) => {
+        asked.push(p);
+        return Promise.resolve({ availableBytes: avail, totalBytes: 20 * GiB });
+      },
+    });
+  try {
+    const err = await assertRejects(() =>
+      cache(GiB + 9_999).ensure({ poolPath: `${root}/default`, url: `${base}/disk.img` })
+    );
+    assertEquals((err as ApiError).code, "image_unavailable");
+    assertStringIncludes(err.message, "pool default: need 9.8 KiB (10000 bytes)");
+    assertStringIncludes(err.message, "have 9.8 KiB (9999 bytes free beyond a safety margin");
+    assertEquals(asked, [`${root}/default/images`]);
+    assertEquals(await listDir(`${root}/default/images`), []);
+    // Exactly enough: downloads.
+    const got = await cache(GiB + 10_000).ensure({
+      poolPath: `${root}/default`,
+      url: `${base}/disk.img`,
+    });
+    assertEquals(got.sizeBytes, data.length);
+  } finally {
+    await server.shutdown();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: a chunked body over images.max_download_bytes is aborted → download_failed, no temp file", async () => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  let sent = 0;
+  let cancelled = false;
+  // No Content-Length: an endless chunked body of random bytes.
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, () =>
+    new Response(
+      new ReadableStream<Uint8Array>({
+        pull(c) {
+          const chunk = randomBytes(64 * 1024);
+          sent += chunk.length;
+          c.enqueue(chunk);
+        },
+        cancel() {
+          cancelled = true;
+        },
+      }),
+    ));
+  try {
+    const cap = 1024 * 1024;
+    const progress: number[] = [];
+    const err = await assertRejects(() =>
+      new ImageCache({ idleTimeoutMs: 5000, maxDownloadBytes: cap }).ensure({
+        poolPath: root,
+        url: `http://127.0.0.1:${server.addr.port}/endless.img`,
+        onProgress: (n, total) => {
+          assertEquals(total, null);
+          progress.push(n);
+        },
+      })
+    );
+    assert(err instanceof ApiError);
+    assertEquals(err.code, "download_failed");
+    assertStringIncludes(err.message, "exceeds images.max_download_bytes 1048576 (1.0 MiB)");
+    assert(progress.length > 0 && progress[progress.length - 1] <= cap);
+    assertEquals(await listDir(`${root}/images`), []);
+    // The transfer stopped: the server is not still streaming.
+    await new Promise((r) => setTimeout(r, 300));
+    const after = sent;
+    await new Promise((r) => setTimeout(r, 300));
+    assertEquals(sent, after);
+    assert(sent < 64 * cap, `server sent ${sent} bytes`);
+    assert(cancelled || sent < 64 * cap);
+  } finally {
+    await server.shutdown();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: a Content-Length over images.max_download_bytes fails before downloading", async () => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  const data = randomBytes(3000);
+  const { server, base } = startServer(new Map([["/disk.img", data]]));
+  try {
+    const err = await assertRejects(() =>
+      new ImageCache({ idleTimeoutMs: 5000, maxDownloadBytes: 2999 }).ensure({
+        poolPath: root,
+        url: `${base}/disk.img`,
+      })
+    );
+    assertEquals((err as ApiError).code, "download_failed");
+    assertStringIncludes(
+      err.message,
+      "image is 3000 bytes (2.9 KiB), over images.max_download_bytes 2999",
+    );
+    assertEquals(await listDir(`${root}/images`), []);
+    // At the cap exactly: fine.
+    const got = await new ImageCache({ idleTimeoutMs: 5000, maxDownloadBytes: 3000 }).ensure({
+      poolPath: root,
+      url: `${base}/disk.img`,
+    });
+    assertEquals([got.sizeBytes, got.sha256], [3000, sha(data)]);
+  } finally {
+    await server.shutdown();
+    await Deno.remove(root, { recursive: true });
+  }
 });

@@ -52,7 +52,7 @@ Deno.test("qemu: argv for an amd64 guest under TCG", () => {
     "-drive",
     `file=/var/lib/otherix/vms/${ID}/seed.iso,media=cdrom,if=ide,format=raw,readonly=on`,
     "-chardev",
-    `socket,id=serial0,path=/run/otherix/vms/${ID}/serial.sock,server=on,wait=off,logfile=/var/lib/otherix/vms/${ID}/serial.log`,
+    `socket,id=serial0,path=/run/otherix/vms/${ID}/serial.sock,server=on,wait=off,logfile=/var/lib/otherix/vms/${ID}/serial.log,logappend=on`,
     "-serial",
     "chardev:serial0",
     "-qmp",

@@ -8,6 +8,8 @@
  */
 import { statfsSync } from "node:fs";
 import { describeDecision, detectAccelerator, realHostProbe } from "../../agent/accel.ts";
+import { filesystemSpace } from "../../agent/images.ts";
+import { trimSerialLog } from "../../agent/serial_log.ts";
 
 const [stateRoot, configRoot, outsideFile] = Deno.args;
 const results: Record<string, string> = {};
@@ -52,6 +54,22 @@ await probe("sys figures", () => {
 });
 await probe("statfs state", () => statfsSync(stateRoot));
 await probe("statfs /", () => statfsSync("/"));
+await probe("pool free space", async () => {
+  await Deno.mkdir(`${stateRoot}/pools/default/images`, { recursive: true });
+  const space = await filesystemSpace(`${stateRoot}/pools/default/images`);
+  if (!(space.availableBytes > 0 && space.totalBytes >= space.availableBytes)) {
+    throw new Error(`implausible ${JSON.stringify(space)}`);
+  }
+});
+await probe("trim serial log", async () => {
+  const log = `${stateRoot}/probe/serial.log`;
+  await Deno.mkdir(`${stateRoot}/probe`, { recursive: true });
+  await Deno.writeFile(log, new Uint8Array(200_000).fill(0x41));
+  const t = await trimSerialLog(log, 65536);
+  if (t?.afterBytes !== 32768 || (await Deno.stat(log)).size !== 32768) {
+    throw new Error("not trimmed");
+  }
+});
 await probe("stat /sys/module", () => Deno.stat("/sys/module"));
 await probe("open /dev/kvm rw", async () => {
   try {

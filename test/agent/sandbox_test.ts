@@ -41,6 +41,8 @@ Deno.test("sandbox: the agent's exact permission flags confine it to its roots",
     assertEquals(r["spawn qemu-img --version"], "ok");
     assertEquals(r["sys figures"], "ok");
     assertEquals(r["statfs state"], "ok");
+    assertEquals(r["pool free space"], "ok");
+    assertEquals(r["trim serial log"], "ok");
     // Deno grants /sys and /dev only with --allow-all, which the agent never has: accelerator
     // detection goes through qemu-img / a QEMU smoke test, system-disk figures through the
     // state dir.
