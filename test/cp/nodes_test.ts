@@ -87,6 +87,34 @@ async function register(ctx: CpContext, node: string): Promise<void> {
   await bootstrapNode(ctx, tok.token, csr.csrPem);
 }
 
+/** A VM record on `node` in the default pool under `dir`, with `over` applied. */
+function vmRecord(dir: string, name: string, over: Partial<VmRecord> = {}): VmRecord {
+  const ts = new Date().toISOString();
+  return {
+    id: crypto.randomUUID(),
+    name,
+    owner_id: "u",
+    image_url: "http://h/i.img",
+    image_sha256: null,
+    image: "i.img",
+    architecture: "amd64",
+    vcpus: 1,
+    memory_mb: 128,
+    disk_gib: 1,
+    user_data: null,
+    pool: "default",
+    pool_path: `${dir}/pools/default`,
+    node: "node-a",
+    status: "running",
+    desired_phase: "running",
+    last_task_id: null,
+    error: null,
+    created_at: ts,
+    updated_at: ts,
+    ...over,
+  };
+}
+
 function heartbeat(node: string, dir: string): HeartbeatRequest {
   return {
     node_name: node,
@@ -232,30 +260,7 @@ Deno.test("node monitor: a heartbeat racing the stale flip wins, and no flip is 
 Deno.test("heartbeat: a VM whose delete failed keeps failed + error; others are reconciled", async () => {
   await withCtx(async (ctx, _calls, dir) => {
     await register(ctx, "node-a");
-    const ts = new Date().toISOString();
-    const vm = (name: string, over: Partial<VmRecord>): VmRecord => ({
-      id: crypto.randomUUID(),
-      name,
-      owner_id: "u",
-      image_url: "http://h/i.img",
-      image_sha256: null,
-      image: "i.img",
-      architecture: "amd64",
-      vcpus: 1,
-      memory_mb: 128,
-      disk_gib: 1,
-      user_data: null,
-      pool: "default",
-      pool_path: `${dir}/pools/default`,
-      node: "node-a",
-      status: "running",
-      desired_phase: "running",
-      last_task_id: null,
-      error: null,
-      created_at: ts,
-      updated_at: ts,
-      ...over,
-    });
+    const vm = (name: string, over: Partial<VmRecord>) => vmRecord(dir, name, over);
     const error = { code: "vm_delete_failed", message: "disk busy" };
     const undeleted = vm("vm-del", { status: "failed", desired_phase: "deleted", error });
     const stopped = vm("vm-stop", { status: "stopped" });
@@ -281,29 +286,8 @@ Deno.test("node monitor: VMs of an unreachable node become unknown until a heart
     const hb = heartbeat("node-a", dir);
     await applyHeartbeat(ctx, "node-a", hb);
     await applyHeartbeat(ctx, "node-b", heartbeat("node-b", dir));
-    const ts = new Date().toISOString();
-    const vm = (name: string, node: string, status: VmRecord["status"]): VmRecord => ({
-      id: crypto.randomUUID(),
-      name,
-      owner_id: "u",
-      image_url: "http://h/i.img",
-      image_sha256: null,
-      image: "i.img",
-      architecture: "amd64",
-      vcpus: 1,
-      memory_mb: 128,
-      disk_gib: 1,
-      user_data: null,
-      pool: "default",
-      pool_path: `${dir}/pools/default`,
-      node,
-      status,
-      desired_phase: "running",
-      last_task_id: null,
-      error: null,
-      created_at: ts,
-      updated_at: ts,
-    });
+    const vm = (name: string, node: string, status: VmRecord["status"]) =>
+      vmRecord(dir, name, { node, status });
     const a1 = vm("a1", "node-a", "running");
     const a2 = vm("a2", "node-a", "failed");
     const b1 = vm("b1", "node-b", "running");
