@@ -122,3 +122,16 @@ export function renderAs(format: string, raw: unknown, human: () => string): str
 export function listEnvelope(items: unknown[]): { items: unknown[]; next_cursor: null } {
   return { items, next_cursor: null };
 }
+
+/**
+ * Renders one resource for `get`: `json`/`yaml` from `raw`, `table` as a one-row table,
+ * anything else (`text`) as `key: value` lines.
+ */
+export function renderOne(
+  format: string,
+  raw: unknown,
+  table: () => string,
+  keyValues: () => string,
+): string {
+  return renderAs(format, raw, () => (format === "table" ? table() : keyValues()));
+}

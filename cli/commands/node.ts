@@ -16,6 +16,7 @@ import {
   type OutputFormat,
   renderAs,
   renderKeyValues,
+  renderOne,
   renderTable,
   yesNo,
 } from "../render.ts";
@@ -98,16 +99,12 @@ export function registerNodeCommands(program: Command, io: Io): void {
       const client = await connect(cmd, io);
       const { data, raw } = await client.json("GET", `/v1/nodes/${seg(name)}`, NodeSchema);
       const format = opts.output as OutputFormat;
-      io.out(
-        renderAs(
-          format,
-          raw,
-          () =>
-            format === "table"
-              ? nodeTable([data], io.now())
-              : renderKeyValues(nodeKeyValues(data, io.now())),
-        ),
-      );
+      io.out(renderOne(
+        format,
+        raw,
+        () => nodeTable([data], io.now()),
+        () => renderKeyValues(nodeKeyValues(data, io.now())),
+      ));
     });
 
   const joinToken = node.command("join-token").description("manage node join tokens");

@@ -18,6 +18,7 @@ import {
   type OutputFormat,
   renderAs,
   renderKeyValues,
+  renderOne,
   renderTable,
 } from "../render.ts";
 import { waitForTask } from "../wait.ts";
@@ -149,16 +150,12 @@ export function registerVmCommands(program: Command, io: Io): void {
       const client = await connect(cmd, io);
       const { data, raw } = await client.json("GET", `/v1/vms/${seg(name)}`, VmSchema);
       const format = opts.output as OutputFormat;
-      io.out(
-        renderAs(
-          format,
-          raw,
-          () =>
-            format === "table"
-              ? vmTable([data], false, io.now())
-              : renderKeyValues(vmKeyValues(data)),
-        ),
-      );
+      io.out(renderOne(
+        format,
+        raw,
+        () => vmTable([data], false, io.now()),
+        () => renderKeyValues(vmKeyValues(data)),
+      ));
     });
 
   vm.command("delete")
