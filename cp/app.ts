@@ -23,6 +23,7 @@ import { bodyLimit } from "./routes/body_limit.ts";
 import { authRoutes } from "./routes/auth.ts";
 import { healthRoutes } from "./routes/health.ts";
 import { nodeRoutes, poolRoutes } from "./routes/nodes.ts";
+import { seedClusterSettings } from "./nodes.ts";
 import { userRoutes } from "./routes/users.ts";
 import { taskRoutes, vmRoutes } from "./routes/vms.ts";
 import { openKvStore } from "./store/kv.ts";
@@ -117,6 +118,7 @@ export async function startControlPlane(
       agents,
       now: opts.now ?? (() => new Date()),
     };
+    await seedClusterSettings(ctx);
 
     const tls = cfg.server.tls_cert_file && cfg.server.tls_key_file
       ? {

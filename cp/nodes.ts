@@ -224,8 +224,9 @@ type PoolEntry = { key: string; value: PoolRecord };
 /**
  * Auto-provisions `storage_pools.default_pool_name` at `<pools_dir>/<name>` on a ready node
  * that has no instance of it yet (`pools`: the node's instances; a created one is appended),
- * if the path passes the allowed-path gate (else logs a warning once and provisions nothing),
- * and sets the cluster default pool when never set.
+ * if the path passes the allowed-path gate (else logs a warning once and provisions nothing).
+ * The cluster default pool setting itself is seeded once at startup
+ * ({@link seedClusterSettings}).
  */
 async function ensureDefaultPool(
   ctx: CpContext,
@@ -279,7 +280,16 @@ async function ensureDefaultPool(
       }
     }
   }
-  const settings = await store.txn({
+}
+
+/**
+ * Seeds the cluster settings on boot when they were never set: the default pool is
+ * `storage_pools.default_pool_name` (spec: "The CP seeds it from default_pool_name on boot").
+ * An operator's later change is never overwritten.
+ */
+export async function seedClusterSettings(ctx: CpContext): Promise<void> {
+  const name = ctx.cfg.storage_pools.default_pool_name;
+  const res = await ctx.store.txn({
     compare: [{ key: keys.settings, absent: true }],
     success: [{
       type: "put",
@@ -290,7 +300,7 @@ async function ensureDefaultPool(
       } satisfies ClusterSettings,
     }],
   });
-  if (settings.succeeded) log.info("cluster default pool set", { pool: name });
+  if (res.succeeded) ctx.log.info("cluster default pool set", { pool: name });
 }
 
 /** `cur` updated with what the agent observes of it (`seen`: absent = not reported). */

@@ -88,10 +88,10 @@ async function withCp(
 Deno.test("cp: heartbeat readies the node, provisions the default pool, VM create→running→delete", async () => {
   await withCp(async (_cp, agent, api, logs, dir) => {
     assertEquals((await api("GET", "/v1/nodes/node-a")).json.status, "pending");
-    // No ready node yet: 409 no_eligible_nodes? The pool does not exist yet → default_pool_not_set.
+    // The default pool setting is seeded on boot, but no node hosts the pool yet.
     assertEquals(
       (await api("POST", "/v1/vms", VM("early"))).json.error.code,
-      "default_pool_not_set",
+      "pool_not_found",
     );
 
     const hb1 = await agent.heartbeat();
