@@ -29,15 +29,11 @@ import { createHash } from "node:crypto";
 import { statfs } from "node:fs/promises";
 import { basename as pathBasename, join } from "node:path";
 import { ApiError } from "../shared/errors.ts";
+import { imageBasenameOf, imageUrlProblem, SIDECAR_SUFFIX } from "../shared/api/images.ts";
 import type { CachedImage } from "../shared/api/nodes.ts";
 import type { Logger } from "../shared/log.ts";
 import { errorMessage, writeAll, writeFileAtomic } from "./fsutil.ts";
 import { KeyedMutex } from "./lock.ts";
-
-/** Suffix of checksum sidecars. */
-export const SIDECAR_SUFFIX = ".sha256";
-/** Longest image basename: the sidecar name must fit in 255 bytes too. */
-export const MAX_BASENAME_BYTES = 255 - SIDECAR_SUFFIX.length;
 
 /** Default `images.max_download_bytes` (64 GiB). */
 export const DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024 ** 3;
@@ -97,33 +93,19 @@ export function formatBytes(n: number): string {
 }
 
 /**
- * The cache basename of an image URL: the last path segment, exactly as it appears in the
- * URL (not percent-decoded, so it can never contain `/`).
+ * The cache basename of an image URL (the shared rule of `shared/api/images.ts`).
  *
- * @throws ApiError `validation_failed` when it is empty, `.`/`..`, starts with `.` (hidden
- *   names are reserved for temp files), ends in `.sha256` (reserved for sidecars), contains
- *   a NUL or a `/`, or is longer than {@link MAX_BASENAME_BYTES} bytes
+ * @throws ApiError `validation_failed` when the URL is not an http(s) URL or its last segment
+ *   cannot be a cache file name (see {@link imageUrlProblem})
  */
 export function imageBasename(imageUrl: string): string {
-  let url: URL;
-  try {
-    url = new URL(imageUrl);
-  } catch {
-    throw new ApiError("validation_failed", `image_url: not a URL: ${imageUrl}`);
-  }
-  const base = url.pathname.split("/").pop() ?? "";
-  const bad = (why: string) =>
-    new ApiError("validation_failed", `image_url: basename "${base}" ${why}`, {
-      fields: [{ path: "vm.image_url", message: why }],
+  const problem = imageUrlProblem(imageUrl);
+  if (problem) {
+    throw new ApiError("validation_failed", `image_url: ${problem}`, {
+      fields: [{ path: "vm.image_url", message: problem }],
     });
-  if (base === "" || base === "." || base === "..") throw bad("must name a file");
-  if (base.startsWith(".")) throw bad("must not start with '.'");
-  if (base.includes("/") || base.includes("\0")) throw bad("must not contain '/' or NUL");
-  if (base.endsWith(SIDECAR_SUFFIX)) throw bad(`must not end in '${SIDECAR_SUFFIX}'`);
-  if (new TextEncoder().encode(base).length > MAX_BASENAME_BYTES) {
-    throw bad(`must be at most ${MAX_BASENAME_BYTES} bytes`);
   }
-  return base;
+  return imageBasenameOf(imageUrl);
 }
 
 /** Options of {@link ImageCache.ensure}. */
@@ -201,14 +183,9 @@ export class ImageCache {
    *   {@link usableFreeBytes} — then nothing is written)
    */
   ensure(opts: EnsureImageOptions): Promise<EnsuredImage> {
+    // Also refuses file:, data: and blob: URLs (which `fetch` would read): only the network
+    // is a source.
     const basename = imageBasename(opts.url);
-    // `fetch` also reads file: (and data:, blob:) URLs; only the network is a source.
-    const scheme = new URL(opts.url).protocol;
-    if (scheme !== "http:" && scheme !== "https:") {
-      throw new ApiError("validation_failed", `image_url: must be an http(s) URL, got ${scheme}`, {
-        fields: [{ path: "vm.image_url", message: "must be an http(s) URL" }],
-      });
-    }
     const dir = join(opts.poolPath, "images");
     const path = join(dir, basename);
     return this.#locks.run(path, () => this.#ensureLocked(opts, dir, basename, path));

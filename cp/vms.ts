@@ -13,6 +13,7 @@
  */
 import type { Task } from "../shared/api/tasks.ts";
 import { isTerminal } from "../shared/api/tasks.ts";
+import { imageBasenameOf } from "../shared/api/images.ts";
 import type { Vm, VmCreateRequest } from "../shared/api/vms.ts";
 import { ApiError, isErrorCode } from "../shared/errors.ts";
 import { AgentError } from "./agent_client.ts";
@@ -51,14 +52,6 @@ export function vmView(v: VmRecord): Vm {
     created_at: v.created_at,
     updated_at: v.updated_at,
   };
-}
-
-/**
- * The image cache basename of an image URL: the last segment of its path
- * (`https://h/a/b.img?x` → `b.img`). @throws TypeError when `url` is not a URL
- */
-export function imageBasename(url: string): string {
-  return new URL(url).pathname.split("/").pop() ?? "";
 }
 
 /** Reads a VM. @throws ApiError `vm_not_found` */
@@ -109,7 +102,7 @@ export async function createVm(
     owner_id: ownerId,
     image_url: req.image_url,
     image_sha256: req.image_sha256 ?? null,
-    image: imageBasename(req.image_url),
+    image: imageBasenameOf(req.image_url),
     architecture: req.architecture,
     vcpus: req.vcpus,
     memory_mb: req.memory_mb,

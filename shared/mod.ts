@@ -13,3 +13,4 @@ export * from "./api/nodes.ts";
 export * from "./api/pools.ts";
 export * from "./api/vms.ts";
 export * from "./api/agent.ts";
+export * from "./api/images.ts";

@@ -14,17 +14,17 @@ import {
   Sha256HexSchema,
   TimestampSchema,
 } from "./common.ts";
+import { imageUrlProblem } from "./images.ts";
 
-/** An `http:` or `https:` URL of at most 2048 characters (no other scheme is fetched). */
-export const ImageUrlSchema = z
-  .string()
-  .max(2048)
-  .url()
-  .refine((u) => /^https?:$/.test(new URL(u).protocol), "must be an http(s) URL")
-  .refine((u) => {
-    const base = new URL(u).pathname.split("/").pop() ?? "";
-    return base !== "" && base !== "." && base !== "..";
-  }, "must name a file (the path must not end in '/')");
+/**
+ * An image URL: http(s), at most 2048 characters, naming a file the agent's image cache may use
+ * (the one rule of `images.ts`, which the agent applies too, so the control plane refuses first
+ * what the agent would refuse).
+ */
+export const ImageUrlSchema = z.string().superRefine((u, ctx) => {
+  const problem = imageUrlProblem(u);
+  if (problem) ctx.addIssue({ code: "custom", message: problem });
+});
 
 /** `POST /v1/vms` body. */
 export const VmCreateRequestSchema = z.object({

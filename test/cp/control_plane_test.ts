@@ -145,6 +145,20 @@ Deno.test("cp: heartbeat readies the node, provisions the default pool, VM creat
   });
 });
 
+Deno.test("cp: image URLs the agent would refuse are refused first: 400, nothing stored or sent", async () => {
+  await withCp(async (_cp, agent, api) => {
+    await agent.heartbeat();
+    for (const url of ["not-a-url", "http://h/.hidden.img", "http://h/x.img.sha256", "ftp://h/x"]) {
+      const res = await api("POST", "/v1/vms", VM("refused", { image_url: url }));
+      assertEquals([res.status, res.json.error.code], [400, "validation_failed"], url);
+      assertEquals(res.json.error.details.fields[0].path, "image_url", url);
+    }
+    assertEquals((await api("GET", "/v1/vms/refused")).json.error.code, "vm_not_found");
+    assertEquals((await api("GET", "/v1/vms")).json.items, []);
+    assertEquals(agent.creates.length, 0);
+  });
+});
+
 Deno.test("cp: agent task errors are kept verbatim; lost agent tasks are re-dispatched", async () => {
   await withCp(async (_cp, agent, api) => {
     await agent.heartbeat();

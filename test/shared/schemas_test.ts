@@ -21,6 +21,11 @@ Deno.test("schemas: VM create applies defaults and bounds", () => {
     { ...base, image_url: "ftp://h/x.img" },
     { ...base, image_url: "file:///etc/passwd" },
     { ...base, image_url: "http://h/dir/" },
+    { ...base, image_url: "not-a-url" },
+    { ...base, image_url: "http://h/.hidden.img" },
+    { ...base, image_url: "http://h/x.img.sha256" },
+    { ...base, image_url: "http://h/" + "a".repeat(249) },
+    { ...base, image_url: "http://h/" + "a".repeat(2048) + ".img" },
     { ...base, vcpus: 0 },
     { ...base, vcpus: 1.5 },
     { ...base, memory_mb: 1 },
@@ -46,4 +51,12 @@ Deno.test("errors: validation errors carry field paths and the catalogue status"
   assertEquals(new ApiError("vm_not_found", "x").status, 404);
   assertEquals(ERROR_CODES.token_expired, 401);
   assertEquals(ERROR_CODES.no_eligible_nodes, 409);
+});
+
+Deno.test("schemas: a non-URL image_url is a validation issue, not an exception", () => {
+  const r = VmCreateRequestSchema.safeParse({ ...base, image_url: "not-a-url" });
+  assert(!r.success);
+  assertEquals(r.error.issues.map((i) => [i.path.join("."), i.message]), [
+    ["image_url", "must be an http(s) URL"],
+  ]);
 });
