@@ -87,14 +87,18 @@ Deno.test("heartbeat: survives a control plane outage and resumes by itself", as
     requestTimeoutMs: 2000,
   });
   const failures = () => lines.filter((l) => l.includes("heartbeat: failed")).length;
+  const oks = () => lines.filter((l) => l.includes("heartbeat: ok")).length;
   try {
-    await until(() => cp.heartbeats.length >= 1);
+    // The agent logs `heartbeat: ok` once it has read the response, which is after the CP
+    // counted the request: wait for the log line itself.
+    await until(() => oks() >= 1);
     proxy.setDown(true);
     await until(() => failures() >= 2); // retried, not given up
     const during = cp.heartbeats.length;
     proxy.setDown(false);
     await until(() => cp.heartbeats.length > during);
-    assert(lines.filter((l) => l.includes("heartbeat: ok")).length >= 2, "recovery is logged");
+    await until(() => oks() >= 2); // the recovery is logged
+
     assertEquals(cp.heartbeatPeers.every((p) => p === "node-a"), true);
   } finally {
     const t0 = performance.now();

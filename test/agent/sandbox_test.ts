@@ -50,8 +50,10 @@ Deno.test("sandbox: the agent's exact permission flags confine it to its roots",
     assertMatch(r["open /dev/kvm rw"], denied);
     assertMatch(r["statfs /"], denied);
     assertEquals(r["accelerator detection"], "ok");
-    const pvm = await Deno.stat("/sys/module/kvm_pvm").then(() => true, () => false);
-    if (pvm) {
+    const exists = (p: string) => Deno.stat(p).then(() => true, () => false);
+    if (!(await exists("/dev/kvm"))) {
+      assertEquals(r["accelerator"], "accelerator: tcg (kvm unusable: /dev/kvm does not exist)");
+    } else if (await exists("/sys/module/kvm_pvm")) {
       assertEquals(
         r["accelerator"],
         "accelerator: tcg (kvm unusable: /dev/kvm is PVM-only nested KVM (/sys/module/kvm_pvm))",
