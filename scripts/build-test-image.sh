@@ -16,11 +16,31 @@
 #   otherix-test-image: hostname=<local-hostname>
 #   otherix-test-image: marker=<text>        (one per "otherix-marker:" line)
 # (or "otherix-test-image: no cidata seed found") on ttyS0, sets the hostname
-# and runs a respawning getty (login: root, no password) on ttyS0.
+# and runs a respawning getty (login: root, no password; the shell prompt is
+# "/root # ") on ttyS0. Kernel messages stay off the console after the seed
+# search (`dmesg` shows them).
+#
+# Power (what QEMU reports over QMP in brackets):
+#   ACPI power button (QMP system_powerdown) -> the button + evdev modules
+#     and busybox acpid run `poweroff`, i.e. the clean path below
+#     [POWERDOWN, then SHUTDOWN guest=true reason=guest-shutdown; under TCG
+#     ~0.1 s after the button when nothing lingers]. Pressed before acpid
+#     starts (the first seconds of the boot), the button is ignored.
+#   `poweroff` / `reboot` / `halt` at the shell -> PID 1 (/init) gets
+#     SIGUSR2 / SIGTERM / SIGUSR1, prints "otherix-test-image: shutdown:
+#     <verb>", sends SIGTERM + SIGHUP to every process, waits up to 2 s for
+#     them, SIGKILLs the rest, syncs and calls reboot(2)
+#     [poweroff: SHUTDOWN guest=true reason=guest-shutdown;
+#      reboot: RESET guest=true reason=guest-reset (QEMU may report it more
+#      than once), and the guest boots again to the login prompt;
+#      halt: the CPU halts and QEMU keeps running].
+#   `poweroff -f` / `reboot -f` -> reboot(2) at once, no cleanup (same
+#     events).
 #
 # Everything comes from Debian packages (kernel, busybox-static, syslinux,
 # mtools, cpio, kmod) and nothing is mounted: the FAT filesystem is written
-# with mtools and syslinux's mtools-based installer, the MBR with dd.
+# with mtools and syslinux's mtools-based installer, the MBR with dd. The
+# build is reproducible: the same inputs give the same image bytes.
 #
 # Usage: scripts/build-test-image.sh [OUTPUT_DIR]
 #   OUTPUT_DIR defaults to <repo>/.cache/test-image.
@@ -38,14 +58,16 @@ OUT_DIR=${1:-"$REPO_ROOT/.cache/test-image"}
 IMAGE_NAME=otherix-test.img
 
 # Kernel modules needed to find the seed and the VM disk, on both QEMU
-# machine types: "pc" (PIIX IDE) and "q35" (ICH9 AHCI). Their dependencies
-# (libata, libahci, scsi_mod, virtio, ...) are resolved via modules.dep.
+# machine types: "pc" (PIIX IDE) and "q35" (ICH9 AHCI), and to see the ACPI
+# power button. Their dependencies (libata, libahci, scsi_mod, virtio, ...)
+# are resolved via modules.dep.
 WANTED_MODULES=(
   ata_piix ata_generic   # pc: PIIX3 IDE controller
   ahci                   # q35: ICH9 AHCI controller
   sr_mod cdrom isofs     # the seed CD-ROM and its ISO 9660 filesystem
   sd_mod                 # seeds attached as SCSI/SATA disks (/dev/sd*)
   virtio_pci virtio_blk  # the VM's own disk (/dev/vd*)
+  button evdev           # ACPI power button as /dev/input/event* (read by acpid)
 )
 
 # Host tools needed to build the image (Debian package names).
@@ -311,6 +333,20 @@ EOF
 printf 'Otherix test image (log in as root, no password)\n\n' >"$ROOT/etc/issue"
 printf 'otherix-test\n' >"$ROOT/etc/hostname"
 
+# ACPI power button: busybox acpid reads /dev/input/event*, turns KEY_POWER
+# (from the button module's "Power Button" device) into the event
+# "button/power PWRF 00000080" and, by /etc/acpid.conf ("<substring>
+# <handler>"), runs /etc/acpi/PWRF/00000080 (relative to its -c dir). The
+# handler asks PID 1 to power off (busybox poweroff without -f sends PID 1
+# SIGUSR2), so the button and a typed `poweroff` share one shutdown path.
+mkdir -p "$ROOT/etc/acpi/PWRF" "$ROOT/var/log"
+ln -s ../run "$ROOT/var/run"
+printf 'PWRF PWRF/00000080\n' >"$ROOT/etc/acpid.conf"
+printf '%s\n' '#!/bin/sh' \
+  '# Run by acpid on the ACPI power button (QMP system_powerdown).' \
+  'exec poweroff' >"$ROOT/etc/acpi/PWRF/00000080"
+chmod 0755 "$ROOT/etc/acpi/PWRF/00000080"
+
 # /init: PID 1. Must never exit (the kernel panics if PID 1 dies).
 cat >"$ROOT/init" <<'EOF'
 #!/bin/sh
@@ -324,10 +360,62 @@ exec </dev/console >/dev/console 2>&1
 
 say() { echo "otherix-test-image: $*"; }
 
-# Storage + ISO 9660 modules, in dependency order.
+# Shutdown. busybox poweroff / reboot / halt without -f signal PID 1 with
+# SIGUSR2 / SIGTERM / SIGUSR1 (the power button handler runs poweroff). PID 1
+# only receives signals it handles; ash runs a trap between two commands or
+# by interrupting `wait`, hence the traps are set this early and getty runs
+# in the background at the end.
+
+# Succeeds while a process other than PID 1 still runs a program (kernel
+# threads and zombies have no /proc/<pid>/exe). Builtins only: no fork.
+user_processes_left() {
+  for d in /proc/[0-9]*; do
+    [ "${d#/proc/}" = 1 ] && continue
+    [ -e "$d/exe" ] && return 0
+  done
+  return 1
+}
+
+# $1: poweroff | reboot | halt. SIGTERM + SIGHUP (login shells ignore TERM)
+# to every process, up to 2 s for them to exit, SIGKILL to the rest, sync,
+# then the reboot(2) system call through `$1 -f`.
+shutdown_guest() {
+  trap '' USR1 USR2 TERM
+  say "shutdown: $1"
+  kill -TERM -1 2>/dev/null
+  kill -HUP -1 2>/dev/null
+  n=0
+  while [ "$n" -lt 20 ] && user_processes_left; do
+    sleep 0.1
+    n=$((n + 1))
+  done
+  kill -KILL -1 2>/dev/null
+  umount /mnt/seed 2>/dev/null
+  sync
+  "$1" -f
+  say "warning: $1 -f failed"
+  set_shutdown_traps
+}
+set_shutdown_traps() {
+  trap 'shutdown_guest poweroff' USR2
+  trap 'shutdown_guest reboot' TERM
+  trap 'shutdown_guest halt' USR1
+}
+set_shutdown_traps
+
+# Storage, ISO 9660 and power button modules, in dependency order.
 while read -r mod; do
   insmod "/lib/modules/$mod" || say "warning: insmod $mod failed"
 done </lib/modules/load-order
+
+# The power button (see /etc/acpid.conf). acpid opens /dev/input/event0, 1,
+# ... that exist when it starts, so it starts after the modules. It
+# daemonizes; its log is /var/log/acpid.log.
+if [ -e /dev/input/event0 ]; then
+  acpid || say "warning: acpid failed"
+else
+  say "warning: no /dev/input/event0: the ACPI power button is ignored"
+fi
 
 # Return success if block device $1 holds an ISO 9660 filesystem whose
 # volume id is "cidata" (any case). The primary volume descriptor is sector
@@ -335,7 +423,8 @@ done </lib/modules/load-order
 is_cidata_iso() {
   magic=$(dd if="$1" bs=1 skip=32769 count=5 2>/dev/null)
   [ "$magic" = CD001 ] || return 1
-  label=$(dd if="$1" bs=1 skip=32808 count=32 2>/dev/null | tr -d ' \000' | tr '[:upper:]' '[:lower:]')
+  label=$(dd if="$1" bs=1 skip=32808 count=32 2>/dev/null | tr -d ' \000' |
+    tr '[:upper:]' '[:lower:]')
   [ "$label" = cidata ]
 }
 
@@ -396,9 +485,11 @@ fi
 hostname "$HOSTNAME_VALUE"
 echo "$HOSTNAME_VALUE" >/etc/hostname
 
-# Respawn a login prompt on the serial console forever.
+# Respawn a login prompt on the serial console forever. getty runs in the
+# background so that a shutdown signal interrupts `wait` at once.
 while :; do
-  getty -L 115200 ttyS0 vt100
+  getty -L 115200 ttyS0 vt100 &
+  wait $!
   sleep 1
 done
 EOF
@@ -425,6 +516,9 @@ LABEL otherix
 EOF
 
 export MTOOLS_SKIP_CHECK=1
+# Reproducible FAT timestamps: mtools stamps every entry with "now", which
+# it takes from SOURCE_DATE_EPOCH (default 2000-01-01T00:00:00Z) in UTC.
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-946684800} TZ=UTC
 PART_START=2048 # sectors (1 MiB alignment)
 content_bytes=$(($(stat -c %s "$VMLINUZ") + $(stat -c %s "$INITRD") + 256 * 1024))
 # Total image size in MiB: at least 32, else content + ~4 MiB of slack.
@@ -440,9 +534,9 @@ mformat -i "$PART" -T "$PART_SECTORS" -h 255 -s 63 -H "$PART_START" \
   -v OTHERIX -N 4f545852 ::
 # Installs ldlinux.sys + ldlinux.c32 and the FAT boot sector (via mtools).
 syslinux --install "$PART"
-mcopy -i "$PART" -m "$WORK/syslinux.cfg" ::/syslinux.cfg
-mcopy -i "$PART" -m "$VMLINUZ" ::/vmlinuz
-mcopy -i "$PART" -m "$INITRD" ::/initrd.gz
+mcopy -i "$PART" "$WORK/syslinux.cfg" ::/syslinux.cfg
+mcopy -i "$PART" "$VMLINUZ" ::/vmlinuz
+mcopy -i "$PART" "$INITRD" ::/initrd.gz
 mdir -i "$PART" -a :: >&2
 
 # ---------------------------------------------------------------------------
@@ -483,7 +577,8 @@ mv -f "$WORK/sha256" "$IMAGE.sha256"
   printf 'script-sha256 %s\n' "$SCRIPT_SHA"
   printf 'kernel %s (%s)\n' "$KVER" "$KERNEL_SOURCE"
   printf 'busybox %s\n' "$BB_VERSION"
-  printf 'syslinux %s\n' "$(dpkg-query -W -f='${Version}' syslinux-common 2>/dev/null || echo unknown)"
+  printf 'syslinux %s\n' \
+    "$(dpkg-query -W -f='${Version}' syslinux-common 2>/dev/null || echo unknown)"
 } >"$STAMP"
 log "built $IMAGE ($(du -h --apparent-size "$IMAGE" | cut -f1), sha256 $(cat "$IMAGE.sha256"))"
 printf '%s\n' "$IMAGE"

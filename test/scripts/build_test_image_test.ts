@@ -1,8 +1,15 @@
 /**
- * End-to-end test of `scripts/build-test-image.sh`: builds (or reuses) the test disk image,
- * boots it under QEMU (TCG only — never KVM) with a cloud-init NoCloud seed ISO on both the
- * `q35` (AHCI) and `pc` (IDE) machine types, and checks what the image's init prints on the
- * serial console. Also checks the cache (second run is a no-op) and the no-seed path.
+ * End-to-end test of `scripts/build-test-image.sh`: builds (or reuses) the test disk image and
+ * boots it under QEMU (TCG only — never KVM) three times, each boot checked for several things
+ * over its serial console (ttyS0) and QMP:
+ *
+ * - q35 (AHCI) with a NoCloud seed: the seed's hostname and marker, root login, a command, Ctrl-C,
+ *   then the ACPI power button (QMP `system_powerdown`) powers the guest off;
+ * - pc (IDE) with a seed: `reboot` at the shell resets the guest, which boots to the login prompt
+ *   again; `poweroff` at the shell powers it off;
+ * - q35 without a seed: the image says so, still offers a login prompt; `poweroff -f` powers off.
+ *
+ * Also checks the cache (a second run is a no-op).
  *
  * Needs: qemu-system-x86, qemu-utils, genisoimage (the script installs its own build deps).
  * Set OTHERIX_SKIP_VM_TESTS=1 to skip.
@@ -10,10 +17,21 @@
  * @module
  */
 import { assert, assertEquals, assertStringIncludes } from "../assert.ts";
+import { QemuGuest } from "./qemu_guest.ts";
+import { TEST_IMAGE_LOGIN, TEST_IMAGE_SHELL_PROMPT } from "../test_image.ts";
 
 const REPO_ROOT = decodeURIComponent(new URL("../../", import.meta.url).pathname);
 const SCRIPT = `${REPO_ROOT}scripts/build-test-image.sh`;
-const BOOT_TIMEOUT_MS = 120_000;
+/** A TCG boot to the login prompt on a busy 2-core machine (7–35 s when idle), ms. */
+const BOOT_MS = 180_000;
+/**
+ * From the power request (button, `poweroff`, `reboot`) to QEMU's SHUTDOWN / RESET event, ms.
+ * The image takes ~0.1 s under TCG (its init waits up to 2 s for processes to exit); the rest is
+ * slack for a loaded machine.
+ */
+const POWER_MS = 15_000;
+/** From QEMU's SHUTDOWN event to the QEMU process exiting, ms. */
+const EXIT_MS = 10_000;
 const IGNORE = Deno.build.os !== "linux" || Deno.build.arch !== "x86_64" ||
   Deno.env.get("OTHERIX_SKIP_VM_TESTS") === "1";
 
@@ -69,26 +87,40 @@ function randomId(): string {
   return crypto.randomUUID().slice(0, 8);
 }
 
+/** Console lines (CR LF → line) of `text`. */
+function lines(text: string): string[] {
+  return text.split("\n").map((l) => l.replace(/\r$/, ""));
+}
+
 interface Seed {
   hostname: string;
   marker: string;
 }
 
-interface BootResult {
-  log: string;
-  lines: string[];
-  seconds: number;
+/** The exact console lines the image's init prints for `seed`. */
+function seedLines(seed: Seed): { hostname: string; marker: string } {
+  return {
+    hostname: `otherix-test-image: hostname=${seed.hostname}`,
+    marker: `otherix-test-image: marker=${seed.marker}`,
+  };
 }
 
 /**
- * Boots the image (copy-on-write overlay) on `machine`, with a NoCloud seed ISO if `seed` is
- * given, until the serial log contains every string in `waitFor` (or the timeout hits).
+ * Boots the image on `machine` (copy-on-write overlay) with a NoCloud seed ISO if `seed` is
+ * given, runs `fn` with the guest, then kills QEMU if it still runs and removes the files.
  */
-async function boot(machine: "q35" | "pc", seed: Seed | null, waitFor: string[]) {
+async function withGuest(
+  machine: "q35" | "pc",
+  seed: Seed | null,
+  opts: { noReboot: boolean },
+  fn: (guest: QemuGuest) => Promise<void>,
+): Promise<void> {
   const img = await image();
-  const dir = await Deno.makeTempDir({ prefix: "otherix-test-image-" });
+  // Short path: unix socket paths must stay under 108 bytes.
+  const dir = await Deno.makeTempDir({ dir: "/tmp", prefix: "otx-img-" });
+  let guest: QemuGuest | undefined;
   try {
-    const drives = ["-drive", `file=${dir}/overlay.qcow2,if=virtio,format=qcow2`];
+    let seedIso: string | undefined;
     if (seed) {
       // Quoted value: the image must strip the quotes.
       await Deno.writeTextFile(
@@ -100,84 +132,40 @@ async function boot(machine: "q35" | "pc", seed: Seed | null, waitFor: string[])
         `#cloud-config\n# otherix-marker: ${seed.marker}\nruncmd: []\n`,
       );
       await runOk("genisoimage", [
-        "-quiet",
-        "-output",
-        "seed.iso",
-        "-volid",
-        "cidata",
-        "-joliet",
-        "-rock",
-        "user-data",
-        "meta-data",
+        ...["-quiet", "-output", "seed.iso", "-volid", "cidata", "-joliet", "-rock"],
+        ...["user-data", "meta-data"],
       ], dir);
-      drives.push("-drive", `file=${dir}/seed.iso,media=cdrom,if=ide,format=raw`);
+      seedIso = `${dir}/seed.iso`;
     }
-    await runOk(
-      "qemu-img",
-      ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", img, "overlay.qcow2", "2G"],
-      dir,
-    );
-
-    const logPath = `${dir}/serial.log`;
-    const started = performance.now();
-    let child: Deno.ChildProcess;
-    try {
-      child = new Deno.Command("qemu-system-x86_64", {
-        args: [
-          // TCG only: this host's /dev/kvm hangs stock kernels.
-          ...["-machine", `${machine},accel=tcg`, "-cpu", "max", "-m", "256"],
-          ...["-nographic", "-nodefaults", "-display", "none", "-no-reboot"],
-          ...["-serial", `file:${logPath}`],
-          ...drives,
-        ],
-        stdin: "null",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-    } catch (e) {
-      if (e instanceof Deno.errors.NotFound) {
-        throw new Error("qemu-system-x86_64 not found: install qemu-system-x86");
-      }
-      throw e;
-    }
-    const output = child.output();
-    let exited = false;
-    child.status.then(() => exited = true);
-
-    let log = "";
-    let seconds = 0;
-    try {
-      const deadline = started + BOOT_TIMEOUT_MS;
-      for (;;) {
-        try {
-          log = await Deno.readTextFile(logPath);
-        } catch (e) {
-          if (!(e instanceof Deno.errors.NotFound)) throw e;
-        }
-        if (waitFor.every((s) => log.includes(s))) break;
-        if (exited || performance.now() > deadline) {
-          const missing = waitFor.filter((s) => !log.includes(s));
-          throw new Error(
-            `${machine}: ${exited ? "QEMU exited" : "timeout"} before ${
-              JSON.stringify(missing)
-            } appeared; serial log tail:\n${log.slice(-3000)}`,
-          );
-        }
-        await new Promise((r) => setTimeout(r, 250));
-      }
-      seconds = (performance.now() - started) / 1000;
-    } finally {
-      if (!exited) child.kill("SIGTERM");
-      const out = await output;
-      if (!out.success && out.signal !== "SIGTERM") {
-        console.error(new TextDecoder().decode(out.stderr));
-      }
-    }
-    const lines = log.split("\n").map((l) => l.replace(/\r$/, ""));
-    return { log, lines, seconds } satisfies BootResult;
+    guest = await QemuGuest.start({ image: img, machine, dir, seedIso, noReboot: opts.noReboot });
+    await fn(guest);
   } finally {
+    await guest?.close();
     await Deno.remove(dir, { recursive: true });
   }
+}
+
+/**
+ * Logs in as root at the first login prompt after console offset `from`; returns the offset
+ * after the shell prompt.
+ */
+async function logIn(guest: QemuGuest, from: number): Promise<number> {
+  const at = await guest.waitForConsole("login:", from, BOOT_MS);
+  await guest.type(`${TEST_IMAGE_LOGIN}\r`);
+  return await guest.waitForConsole(TEST_IMAGE_SHELL_PROMPT, at, 30_000);
+}
+
+/**
+ * Runs `t.step` and stops the test when the step fails (the later steps of a boot build on the
+ * earlier ones; letting them run would only add timeouts).
+ */
+async function step(t: Deno.TestContext, name: string, fn: () => Promise<void>): Promise<void> {
+  if (!await t.step(name, fn)) throw new Error(`step failed: ${name}`);
+}
+
+/** Seconds since `t0` (`performance.now()` ms), for the timing log lines. */
+function since(t0: number): string {
+  return `${((performance.now() - t0) / 1000).toFixed(2)} s`;
 }
 
 Deno.test({
@@ -211,35 +199,149 @@ Deno.test({
   },
 });
 
-for (const machine of ["q35", "pc"] as const) {
-  Deno.test({
-    name: `test image boots on ${machine} (TCG) and reports the NoCloud seed on ttyS0`,
-    ignore: IGNORE,
-    async fn() {
-      const seed = { hostname: `otx-${randomId()}`, marker: `hello-${randomId()}` };
-      const hostnameLine = `otherix-test-image: hostname=${seed.hostname}`;
-      const markerLine = `otherix-test-image: marker=${seed.marker}`;
-      const { lines, log, seconds } = await boot(machine, seed, [
-        hostnameLine,
-        markerLine,
-        "login:",
-      ]);
-      console.log(`${machine}: login prompt after ${seconds.toFixed(1)} s`);
-      assert(lines.includes(hostnameLine), `no exact line ${hostnameLine}`);
-      assert(lines.includes(markerLine), `no exact line ${markerLine}`);
-      // getty shows the hostname taken from the seed.
-      assertStringIncludes(log, `${seed.hostname} login:`);
-      assert(!log.includes("no cidata seed found"));
-    },
-  });
-}
+Deno.test({
+  name: "test image on q35 (TCG): seed on ttyS0, root shell, ACPI power button powers it off",
+  ignore: IGNORE,
+  async fn(t) {
+    const seed = { hostname: `otx-${randomId()}`, marker: `hello-${randomId()}` };
+    const expected = seedLines(seed);
+    await withGuest("q35", seed, { noReboot: true }, async (guest) => {
+      const t0 = performance.now();
+      let at = 0;
+
+      await step(t, "init prints the seed's hostname and marker, then a login prompt", async () => {
+        at = await guest.waitForConsole(`${seed.hostname} login:`, 0, BOOT_MS);
+        console.log(`q35: login prompt after ${since(t0)}`);
+        const out = lines(guest.console);
+        assert(out.includes(expected.hostname), `no exact line ${expected.hostname}`);
+        assert(out.includes(expected.marker), `no exact line ${expected.marker}`);
+        assert(!guest.console.includes("no cidata seed found"));
+        assert(!guest.console.includes("the ACPI power button is ignored"), guest.console);
+      });
+
+      await step(t, "root logs in without a password and the shell runs a command", async () => {
+        at = await logIn(guest, at - "login:".length);
+        const tag = randomId();
+        // The typed line echoes "$((6*7))"; only running it prints 42.
+        await guest.type(`echo otx-$((6*7))-${tag}\r`);
+        at = await guest.waitForConsole(`otx-42-${tag}`, at, 30_000);
+      });
+
+      await step(t, "Ctrl-C interrupts a foreground command", async () => {
+        // The child prints the tag once it is the terminal's foreground process, so the
+        // Ctrl-C cannot reach the shell before the command runs.
+        await guest.type("sh -c 'echo otx-sleeping-$((2+2)); exec sleep 600'\r");
+        at = await guest.waitForConsole("otx-sleeping-4", at, 30_000);
+        await guest.type("\x03");
+        at = await guest.waitForConsole(TEST_IMAGE_SHELL_PROMPT, at, 30_000);
+        // Exit status 130 = 128 + SIGINT: the command died of the interrupt.
+        await guest.type("echo otx-status-$((1000+$?))\r");
+        at = await guest.waitForConsole("otx-status-1", at, 30_000);
+        assertEquals(guest.console.slice(at, at + 3), "130", guest.console.slice(at - 200));
+      });
+
+      await step(t, "system_powerdown → clean guest power-off → QEMU exits", async () => {
+        const from = guest.events.length;
+        const pressed = performance.now();
+        assertEquals(await guest.qmp("system_powerdown"), {});
+        const shutdown = await guest.waitForEvent("SHUTDOWN", from, POWER_MS);
+        console.log(`q35: SHUTDOWN ${since(pressed)} after system_powerdown`);
+        assertEquals(shutdown.data, { guest: true, reason: "guest-shutdown" });
+        assertEquals(
+          guest.events.slice(from).map((e) => e.event),
+          ["POWERDOWN", "SHUTDOWN"],
+        );
+        const status = await guest.waitForExit(EXIT_MS);
+        assertEquals(status.code, 0);
+        // The button went through acpid and init's clean path, not a forced power-off.
+        assertStringIncludes(guest.console.slice(at), "otherix-test-image: shutdown: poweroff");
+      });
+    });
+  },
+});
 
 Deno.test({
-  name: "test image without a seed says so and still offers a login prompt",
+  name: "test image on pc (TCG): `reboot` boots it again, `poweroff` at the shell powers it off",
   ignore: IGNORE,
-  async fn() {
-    const { lines, log } = await boot("q35", null, ["login:"]);
-    assert(lines.includes("otherix-test-image: no cidata seed found"), log.slice(-2000));
-    assert(!lines.some((l) => l.startsWith("otherix-test-image: hostname=")));
+  async fn(t) {
+    const seed = { hostname: `otx-${randomId()}`, marker: `hello-${randomId()}` };
+    const expected = seedLines(seed);
+    await withGuest("pc", seed, { noReboot: false }, async (guest) => {
+      const t0 = performance.now();
+      let at = 0;
+
+      await step(t, "init prints the seed's hostname and marker; root logs in", async () => {
+        at = await guest.waitForConsole(`${seed.hostname} login:`, 0, BOOT_MS);
+        console.log(`pc: login prompt after ${since(t0)}`);
+        const out = lines(guest.console);
+        assert(out.includes(expected.hostname), `no exact line ${expected.hostname}`);
+        assert(out.includes(expected.marker), `no exact line ${expected.marker}`);
+        at = await logIn(guest, at - "login:".length);
+      });
+
+      await step(
+        t,
+        "`reboot` → guest reset → the guest boots to the login prompt again",
+        async () => {
+          const from = guest.events.length;
+          const typed = performance.now();
+          await guest.type("reboot\r");
+          const reset = await guest.waitForEvent("RESET", from, POWER_MS);
+          console.log(`pc: RESET ${since(typed)} after reboot`);
+          assertEquals(reset.data, { guest: true, reason: "guest-reset" });
+          at = await guest.waitForConsole("otherix-test-image: shutdown: reboot", at, POWER_MS);
+          // The second boot prints the seed lines again, after the reset.
+          const login = await guest.waitForConsole(`${seed.hostname} login:`, at, BOOT_MS);
+          console.log(`pc: login prompt again ${since(typed)} after reboot`);
+          const out = lines(guest.console.slice(at, login));
+          assert(out.includes(expected.hostname), `no ${expected.hostname} after the reboot`);
+          assert(out.includes(expected.marker), `no ${expected.marker} after the reboot`);
+          assertEquals(guest.exitStatus, null);
+          assert(!guest.events.some((e) => e.event === "SHUTDOWN"), "SHUTDOWN on a reboot");
+          at = await logIn(guest, login - "login:".length);
+        },
+      );
+
+      await step(t, "`poweroff` at the shell → guest power-off → QEMU exits", async () => {
+        const from = guest.events.length;
+        const typed = performance.now();
+        await guest.type("poweroff\r");
+        const shutdown = await guest.waitForEvent("SHUTDOWN", from, POWER_MS);
+        console.log(`pc: SHUTDOWN ${since(typed)} after poweroff`);
+        assertEquals(shutdown.data, { guest: true, reason: "guest-shutdown" });
+        const status = await guest.waitForExit(EXIT_MS);
+        assertEquals(status.code, 0);
+        assertStringIncludes(guest.console.slice(at), "otherix-test-image: shutdown: poweroff");
+      });
+    });
+  },
+});
+
+Deno.test({
+  name: "test image without a seed says so, offers a login prompt; `poweroff -f` powers it off",
+  ignore: IGNORE,
+  async fn(t) {
+    await withGuest("q35", null, { noReboot: true }, async (guest) => {
+      let at = 0;
+
+      await step(t, "init says there is no seed, then a login prompt", async () => {
+        at = await guest.waitForConsole("otherix-test login:", 0, BOOT_MS);
+        const out = lines(guest.console);
+        assert(out.includes("otherix-test-image: no cidata seed found"), guest.console);
+        assert(!out.some((l) => l.startsWith("otherix-test-image: hostname=")));
+        at = await logIn(guest, at - "login:".length);
+      });
+
+      await step(t, "`poweroff -f` → immediate guest power-off → QEMU exits", async () => {
+        const from = guest.events.length;
+        await guest.type("poweroff -f\r");
+        const shutdown = await guest.waitForEvent("SHUTDOWN", from, POWER_MS);
+        assertEquals(shutdown.data, { guest: true, reason: "guest-shutdown" });
+        // -f calls reboot(2) directly: init's shutdown path does not run.
+        assert(!guest.console.slice(at).includes("otherix-test-image: shutdown:"));
+        const status = await guest.waitForExit(EXIT_MS);
+        assertEquals(status.code, 0);
+      });
+    });
   },
 });
