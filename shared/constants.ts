@@ -72,3 +72,20 @@ export const PAGE_LIMITS = { default: 100, max: 1000 } as const;
 
 /** Default tail of the serial console log returned by `vm logs`, bytes. */
 export const DEFAULT_CONSOLE_TAIL_BYTES = 16 * 1024;
+
+/** How long `vm stop` / `vm reboot` wait for the guest to act on ACPI before forcing, seconds. */
+export const DEFAULT_STOP_TIMEOUT_SECONDS = 60;
+/** Bounds of a stop/reboot timeout, seconds. */
+export const STOP_TIMEOUT_LIMITS = { min: 1, max: 3600 } as const;
+
+/** Lifetime of a single-use console token, seconds (spec "Step 5 — console access"). */
+export const DEFAULT_CONSOLE_TOKEN_TTL_SECONDS = 30;
+/** The byte that detaches `otherix vm console`: Ctrl+] (0x1D), as in telnet and virsh. */
+export const CONSOLE_DETACH_BYTE = 0x1d;
+
+/**
+ * Restart backoff of VMs whose QEMU exits unasked (restart policy): the first restart is
+ * immediate, the n-th (n ≥ 2) waits `initial · 2^(n−2)` seconds up to `max`; the count resets
+ * once the VM has run for `reset` seconds (Kubernetes CrashLoopBackOff timings).
+ */
+export const DEFAULT_RESTART_BACKOFF = { initialSeconds: 10, maxSeconds: 300, resetSeconds: 600 };

@@ -20,7 +20,16 @@ export const ERROR_CODES = {
   // resources
   vm_not_found: 404,
   vm_already_exists: 409,
+  /**
+   * The VM's status does not allow the operation (start a running VM, …): details.status on
+   * the public API, details.phase from an agent.
+   */
+  vm_invalid_state: 409,
+  /** Another task is in flight on the VM; details.task_id. */
+  vm_busy: 409,
   task_not_found: 404,
+  /** A task was cancelled (a `vm delete` cancels the VM's in-flight create). */
+  task_cancelled: 409,
   node_not_found: 404,
   pool_not_found: 404,
   pool_not_on_node: 409,
@@ -41,6 +50,10 @@ export const ERROR_CODES = {
   download_failed: 502,
   vm_create_failed: 500,
   vm_delete_failed: 500,
+  /** A lifecycle verb (start, stop, …) failed on the agent for an unexpected reason. */
+  vm_action_failed: 500,
+  /** An event stream asked to resume from a revision older than the retained history. */
+  revision_compacted: 410,
   // infrastructure
   store_unavailable: 503,
   internal_error: 500,

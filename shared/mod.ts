@@ -13,4 +13,7 @@ export * from "./api/nodes.ts";
 export * from "./api/pools.ts";
 export * from "./api/vms.ts";
 export * from "./api/agent.ts";
+export * from "./api/vm_runtime.ts";
 export * from "./api/images.ts";
+export * from "./api/events.ts";
+export * from "./api/console.ts";

@@ -9,6 +9,8 @@
 export type Permission =
   | "vm:read"
   | "vm:write"
+  /** Attach to a VM's serial console (a write: keystrokes reach the guest). */
+  | "vm:console"
   | "node:read"
   | "node:manage"
   | "storage_pool:read"
@@ -20,19 +22,21 @@ export type Permission =
 /** A user role. */
 export type Role = "admin" | "operator" | "developer" | "viewer";
 
+const WRITE_VMS: Permission[] = ["vm:write", "vm:console"];
+
 const READ: Permission[] = ["vm:read", "node:read", "storage_pool:read", "task:read", "token:self"];
 
 /** Role → granted permissions. */
 export const ROLE_PERMISSIONS: Record<Role, ReadonlySet<Permission>> = {
   admin: new Set<Permission>([
     ...READ,
-    "vm:write",
+    ...WRITE_VMS,
     "node:manage",
     "storage_pool:manage",
     "cluster:manage",
   ]),
-  operator: new Set<Permission>([...READ, "vm:write", "node:manage"]),
-  developer: new Set<Permission>([...READ, "vm:write"]),
+  operator: new Set<Permission>([...READ, ...WRITE_VMS, "node:manage"]),
+  developer: new Set<Permission>([...READ, ...WRITE_VMS]),
   viewer: new Set<Permission>(READ),
 };
 

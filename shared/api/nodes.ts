@@ -4,7 +4,8 @@
  *
  * Endpoints on the public API: `GET /v1/nodes`, `GET /v1/nodes/{name}`,
  * `POST /v1/nodes/join-tokens`. On the agent-facing TLS port: `GET /v1/ca` and
- * `POST /v1/nodes/bootstrap` (no client certificate), `POST /v1/nodes/heartbeat` (mTLS).
+ * `POST /v1/nodes/bootstrap` (no client certificate); heartbeats and reports are part of the
+ * agent protocol (`agent.ts`).
  *
  * @module
  */
@@ -135,49 +136,3 @@ export const ObservedPoolSchema = z.object({
 });
 /** An observed pool. */
 export type ObservedPool = z.infer<typeof ObservedPoolSchema>;
-
-/** A VM's runtime phase on the agent. */
-export const VmPhaseSchema = z.enum(["creating", "running", "stopped", "deleting", "failed"]);
-/** A VM runtime phase. */
-export type VmPhase = z.infer<typeof VmPhaseSchema>;
-
-/** A VM the agent hosts, as reported in heartbeats and `GET /v1/vms` on the agent. */
-export const ObservedVmSchema = z.object({
-  id: z.string().uuid(),
-  name: z.string(),
-  phase: VmPhaseSchema,
-  pid: z.number().int().nullable(),
-});
-/** An observed VM. */
-export type ObservedVm = z.infer<typeof ObservedVmSchema>;
-
-/** `POST /v1/nodes/heartbeat` body (mTLS; the node is the client certificate's CN). */
-export const HeartbeatRequestSchema = z.object({
-  node_name: ResourceNameSchema,
-  /** The agent's advertised mTLS endpoint (`https://host:port`). */
-  endpoint: z.string().url(),
-  architecture: ArchitectureSchema,
-  accelerator: z.enum(["kvm", "tcg"]),
-  agent_version: z.string().max(100),
-  /** The directory under which the agent keeps pools (default `/var/lib/otherix/pools`). */
-  pools_dir: z.string().startsWith("/"),
-  resources: NodeResourcesSchema,
-  pools: z.array(ObservedPoolSchema),
-  vms: z.array(ObservedVmSchema),
-});
-/** A heartbeat. */
-export type HeartbeatRequest = z.infer<typeof HeartbeatRequestSchema>;
-
-/** A pool instance the control plane wants the agent to provide. */
-export const DesiredPoolSchema = z.object({ name: z.string(), path: z.string() });
-/** A desired pool. */
-export type DesiredPool = z.infer<typeof DesiredPoolSchema>;
-
-/** Heartbeat response: the desired pools (reconciled by the agent) and the cadence. */
-export const HeartbeatResponseSchema = z.object({
-  node_status: NodeStatusSchema,
-  desired_pools: z.array(DesiredPoolSchema),
-  heartbeat_interval_seconds: z.number().int().min(1),
-});
-/** Heartbeat response. */
-export type HeartbeatResponse = z.infer<typeof HeartbeatResponseSchema>;

@@ -1,6 +1,10 @@
 /**
- * Async tasks (DESIGN.md wire conventions): `{id, status, error}` returned by every async
- * operation and polled at `GET /v1/tasks/{id}`.
+ * Async tasks (DESIGN.md wire conventions): `{id, status, error, …}` returned by every async
+ * operation, served at `GET /v1/tasks/{id}` and streamed as `task` events by `GET /v1/events`.
+ *
+ * A task is durable: it is stored with the change that caused it, claimed by one control-plane
+ * worker at a time under a store lease, and picked up by another worker when its worker dies
+ * (`attempts` counts the claims).
  *
  * @module
  */
@@ -18,22 +22,83 @@ export function isTerminal(status: TaskStatus): boolean {
   return status === "succeeded" || status === "failed";
 }
 
-/** Kinds of task the control plane runs. */
-export const TaskTypeSchema = z.enum(["vm.create", "vm.delete"]);
+/**
+ * The VM lifecycle verbs (`POST /v1/vms/{name}/{action}`), with QMP semantics:
+ * - `start`: launch QEMU on the VM's existing disk;
+ * - `stop`: ACPI power button (`system_powerdown`), forced after a timeout (default 60 s);
+ * - `poweroff`: immediate (`quit`, like pulling the plug);
+ * - `reboot`: guest-visible reboot: ACPI power button, and when the guest has shut down the
+ *   machine is reset instead of exiting (`system_reset`); reset at once after the timeout;
+ * - `pause` / `resume`: QMP `stop` / `cont` (vCPUs halted, memory kept);
+ * - `reset`: hard reset (`system_reset`).
+ */
+export const VmActionSchema = z.enum([
+  "start",
+  "stop",
+  "poweroff",
+  "reboot",
+  "pause",
+  "resume",
+  "reset",
+]);
+/** A VM lifecycle verb. */
+export type VmAction = z.infer<typeof VmActionSchema>;
+
+/** Kinds of task: create, delete and one per lifecycle verb (`vm.<action>`). */
+export const TaskTypeSchema = z.enum([
+  "vm.create",
+  "vm.delete",
+  "vm.start",
+  "vm.stop",
+  "vm.poweroff",
+  "vm.reboot",
+  "vm.pause",
+  "vm.resume",
+  "vm.reset",
+]);
 /** A task kind. */
 export type TaskType = z.infer<typeof TaskTypeSchema>;
+
+/** The task type of a lifecycle verb. */
+export function actionTaskType(action: VmAction): TaskType {
+  return `vm.${action}` as TaskType;
+}
+
+/** Kinds of resource a task acts on. */
+export const ResourceKindSchema = z.enum(["vm"]);
+
+/** The resource a task acts on: its kind, name and id. */
+export const TaskResourceSchema = z.object({
+  kind: ResourceKindSchema,
+  name: z.string(),
+  id: z.string(),
+});
+/** A task's resource. */
+export type TaskResource = z.infer<typeof TaskResourceSchema>;
 
 /** A control-plane task as served by `GET /v1/tasks/{id}`. */
 export const TaskSchema = z.object({
   id: z.string().uuid(),
   type: TaskTypeSchema,
   status: TaskStatusSchema,
-  /** The resource the task acts on. */
-  resource: z.object({ kind: z.literal("vm"), name: z.string(), id: z.string() }),
+  resource: TaskResourceSchema,
+  /**
+   * Why the task exists when the user did not ask for it, e.g. `restart_policy: crashed`,
+   * `start at boot`, `orphan cleanup`; null for user requests.
+   */
+  reason: z.string().nullable(),
+  /** How many times a worker claimed it (> 1 after a worker died or retried it). */
+  attempts: z.number().int().min(0),
+  /** Human-readable progress, e.g. `downloading image (12.5 MiB of 300.0 MiB)`. */
+  progress: z.string().nullable(),
   /** Set when `status` is `failed`. */
   error: ErrorInfoSchema.nullable(),
   created_at: TimestampSchema,
   updated_at: TimestampSchema,
+  /** When a worker first started it. */
+  started_at: TimestampSchema.nullable(),
+  /** When it became terminal. */
+  finished_at: TimestampSchema.nullable(),
 });
 /** A control-plane task. */
 export type Task = z.infer<typeof TaskSchema>;

@@ -1,12 +1,25 @@
 /**
- * VMs on the public API: `POST /v1/vms`, `GET /v1/vms`, `GET /v1/vms/{name}`,
- * `DELETE /v1/vms/{name}`, `GET /v1/vms/{name}/console-log` (spec: developer guide
- * "otherix vm subcommands", "VM operations with names").
+ * VMs on the public API (spec: developer guide "otherix vm subcommands", "VM operations with
+ * names", "Step 4 — observe the VM", "Step 5 — console access"):
+ * - `POST /v1/vms` {@link VmCreateRequestSchema} → 202 Task (`vm.create`)
+ * - `GET /v1/vms`, `GET /v1/vms/{name}` → {@link VmSchema}
+ * - `DELETE /v1/vms/{name}?force=` → 202 Task (`vm.delete`)
+ * - `POST /v1/vms/{name}/{start|stop|poweroff|reboot|pause|resume|reset}`
+ *   ({@link VmActionRequestSchemas}) → 202 Task (`vm.<action>`); 409 `vm_invalid_state` when the
+ *   VM's status does not allow it, 409 `vm_busy` while another task runs on it
+ * - `GET /v1/vms/{name}/console-log?tail_bytes=` → `text/plain`
+ * - `POST /v1/vms/{name}/console` → ConsoleTicket; `GET /v1/vms/{name}/console?token=` →
+ *   WebSocket (see `console.ts`)
  *
  * @module
  */
 import { z } from "zod";
-import { DEFAULT_CONSOLE_TAIL_BYTES, VM_LIMITS } from "../constants.ts";
+import {
+  DEFAULT_CONSOLE_TAIL_BYTES,
+  DEFAULT_STOP_TIMEOUT_SECONDS,
+  STOP_TIMEOUT_LIMITS,
+  VM_LIMITS,
+} from "../constants.ts";
 import { ErrorInfoSchema } from "../errors.ts";
 import {
   ArchitectureSchema,
@@ -15,16 +28,32 @@ import {
   TimestampSchema,
 } from "./common.ts";
 import { imageUrlProblem } from "./images.ts";
+import { TaskSchema, type VmAction } from "./tasks.ts";
+import { VmExitSchema, VmPhaseSchema } from "./vm_runtime.ts";
 
 /**
  * An image URL: http(s), at most 2048 characters, naming a file the agent's image cache may use
- * (the one rule of `images.ts`, which the agent applies too, so the control plane refuses first
- * what the agent would refuse).
+ * (the one rule of `images.ts`, which the agent applies too).
  */
 export const ImageUrlSchema = z.string().superRefine((u, ctx) => {
   const problem = imageUrlProblem(u);
   if (problem) ctx.addIssue({ code: "custom", message: problem });
 });
+
+/**
+ * What happens when a VM's QEMU exits without Otherix asking (the Docker/Compose model):
+ * - `always`: restarted after any such exit, a guest shutdown included;
+ * - `on-failure` (default): restarted when QEMU dies (crash, OOM kill, killed behind the
+ *   agent's back); a guest shutdown stops the VM (`desired_phase: stopped`);
+ * - `never`: never restarted; the VM stays stopped (`desired_phase: stopped`).
+ *
+ * Restarts back off (`vms.restart_backoff_*`). Independently of the policy, a VM whose desired
+ * phase is `running` starts again when its agent returns after a host reboot (Proxmox "start
+ * at boot").
+ */
+export const RestartPolicySchema = z.enum(["always", "on-failure", "never"]);
+/** A restart policy. */
+export type RestartPolicy = z.infer<typeof RestartPolicySchema>;
 
 /** `POST /v1/vms` body. */
 export const VmCreateRequestSchema = z.object({
@@ -50,6 +79,7 @@ export const VmCreateRequestSchema = z.object({
   pool: ResourceNameSchema.optional(),
   /** Placement hint: exactly this node. */
   node: ResourceNameSchema.optional(),
+  restart_policy: RestartPolicySchema.default("on-failure"),
 }).strict();
 /** VM create body (input form: defaults optional). */
 export type VmCreateRequestInput = z.input<typeof VmCreateRequestSchema>;
@@ -57,21 +87,40 @@ export type VmCreateRequestInput = z.input<typeof VmCreateRequestSchema>;
 export type VmCreateRequest = z.infer<typeof VmCreateRequestSchema>;
 
 /**
- * VM status as projected by the control plane. `unknown`: the VM's node stopped sending
- * heartbeats (node `unreachable`), so its last state cannot be confirmed; the next heartbeat
- * replaces it with what the agent observes (like a Kubernetes pod on a lost node).
+ * VM status as projected by the control plane from tasks and what the node's agent reports:
+ * `pending` (queued) → `creating` → `running`; `starting` / `stopping` / `deleting` while
+ * those tasks run; `paused`; `stopped`; `failed` (the last create/start task failed; see
+ * `error`); `unknown`: the VM's node stopped sending heartbeats (node `unreachable`), so its
+ * state cannot be confirmed; the next heartbeat replaces it (like a Kubernetes pod on a lost
+ * node).
  */
 export const VmStatusSchema = z.enum([
   "pending",
-  "creating",
-  "running",
-  "stopped",
-  "deleting",
+  ...VmPhaseSchema.options,
   "failed",
   "unknown",
 ]);
 /** VM status. */
 export type VmStatus = z.infer<typeof VmStatusSchema>;
+
+/**
+ * The user's intent, which the VM controller drives the VM toward: set by create (`running`),
+ * `start`/`resume` (`running`), `stop`/`poweroff` (`stopped`), `pause` (`paused`), `delete`
+ * (`deleted`), and by the restart policy when a VM stops on its own and stays stopped.
+ */
+export const VmDesiredPhaseSchema = z.enum(["running", "stopped", "paused", "deleted"]);
+/** A VM's desired phase. */
+export type VmDesiredPhase = z.infer<typeof VmDesiredPhaseSchema>;
+
+/** The last task that acted on a VM, as `vm get` shows it. */
+export const VmLastTaskSchema = TaskSchema.pick({
+  id: true,
+  type: true,
+  status: true,
+  error: true,
+});
+/** A VM's last task. */
+export type VmLastTask = z.infer<typeof VmLastTaskSchema>;
 
 /** A VM as the public API serves it. */
 export const VmSchema = z.object({
@@ -82,6 +131,8 @@ export const VmSchema = z.object({
   image_sha256: z.string().nullable(),
   /** The cached image's basename (`{poolPath}/images/{basename}`). */
   image: z.string(),
+  /** The image's format as the agent found it (`qcow2`, `raw`); null until created. */
+  image_format: z.string().nullable(),
   architecture: ArchitectureSchema,
   vcpus: z.number().int(),
   memory_mb: z.number().int(),
@@ -89,16 +140,45 @@ export const VmSchema = z.object({
   pool: z.string(),
   node: z.string(),
   status: VmStatusSchema,
-  desired_phase: z.enum(["running", "deleted"]),
+  desired_phase: VmDesiredPhaseSchema,
+  restart_policy: RestartPolicySchema,
+  /** Restarts by the restart policy since the VM last ran steadily. */
+  restart_count: z.number().int().min(0),
+  /** The last time QEMU exited, and why. */
+  last_exit: VmExitSchema.nullable(),
   /** The last task that acted on this VM. */
-  last_task_id: z.string().nullable(),
-  /** The last failure, when `status` is `failed`. */
+  last_task: VmLastTaskSchema.nullable(),
+  /** The last task's error, when it failed. */
   error: ErrorInfoSchema.nullable(),
   created_at: TimestampSchema,
   updated_at: TimestampSchema,
 });
 /** A VM. */
 export type Vm = z.infer<typeof VmSchema>;
+
+/** `POST /v1/vms/{name}/stop` and `/reboot` body. */
+export const VmStopRequestSchema = z.object({
+  /** How long the guest gets to act on the ACPI power button before it is forced, seconds. */
+  timeout_seconds: z.number().int().min(STOP_TIMEOUT_LIMITS.min).max(STOP_TIMEOUT_LIMITS.max)
+    .default(DEFAULT_STOP_TIMEOUT_SECONDS),
+}).strict();
+
+/** Body of the verbs that take no parameters (an empty object, or no body). */
+export const VmEmptyRequestSchema = z.object({}).strict();
+
+/** Request body schema of each lifecycle verb. */
+export const VmActionRequestSchemas = {
+  start: VmEmptyRequestSchema,
+  stop: VmStopRequestSchema,
+  poweroff: VmEmptyRequestSchema,
+  reboot: VmStopRequestSchema,
+  pause: VmEmptyRequestSchema,
+  resume: VmEmptyRequestSchema,
+  reset: VmEmptyRequestSchema,
+} as const satisfies Record<VmAction, z.ZodType>;
+
+/** A parsed lifecycle verb body. */
+export type VmActionRequest = { timeout_seconds?: number };
 
 /** `GET /v1/vms/{name}/console-log` query: how many trailing bytes of the serial log. */
 export const ConsoleLogQuerySchema = z.object({
@@ -107,5 +187,12 @@ export const ConsoleLogQuerySchema = z.object({
   ),
 });
 
-/** `DELETE /v1/vms/{name}` query. */
-export const VmDeleteQuerySchema = z.object({});
+/**
+ * `DELETE /v1/vms/{name}` query. `force=true`: when the VM's node is not `ready`
+ * (unreachable, gone, unregistered), remove the VM from the cluster at once instead of
+ * waiting for its agent; the agent deletes the leftovers if it ever returns. On a ready node
+ * it is an ordinary delete.
+ */
+export const VmDeleteQuerySchema = z.object({
+  force: z.enum(["true", "false"]).optional().transform((v) => v === "true"),
+});
