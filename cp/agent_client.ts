@@ -11,7 +11,13 @@
  *
  * @module
  */
-import { type AgentTask, AgentTaskSchema, type AgentVmCreateRequest } from "../shared/api/agent.ts";
+import {
+  type AgentTask,
+  AgentTaskSchema,
+  type AgentVmActionRequest,
+  type AgentVmCreateRequest,
+  type DesiredPool,
+} from "../shared/api/agent.ts";
 import { ErrorEnvelopeSchema, type ErrorInfo } from "../shared/errors.ts";
 import { AGENT_CERT_ORG } from "../shared/constants.ts";
 import { type ClientTlsMaterial, requestTls } from "../shared/tls.ts";
@@ -62,6 +68,18 @@ export interface AgentClient {
     taskId: string,
     signal?: AbortSignal,
   ): Promise<AgentTask | null>;
+  /**
+   * `POST /v1/vms/{id}/actions` → the agent task (202). @throws AgentError (404
+   * `vm_not_found`, 409 `vm_invalid_state` verbatim)
+   */
+  vmAction(
+    agent: AgentTarget,
+    vmId: string,
+    req: AgentVmActionRequest,
+    signal?: AbortSignal,
+  ): Promise<AgentTask>;
+  /** `PUT /v1/pools`: the node's complete desired pool set. @throws AgentError */
+  putPools(agent: AgentTarget, pools: DesiredPool[], signal?: AbortSignal): Promise<void>;
   /** `GET /v1/tasks/{id}` → the task, or null on 404 (agent restarted). @throws AgentError */
   getTask(agent: AgentTarget, taskId: string, signal?: AbortSignal): Promise<AgentTask | null>;
   /** `GET /v1/vms/{id}/console-log?tail_bytes=` → text. @throws AgentError */
@@ -172,6 +190,24 @@ class HttpAgentClient implements AgentClient {
     }
     if (!res.ok) throw await this.#errorOf(res, "agent DELETE /v1/vms");
     return await this.#task(res, "agent DELETE /v1/vms");
+  }
+
+  async vmAction(
+    agent: AgentTarget,
+    vmId: string,
+    req: AgentVmActionRequest,
+    signal?: AbortSignal,
+  ) {
+    const path = `v1/vms/${encodeURIComponent(vmId)}/actions`;
+    const res = await this.#call("POST", agent, path, req, signal);
+    if (!res.ok) throw await this.#errorOf(res, "agent POST /v1/vms/{id}/actions");
+    return await this.#task(res, "agent POST /v1/vms/{id}/actions");
+  }
+
+  async putPools(agent: AgentTarget, pools: DesiredPool[], signal?: AbortSignal) {
+    const res = await this.#call("PUT", agent, "v1/pools", { pools }, signal);
+    if (!res.ok) throw await this.#errorOf(res, "agent PUT /v1/pools");
+    await res.body?.cancel();
   }
 
   async getTask(agent: AgentTarget, taskId: string, signal?: AbortSignal) {

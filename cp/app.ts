@@ -1,8 +1,9 @@
 /**
  * Wires the control plane: store → PKI → JWT secret → bootstrap admin → agent client →
- * public API (HTTP, or HTTPS when `server.tls_cert_file`/`tls_key_file` are set) → agent
- * API (TLS) → node monitor → task worker. Logs one `otherix-api started` line with both
- * listen addresses, the bound ports and the CA fingerprint.
+ * informer caches → public API (HTTP, or HTTPS when `server.tls_cert_file`/`tls_key_file`
+ * are set) → agent API (TLS) → controllers (node, pool provisioner, VM) → task worker. Logs
+ * one `otherix-api started` line with both listen addresses, the bound ports and the CA
+ * fingerprint.
  *
  * @module
  */
@@ -16,26 +17,125 @@ import { loadOrCreateJwtSecret } from "./auth/jwt.ts";
 import type { AppEnv } from "./auth/middleware.ts";
 import type { ApiConfig } from "./config.ts";
 import type { CpContext } from "./context.ts";
-import { type NodeMonitor, startNodeMonitor } from "./node_monitor.ts";
 import { ensureClusterPki, type HostFacts, hostFacts } from "./pki.ts";
-import { agentApiApp } from "./routes/agent_api.ts";
 import { bodyLimit } from "./routes/body_limit.ts";
 import { authRoutes } from "./routes/auth.ts";
 import { healthRoutes } from "./routes/health.ts";
-import { nodeRoutes, poolRoutes } from "./routes/nodes.ts";
-import { seedClusterSettings } from "./nodes.ts";
 import { userRoutes } from "./routes/users.ts";
-import { taskRoutes, vmRoutes } from "./routes/vms.ts";
 import { openKvStore } from "./store/kv.ts";
 import type { Store } from "./store/store.ts";
 import { startWorker, type Worker } from "./tasks/worker.ts";
 import { ensureBootstrapAdmin } from "./users.ts";
+import { agentApiApp } from "./nodes/agent_api.ts";
+import { nodeController } from "./nodes/controller.ts";
+import { nodeRoutes } from "./nodes/routes.ts";
+import { poolRoutes } from "./pools/routes.ts";
+import { nodeView, poolView, seedClusterSettings } from "./nodes/service.ts";
+import { poolProvisioner } from "./pools/controller.ts";
+import { vmController } from "./vms/controller.ts";
+import { taskRoutes, vmRoutes } from "./vms/routes.ts";
+import { vmView } from "./vms/service.ts";
+import { vmTaskHandler } from "./vms/tasks.ts";
+import { TaskRegistry } from "./tasks/registry.ts";
+import { taskView } from "./tasks/queue.ts";
+import { Informer } from "./controllers/informer.ts";
+import type { Controller } from "./controllers/controller.ts";
+import { eventRoutes, type EventSource } from "./events/mod.ts";
+import { consolePageRoutes, consoleRoutes } from "./console/mod.ts";
+import { can } from "../shared/rbac.ts";
+import {
+  keys,
+  type NodeRecord,
+  type PoolRecord,
+  type TaskRecord,
+  type VmRecord,
+} from "./repo/records.ts";
+import type { Caches } from "./context.ts";
 
 /** Largest request body accepted on the public API, bytes. */
 export const PUBLIC_BODY_LIMIT = 1024 * 1024;
 
+/** The resource kinds of the event stream (`GET /v1/events`), with the views GETs serve. */
+export function eventSources(ctx: CpContext): EventSource[] {
+  const vmCount = (node: string) => ctx.cache?.vms.byIndex("node", node).length ?? 0;
+  return [
+    {
+      kind: "vm",
+      prefix: keys.vms,
+      permission: "vm:read",
+      view: (v) => vmView(v as VmRecord),
+      nameOf: (v) => (v as VmRecord).name,
+    },
+    {
+      kind: "task",
+      prefix: keys.tasks,
+      permission: "task:read",
+      view: (t) => taskView(t as TaskRecord),
+      nameOf: (t) => (t as TaskRecord).id,
+    },
+    {
+      kind: "node",
+      prefix: keys.nodes,
+      permission: "node:read",
+      view: (n, user) =>
+        nodeView(n as NodeRecord, vmCount((n as NodeRecord).name), can(user.role, "node:manage")),
+      nameOf: (n) => (n as NodeRecord).name,
+    },
+    {
+      kind: "pool",
+      prefix: keys.pools,
+      permission: "storage_pool:read",
+      view: (p) => poolView(p as PoolRecord, ctx.cfg.storage_pools.default_pool_name),
+      nameOf: (p) => `${(p as PoolRecord).name}/${(p as PoolRecord).node}`,
+    },
+  ];
+}
+
+/** Builds the informer caches (VMs by node and id, nodes, pools by node); `startControllers` starts them. */
+export function startCaches(ctx: CpContext): Caches {
+  const onError = (e: unknown) => ctx.log.warn("informer error", { err: e });
+  const caches: Caches = {
+    vms: new Informer<VmRecord>({
+      store: ctx.store,
+      prefix: keys.vms,
+      indexers: { node: (v) => [v.node], id: (v) => [v.id] },
+      onError,
+    }),
+    nodes: new Informer<NodeRecord>({ store: ctx.store, prefix: keys.nodes, onError }),
+    pools: new Informer<PoolRecord>({
+      store: ctx.store,
+      prefix: keys.pools,
+      indexers: { node: (p) => [p.node] },
+      onError,
+    }),
+  };
+  return caches;
+}
+
+/**
+ * Feeds and starts the controllers: the node controller and the pool provisioner on node
+ * changes, the VM controller on VM changes and on its node's changes.
+ */
+export async function startControllers(ctx: CpContext, caches: Caches): Promise<Controller[]> {
+  const nodes = nodeController(ctx);
+  const pools = poolProvisioner(ctx);
+  const vms = vmController(ctx);
+  const nodeName = (key: string) => key.slice(keys.nodes.length);
+  caches.nodes.addHandlers(nodes.enqueueOnChange((k) => nodeName(k)));
+  caches.nodes.addHandlers(pools.enqueueOnChange((k) => nodeName(k)));
+  caches.nodes.addHandlers(vms.enqueueOnChange((k) => {
+    return caches.vms.byIndex("node", nodeName(k)).map((vk) => vk.slice(keys.vms.length));
+  }));
+  caches.vms.addHandlers(vms.enqueueOnChange((k) => k.slice(keys.vms.length)));
+  await Promise.all([caches.vms.start(), caches.nodes.start(), caches.pools.start()]);
+  nodes.start(() => caches.nodes.keys().map(nodeName));
+  pools.start(() => caches.nodes.keys().map(nodeName));
+  vms.start(() => caches.vms.keys().map((k) => k.slice(keys.vms.length)));
+  return [nodes, pools, vms];
+}
+
 /** Builds the public API app. */
-export function publicApp(ctx: CpContext): Hono<AppEnv> {
+export function publicApp(ctx: CpContext, signal?: AbortSignal): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
   app.onError(errorHandler(ctx.log));
   app.notFound(notFoundHandler);
@@ -46,8 +146,11 @@ export function publicApp(ctx: CpContext): Hono<AppEnv> {
   app.route("/v1/users", userRoutes(ctx));
   app.route("/v1/nodes", nodeRoutes(ctx));
   app.route("/v1/pools", poolRoutes(ctx));
+  app.route("/", consolePageRoutes(ctx));
+  app.route("/v1/vms", consoleRoutes(ctx));
   app.route("/v1/vms", vmRoutes(ctx));
   app.route("/v1/tasks", taskRoutes(ctx));
+  app.route("/v1/events", eventRoutes(ctx, eventSources(ctx), { signal }));
   return app;
 }
 
@@ -119,6 +222,10 @@ export async function startControlPlane(
       now: opts.now ?? (() => new Date()),
     };
     await seedClusterSettings(ctx);
+    const caches = startCaches(ctx);
+    ctx.cache = caches;
+    const stopAll = new AbortController();
+    cleanups.push(() => stopAll.abort());
 
     const tls = cfg.server.tls_cert_file && cfg.server.tls_key_file
       ? {
@@ -126,7 +233,7 @@ export async function startControlPlane(
         key: await Deno.readTextFile(cfg.server.tls_key_file),
       }
       : {};
-    const app = publicApp(ctx);
+    const app = publicApp(ctx, stopAll.signal);
     const server = Deno.serve({
       hostname: cfg.server.listen.hostname,
       port: cfg.server.listen.port,
@@ -148,11 +255,15 @@ export async function startControlPlane(
     });
     cleanups.push(() => agentServer.close());
 
-    const monitor: NodeMonitor = startNodeMonitor(ctx);
-    cleanups.push(() => monitor.stop());
+    const controllers = await startControllers(ctx, caches);
+    cleanups.push(async () => {
+      await Promise.all(controllers.map((c) => c.stop()));
+      for (const i of [caches.vms, caches.nodes, caches.pools]) i.stop();
+    });
     let worker: Worker | null = null;
     if (cfg.workers.enabled) {
-      worker = startWorker(ctx);
+      const registry = new TaskRegistry().register(vmTaskHandler);
+      worker = await startWorker(ctx, registry);
       cleanups.push(() => worker!.stop());
     } else {
       log.warn("task workers disabled (workers.enabled: false): tasks stay pending");

@@ -16,10 +16,12 @@ import {
   DEFAULT_AGENT_API_PORT,
   DEFAULT_ALLOWED_POOL_PREFIX,
   DEFAULT_API_PORT,
+  DEFAULT_CONSOLE_TOKEN_TTL_SECONDS,
   DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
   DEFAULT_JOIN_TOKEN_TTL_SECONDS,
   DEFAULT_JWT_TTL_SECONDS,
   DEFAULT_POOL_NAME,
+  DEFAULT_RESTART_BACKOFF,
   DEFAULT_STALE_THRESHOLD_SECONDS,
   STANDARD_ROOTS,
 } from "../shared/constants.ts";
@@ -73,8 +75,16 @@ export const ApiConfigSchema = z.object({
   workers: z.object({
     /** Run the task workers (dispatch to agents). */
     enabled: z.boolean().default(true),
-    /** How often workers poll agent tasks, milliseconds. */
-    poll_interval_ms: z.number().int().min(50).max(60_000).default(1000),
+    /**
+     * Fallback poll of a dispatched agent task, milliseconds: agents push task transitions
+     * (`/v1/nodes/report`), so this only matters when a report is lost; also the first
+     * retry delay of a failed task runner.
+     */
+    poll_interval_ms: z.number().int().min(50).max(60_000).default(5000),
+    /** Lease of a worker's task claims, seconds: a dead worker's tasks move on after this. */
+    lease_ttl_seconds: z.number().int().min(1).max(300).default(15),
+    /** How often a worker re-reads the queue of active tasks, seconds. */
+    resync_seconds: z.number().int().min(1).max(3600).default(10),
     /** Give up on an agent task after this long, seconds. */
     task_timeout_seconds: z.number().int().min(10).max(24 * 3600).default(1800),
     /**
@@ -82,6 +92,23 @@ export const ApiConfigSchema = z.object({
      * errors) for this long, seconds.
      */
     agent_unreachable_timeout_seconds: z.number().int().min(1).max(3600).default(60),
+  }).strict().prefault({}),
+  vms: z.object({
+    /**
+     * Restart backoff of the restart policy, seconds: the first restart is immediate, the
+     * n-th waits `initial · 2^(n−2)` up to `max`; the count resets after `reset` of steady
+     * running (shared/constants.ts DEFAULT_RESTART_BACKOFF).
+     */
+    restart_backoff_initial_seconds: z.number().int().min(0).max(3600)
+      .default(DEFAULT_RESTART_BACKOFF.initialSeconds),
+    restart_backoff_max_seconds: z.number().int().min(0).max(24 * 3600)
+      .default(DEFAULT_RESTART_BACKOFF.maxSeconds),
+    restart_backoff_reset_seconds: z.number().int().min(1).max(7 * 24 * 3600)
+      .default(DEFAULT_RESTART_BACKOFF.resetSeconds),
+  }).strict().prefault({}),
+  console: z.object({
+    /** Lifetime of a single-use console token, seconds. */
+    token_ttl_seconds: z.number().int().min(1).max(600).default(DEFAULT_CONSOLE_TOKEN_TTL_SECONDS),
   }).strict().prefault({}),
   placement: z.object({
     /** Scheduler: `least_vm_count` (fewest VMs, ties by node name). */

@@ -8,6 +8,18 @@ import type { AgentClient } from "./agent_client.ts";
 import type { ApiConfig } from "./config.ts";
 import type { ClusterPki } from "./pki.ts";
 import type { Store } from "./store/store.ts";
+import type { Informer } from "./controllers/informer.ts";
+import type { NodeRecord, PoolRecord, VmRecord } from "./repo/records.ts";
+
+/**
+ * The shared informer caches (cp/controllers/informer.ts) of this process, with indexes:
+ * `vms` by `node` and `id`, `pools` by `node`.
+ */
+export interface Caches {
+  vms: Informer<VmRecord>;
+  nodes: Informer<NodeRecord>;
+  pools: Informer<PoolRecord>;
+}
 
 /** Everything a control-plane component needs. */
 export interface CpContext {
@@ -21,4 +33,6 @@ export interface CpContext {
   agents: AgentClient;
   /** Clock (tests may inject one). */
   now: () => Date;
+  /** Informer caches, once started (absent in tests that do not wire them). */
+  cache?: Caches;
 }

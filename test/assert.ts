@@ -8,15 +8,15 @@ import nodeAssert from "node:assert/strict";
 
 /** Asserts `cond` is truthy. */
 export function assert(cond: unknown, msg?: string): asserts cond {
-  nodeAssert.ok(cond, msg);
+  nodeAssert.ok(cond, msg as string);
 }
 /** Deep strict equality. */
 export function assertEquals<T>(actual: T, expected: T, msg?: string): void {
-  nodeAssert.deepStrictEqual(actual, expected, msg);
+  nodeAssert.deepStrictEqual(actual, expected, msg as string);
 }
 /** Deep strict inequality. */
 export function assertNotEquals<T>(actual: T, expected: T, msg?: string): void {
-  nodeAssert.notDeepStrictEqual(actual, expected, msg);
+  nodeAssert.notDeepStrictEqual(actual, expected, msg as string);
 }
 /** Asserts `text` contains `part`. */
 export function assertStringIncludes(text: string, part: string, msg?: string): void {
@@ -27,7 +27,7 @@ export function assertStringIncludes(text: string, part: string, msg?: string): 
 }
 /** Asserts `text` matches `re`. */
 export function assertMatch(text: string, re: RegExp, msg?: string): void {
-  nodeAssert.match(text, re, msg);
+  nodeAssert.match(text, re, msg as string);
 }
 /** Asserts `fn` throws; returns the error. */
 export function assertThrows(fn: () => unknown, msg?: string): Error {

@@ -319,8 +319,9 @@ export async function runCli(
 /** True when a process with `pid` exists. */
 export function pidAlive(pid: number): boolean {
   try {
-    Deno.statSync(`/proc/${pid}`);
-    return true;
+    // A zombie (state Z) has exited; daemonized QEMUs are reaped by PID 1 only eventually.
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
   } catch {
     return false;
   }

@@ -17,16 +17,18 @@
  * | `/vms/<name>` | {@link VmRecord} |
  * | `/tasks/<id>` | {@link TaskRecord} |
  * | `/tasks-active/<id>` | `{vm}`: index of non-terminal tasks (worker queue) |
+ * | `/task-claims/<id>` | {@link TaskClaim}, attached to the claiming worker's lease |
+ * | `/agent-tasks/<id>` | the agent's view of task `<id>` (AgentTask), from reports |
+ * | `/console-tokens/<sha256 hex>` | a console ticket, on a lease (cp/console/tickets.ts) |
  *
  * @module
  */
 import type { Role } from "../../shared/rbac.ts";
 import type { Architecture } from "../../shared/api/common.ts";
-import type { NodeResources, NodeStatus, ObservedVm } from "../../shared/api/nodes.ts";
-import type { CachedImage } from "../../shared/api/nodes.ts";
-import type { VmStatus } from "../../shared/api/vms.ts";
-import type { TaskStatus, TaskType } from "../../shared/api/tasks.ts";
-import type { ErrorInfo } from "../../shared/errors.ts";
+import type { CachedImage, NodeResources, NodeStatus } from "../../shared/api/nodes.ts";
+import type { ObservedVm } from "../../shared/api/vm_runtime.ts";
+import type { Vm } from "../../shared/api/vms.ts";
+import type { Task } from "../../shared/api/tasks.ts";
 
 /** Store keys (see the module table). */
 export const keys = {
@@ -47,9 +49,14 @@ export const keys = {
   pool: (name: string, node: string) => `/pools/${name}/${node}`,
   vms: "/vms/",
   vm: (name: string) => `/vms/${name}`,
+  tasks: "/tasks/",
   task: (id: string) => `/tasks/${id}`,
   activeTasks: "/tasks-active/",
   activeTask: (id: string) => `/tasks-active/${id}`,
+  taskClaims: "/task-claims/",
+  taskClaim: (id: string) => `/task-claims/${id}`,
+  agentTasks: "/agent-tasks/",
+  agentTask: (id: string) => `/agent-tasks/${id}`,
 } as const;
 
 /** The cluster CA as stored (`/cluster/ca`). */
@@ -137,41 +144,48 @@ export interface PoolRecord {
   updated_at: string;
 }
 
-/** A VM (`/vms/<name>`): the public view plus what dispatch needs. */
-export interface VmRecord {
-  id: string;
-  name: string;
-  owner_id: string;
-  image_url: string;
-  image_sha256: string | null;
-  image: string;
-  architecture: Architecture;
-  vcpus: number;
-  memory_mb: number;
-  disk_gib: number;
+/**
+ * A VM (`/vms/<name>`): the public view (`Vm`, shared/api/vms.ts) plus what dispatch and the
+ * VM controller need. `last_task` is kept denormalized so views need no task read.
+ */
+export type VmRecord = Vm & {
   /** cloud-init user-data (not served back). */
   user_data: string | null;
-  pool: string;
   /** The pool instance's path on `node` at placement time. */
   pool_path: string;
-  node: string;
-  status: VmStatus;
-  desired_phase: "running" | "deleted";
-  last_task_id: string | null;
-  error: ErrorInfo | null;
-  created_at: string;
-  updated_at: string;
+  /** The task acting on the VM now (null: none); guards one task at a time per VM. */
+  active_task_id: string | null;
+  /** When the restart policy last queued a start (backoff), ISO time. */
+  last_restart_at: string | null;
+};
+
+/** Parameters a task carries from its request. */
+export interface TaskParams {
+  /** `vm.stop` / `vm.reboot`: ACPI grace, seconds. */
+  timeout_seconds?: number;
+  /** `vm.start`: leave the vCPUs halted (desired phase `paused`). */
+  paused?: boolean;
+  /** `vm.delete`: the task it cancelled and must outlive (null: none). */
+  after_task_id?: string | null;
+  /** `vm.delete`: the VM's node, for orphan cleanup without a VM record. */
+  node?: string;
 }
 
-/** A control-plane task (`/tasks/<id>`). */
-export interface TaskRecord {
-  id: string;
-  type: TaskType;
-  status: TaskStatus;
-  resource: { kind: "vm"; name: string; id: string };
-  error: ErrorInfo | null;
-  /** When a worker first started it (the overall timeout counts from here). */
-  started_at: string | null;
-  created_at: string;
-  updated_at: string;
+/** A control-plane task (`/tasks/<id>`): the public view plus worker bookkeeping. */
+export type TaskRecord = Task & {
+  params: TaskParams;
+  /**
+   * When each step happened, ms after `created_at` (for `deno task bench`): `claimed`,
+   * `dispatched`, `agent_done` (the agent's result reached the worker), `finished`, and the
+   * agent's own step timings as `agent.<step>` (ms after the agent accepted the task).
+   */
+  timings?: Record<string, number>;
+  /** Set by a `vm delete` that supersedes this task: the worker stops it (`task_cancelled`). */
+  cancel_requested: boolean;
+};
+
+/** A worker's claim on a task (`/task-claims/<id>`, on the worker's lease). */
+export interface TaskClaim {
+  worker: string;
+  claimed_at: string;
 }

@@ -7,15 +7,15 @@
  */
 import { Hono } from "hono";
 import { LoginRequestSchema, type LoginResponse } from "../../shared/api/auth.ts";
-import { jsonBody } from "../../shared/http.ts";
+import { validate } from "../events/validate.ts";
 import { issueAccessToken } from "../auth/jwt.ts";
 import type { CpContext } from "../context.ts";
 import { authenticate } from "../users.ts";
 
 /** The login route. */
 export function authRoutes(ctx: CpContext): Hono {
-  return new Hono().post("/login", async (c) => {
-    const body = await jsonBody(c, LoginRequestSchema);
+  return new Hono().post("/login", validate("json", LoginRequestSchema), async (c) => {
+    const body = c.req.valid("json");
     const user = await authenticate(ctx.store, body.email, body.password);
     const t = await issueAccessToken(
       ctx.jwtSecret,

@@ -18,8 +18,8 @@ import {
   UserCreateRequestSchema,
 } from "../../shared/api/auth.ts";
 import { ListQuerySchema } from "../../shared/api/common.ts";
-import { ApiError, parseOrThrow } from "../../shared/errors.ts";
-import { jsonBody, queryOf } from "../../shared/http.ts";
+import { ApiError } from "../../shared/errors.ts";
+import { validate } from "../events/validate.ts";
 import { type AppEnv, authMiddleware, requirePermission } from "../auth/middleware.ts";
 import { generateApiToken, hashToken } from "../auth/tokens.ts";
 import type { CpContext } from "../context.ts";
@@ -45,77 +45,97 @@ export function userRoutes(ctx: CpContext): Hono<AppEnv> {
 
   r.get("/me", (c) => c.json(userView(c.get("user"))));
 
-  r.post("/me/api-tokens", requirePermission("token:self"), async (c) => {
-    const body = await jsonBody(c, ApiTokenCreateRequestSchema);
-    const user = c.get("user");
-    const token = generateApiToken();
-    const now = ctx.now();
-    const rec: ApiTokenRecord = {
-      id: crypto.randomUUID(),
-      user_id: user.id,
-      name: body.name,
-      description: body.description ?? null,
-      token_hash: await hashToken(token),
-      created_at: now.toISOString(),
-      expires_at: body.ttl_seconds
-        ? new Date(now.getTime() + body.ttl_seconds * 1000).toISOString()
-        : null,
-    };
-    await store.txn({
-      compare: [],
-      success: [
-        { type: "put", key: keys.apiToken(rec.token_hash), value: rec },
-        {
-          type: "put",
-          key: keys.userApiToken(user.id, rec.id),
-          value: { token_hash: rec.token_hash },
-        },
-      ],
-    });
-    ctx.log.info("api token created", { user_id: user.id, token_id: rec.id, name: rec.name });
-    const res: ApiTokenCreateResponse = { ...tokenView(rec), plaintext_token: token };
-    return c.json(res, 201);
-  });
+  r.post(
+    "/me/api-tokens",
+    requirePermission("token:self"),
+    validate("json", ApiTokenCreateRequestSchema),
+    async (c) => {
+      const body = c.req.valid("json");
+      const user = c.get("user");
+      const token = generateApiToken();
+      const now = ctx.now();
+      const rec: ApiTokenRecord = {
+        id: crypto.randomUUID(),
+        user_id: user.id,
+        name: body.name,
+        description: body.description ?? null,
+        token_hash: await hashToken(token),
+        created_at: now.toISOString(),
+        expires_at: body.ttl_seconds
+          ? new Date(now.getTime() + body.ttl_seconds * 1000).toISOString()
+          : null,
+      };
+      await store.txn({
+        compare: [],
+        success: [
+          { type: "put", key: keys.apiToken(rec.token_hash), value: rec },
+          {
+            type: "put",
+            key: keys.userApiToken(user.id, rec.id),
+            value: { token_hash: rec.token_hash },
+          },
+        ],
+      });
+      ctx.log.info("api token created", { user_id: user.id, token_id: rec.id, name: rec.name });
+      const res: ApiTokenCreateResponse = { ...tokenView(rec), plaintext_token: token };
+      return c.json(res, 201);
+    },
+  );
 
-  r.get("/me/api-tokens", requirePermission("token:self"), async (c) => {
-    const q = queryOf(c, ListQuerySchema);
-    const user = c.get("user");
-    const page = await listPage<{ token_hash: string }, string>(
-      store,
-      keys.userApiTokens(user.id),
-      q,
-      (idx) => idx.token_hash,
-    );
-    const items: ApiToken[] = [];
-    for (const hash of page.items) {
-      const t = await store.get<ApiTokenRecord>(keys.apiToken(hash));
-      if (t) items.push(tokenView(t.value));
-    }
-    return c.json({ items, next_cursor: page.next_cursor });
-  });
+  r.get(
+    "/me/api-tokens",
+    requirePermission("token:self"),
+    validate("query", ListQuerySchema),
+    async (c) => {
+      const q = c.req.valid("query");
+      const user = c.get("user");
+      const page = await listPage<{ token_hash: string }, string>(
+        store,
+        keys.userApiTokens(user.id),
+        q,
+        (idx) => idx.token_hash,
+      );
+      const items: ApiToken[] = [];
+      for (const hash of page.items) {
+        const t = await store.get<ApiTokenRecord>(keys.apiToken(hash));
+        if (t) items.push(tokenView(t.value));
+      }
+      return c.json({ items, next_cursor: page.next_cursor });
+    },
+  );
 
-  r.delete("/me/api-tokens/:id", requirePermission("token:self"), async (c) => {
-    const { id } = parseOrThrow(z.object({ id: z.string().uuid() }), c.req.param(), "path");
-    const user = c.get("user");
-    const idx = await store.get<{ token_hash: string }>(keys.userApiToken(user.id, id));
-    if (!idx) throw new ApiError("not_found", `api token ${id} not found`);
-    await store.txn({
-      compare: [],
-      success: [
-        { type: "delete", key: keys.apiToken(idx.value.token_hash) },
-        { type: "delete", key: idx.key },
-      ],
-    });
-    ctx.log.info("api token revoked", { user_id: user.id, token_id: id });
-    return c.body(null, 204);
-  });
+  r.delete(
+    "/me/api-tokens/:id",
+    requirePermission("token:self"),
+    validate("param", z.object({ id: z.string().uuid() })),
+    async (c) => {
+      const { id } = c.req.valid("param");
+      const user = c.get("user");
+      const idx = await store.get<{ token_hash: string }>(keys.userApiToken(user.id, id));
+      if (!idx) throw new ApiError("not_found", `api token ${id} not found`);
+      await store.txn({
+        compare: [],
+        success: [
+          { type: "delete", key: keys.apiToken(idx.value.token_hash) },
+          { type: "delete", key: idx.key },
+        ],
+      });
+      ctx.log.info("api token revoked", { user_id: user.id, token_id: id });
+      return c.body(null, 204);
+    },
+  );
 
-  r.post("/", requirePermission("cluster:manage"), async (c) => {
-    const body = await jsonBody(c, UserCreateRequestSchema);
-    const user = await createUser(store, body, ctx.now());
-    ctx.log.info("user created", { user_id: user.id, email: user.email, role: user.role });
-    return c.json(userView(user), 201);
-  });
+  r.post(
+    "/",
+    requirePermission("cluster:manage"),
+    validate("json", UserCreateRequestSchema),
+    async (c) => {
+      const body = c.req.valid("json");
+      const user = await createUser(store, body, ctx.now());
+      ctx.log.info("user created", { user_id: user.id, email: user.email, role: user.role });
+      return c.json(userView(user), 201);
+    },
+  );
 
   return r;
 }

@@ -1,349 +1,324 @@
 /**
- * The task worker (`workers.enabled`): runs `vm.create` / `vm.delete` tasks by dispatching
- * them to the VM's node agent over mTLS and polling the agent task until it is terminal
- * (spec: "Behind the scenes: handler enqueues vm.create task → worker … → CP polls → CP
- * projects …").
+ * The task worker (`workers.enabled`): claims queued tasks under a store lease and runs them
+ * with the handler registered for their type (cp/tasks/registry.ts).
  *
- * Per task:
- * - `pending`: the node must be `ready` with an endpoint, else the task fails with
- *   `node_not_ready`. The task becomes `running` (VM `creating` / `deleting`) and is
- *   dispatched: `POST {endpoint}/v1/vms` or `DELETE {endpoint}/v1/vms/{id}?task_id=`.
- * - `running` (also after a restart): poll `GET {endpoint}/v1/tasks/{id}` every
- *   `workers.poll_interval_ms`; a 404 means the agent lost the task (restart) and the task is
- *   re-dispatched (both operations are idempotent by VM id).
- * - Connection errors are retried until the agent has been unreachable for
- *   `workers.agent_unreachable_timeout_seconds` → `agent_unreachable`. An agent error
- *   response fails the task with the agent's code verbatim. The whole task is bounded by
- *   `workers.task_timeout_seconds` (→ `vm_create_failed` / `vm_delete_failed`).
- * - Projection onto the VM: create succeeded → `running`; create failed → `failed` + error;
- *   delete succeeded → the VM record is removed; delete failed → `failed` + error.
+ * Claims (durable, like a Kubernetes lease): a worker holds one store lease, renewed every
+ * third of `workers.lease_ttl_seconds`. To run task `<id>` it writes `/task-claims/<id>`
+ * attached to that lease in one transaction that requires the claim to be absent and the
+ * task unchanged, and counts the attempt. Every write of the handler is fenced by the claim
+ * (compare on its revision), so two workers — in one process or in two control-plane
+ * processes on one store — never run one task at once, and a worker that lost its lease can
+ * no longer write. When a worker dies its lease expires, the store deletes its claims, and
+ * the other workers (watching `/task-claims/`) claim the tasks again.
+ *
+ * Sources of work: a watch on `/tasks-active/` (new tasks) and `/task-claims/` (released or
+ * expired claims), plus a resync of the active index every `workers.resync_seconds`.
+ * A handler that throws (not a lost claim) releases the claim and the task is retried with
+ * per-task exponential backoff.
  *
  * @module
  */
-import type { AgentTask } from "../../shared/api/agent.ts";
 import { isTerminal } from "../../shared/api/tasks.ts";
-import type { ErrorInfo } from "../../shared/errors.ts";
-import { AgentError, type AgentTarget } from "../agent_client.ts";
 import type { CpContext } from "../context.ts";
-import { findNode } from "../nodes.ts";
-import { keys, type TaskRecord, type VmRecord } from "../repo/records.ts";
-import { type Op, rangeAll } from "../store/store.ts";
-import { findTask, finishOps, terminal } from "./queue.ts";
+import { WorkQueue } from "../controllers/workqueue.ts";
+import { keys, type TaskClaim, type TaskRecord } from "../repo/records.ts";
+import { rangeAll } from "../store/store.ts";
+import { finishOps, terminal } from "./queue.ts";
+import {
+  ClaimLostError,
+  type GuardedOps,
+  type TaskRegistry,
+  type TaskRuntime,
+} from "./registry.ts";
 
 /** A running worker. */
 export interface Worker {
-  /** Stops picking tasks and waits for in-flight runners to pause (they resume on restart). */
+  /** This worker's id (written into its claims). */
+  readonly id: string;
+  /** Stops claiming, aborts its runners and releases their claims (another worker resumes). */
   stop(): Promise<void>;
-  /** Resolves when no task is being run (for tests). */
+  /**
+   * Simulates a crash (tests): stops everything without releasing claims or the lease, so
+   * the claims expire with the lease as if the process had died.
+   */
+  crash(): Promise<void>;
+  /** Resolves when no task runs on this worker and none is queued (tests). */
   idle(): Promise<void>;
 }
 
-class Stopped extends Error {}
-
-/** Longest pause before re-running a task whose runner failed unexpectedly, milliseconds. */
-export const RUNNER_RETRY_MAX_MS = 60_000;
+/** Options of {@link startWorker}. */
+export interface WorkerOptions {
+  /** Worker id (default: `<replica>/<random>`). */
+  id?: string;
+  /** Lease TTL, seconds (default `workers.lease_ttl_seconds`). */
+  leaseTtlSeconds?: number;
+  /** Resync period of the active index, ms (default `workers.resync_seconds`). */
+  resyncMs?: number;
+}
 
 /**
- * Starts the worker: runs every queued task and watches the queue for new ones. A runner that
- * fails unexpectedly (not an agent error: those fail the task) is re-run after a backoff of
- * `workers.poll_interval_ms` doubling up to {@link RUNNER_RETRY_MAX_MS}.
+ * Starts a worker running the tasks of `registry`.
+ *
+ * @throws StoreError when the lease cannot be granted
  */
-export function startWorker(ctx: CpContext): Worker {
-  const running = new Map<string, Promise<void>>();
-  const retries = new Map<string, ReturnType<typeof setTimeout>>();
-  const abort = new AbortController();
-  const log = ctx.log.with({ component_part: "worker" });
-
-  const launch = (id: string, failures = 0) => {
-    if (abort.signal.aborted || running.has(id)) return;
-    const p = runTask(ctx, id, abort.signal)
-      .catch((e) => {
-        if (e instanceof Stopped || abort.signal.aborted) return;
-        // An unexpected failure (e.g. a store error) must not strand the task until the next
-        // restart: run it again after a backoff; its deadline still bounds it.
-        const delay = Math.min(
-          RUNNER_RETRY_MAX_MS,
-          ctx.cfg.workers.poll_interval_ms * 2 ** failures,
-        );
-        log.error("task runner failed; retrying", { task_id: id, err: e, retry_in_ms: delay });
-        const timer = setTimeout(() => {
-          retries.delete(id);
-          launch(id, failures + 1);
-        }, delay);
-        retries.set(id, timer);
-      })
-      .finally(() => running.delete(id));
-    running.set(id, p);
+export async function startWorker(
+  ctx: CpContext,
+  registry: TaskRegistry,
+  opts: WorkerOptions = {},
+): Promise<Worker> {
+  const { store } = ctx;
+  const id = opts.id ?? `${ctx.pki.replicaName}/${crypto.randomUUID().slice(0, 8)}`;
+  const ttl = opts.leaseTtlSeconds ?? ctx.cfg.workers.lease_ttl_seconds;
+  const log = ctx.log.with({ component_part: "worker", worker: id });
+  const queue = new WorkQueue<string>({
+    baseDelayMs: ctx.cfg.workers.poll_interval_ms,
+    maxDelayMs: 60_000,
+  });
+  const running = new Map<
+    string,
+    { done: Promise<void>; abort: AbortController; cancel: AbortController }
+  >();
+  let lease = await store.grant(ttl);
+  let stopped = false;
+  const idleWaiters: (() => void)[] = [];
+  const checkIdle = () => {
+    if (running.size === 0 && queue.length === 0) {
+      for (const w of idleWaiters.splice(0)) w();
+    }
   };
 
-  const cancelWatch = ctx.store.watch(keys.activeTasks, (ev) => {
-    if (ev.type === "put") launch(ev.key.slice(keys.activeTasks.length));
-  });
-  void (async () => {
+  // Lease renewal; losing it aborts every runner (their claims are gone with it).
+  const renew = setInterval(async () => {
     try {
-      const queued = await rangeAll(ctx.store, keys.activeTasks);
-      if (queued.length) log.info("resuming queued tasks", { count: queued.length });
-      for (const kv of queued) launch(kv.key.slice(keys.activeTasks.length));
+      await store.keepAlive(lease);
     } catch (e) {
-      log.error("cannot read the task queue", { err: e });
+      if (stopped) return;
+      log.warn("worker lease lost; abandoning claimed tasks", { err: e });
+      for (const r of running.values()) r.abort.abort();
+      try {
+        lease = await store.grant(ttl);
+        for (const kv of await rangeAll(store, keys.activeTasks)) {
+          queue.add(kv.key.slice(keys.activeTasks.length));
+        }
+      } catch (err) {
+        log.error("worker cannot get a new lease", { err });
+      }
     }
-  })();
+  }, Math.max(200, (ttl * 1000) / 3));
 
-  return {
-    async stop() {
-      cancelWatch();
-      abort.abort();
-      for (const timer of retries.values()) clearTimeout(timer);
-      retries.clear();
-      await Promise.allSettled([...running.values()]);
-    },
-    async idle() {
-      while (running.size) await Promise.allSettled([...running.values()]);
-    },
+  const cancels: (() => void)[] = [];
+  const resyncActive = async () => {
+    const kvs = await rangeAll(store, keys.activeTasks);
+    for (const kv of kvs) {
+      const taskId = kv.key.slice(keys.activeTasks.length);
+      if (!running.has(taskId)) queue.add(taskId);
+    }
+    return kvs.length;
   };
-}
+  const rev = await store.currentRevision();
+  cancels.push(store.watch(keys.activeTasks, (ev) => {
+    if (ev.type === "put") queue.add(ev.key.slice(keys.activeTasks.length));
+  }, { fromRevision: rev, onError: () => void resyncActive() }));
+  cancels.push(store.watch(keys.taskClaims, (ev) => {
+    if (ev.type === "delete") queue.add(ev.key.slice(keys.taskClaims.length));
+  }, { fromRevision: rev, onError: () => void resyncActive() }));
+  // Cancel requests of running tasks (a `vm delete` superseding them). If the watch falls
+  // out of the retained history it is restarted and the running tasks are re-read.
+  const watchCancels = (from: string) =>
+    store.watch(keys.tasks, (ev) => {
+      if (ev.type !== "put") return;
+      const t = ev.value as TaskRecord;
+      if (t?.cancel_requested) running.get(t.id)?.cancel.abort();
+    }, {
+      fromRevision: from,
+      onError: async () => {
+        if (stopped) return;
+        const now = await store.currentRevision();
+        cancels.push(watchCancels(now));
+        for (const [id, r] of running) {
+          const t = (await store.get<TaskRecord>(keys.task(id)))?.value;
+          if (t?.cancel_requested) r.cancel.abort();
+        }
+      },
+    });
+  cancels.push(watchCancels(rev));
+  const queued = await resyncActive();
+  if (queued) log.info("resuming queued tasks", { count: queued });
+  const resyncMs = opts.resyncMs ?? ctx.cfg.workers.resync_seconds * 1000;
+  const resyncTimer = setInterval(
+    () => void resyncActive().catch((e) => log.warn("task resync failed", { err: e })),
+    resyncMs,
+  );
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(new Stopped());
-    const t = setTimeout(() => {
-      signal.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(t);
-      reject(new Stopped());
-    };
-    signal.addEventListener("abort", onAbort, { once: true });
-  });
-}
-
-const catchAll = (
-  t: TaskRecord,
-) => (t.type === "vm.create" ? "vm_create_failed" : "vm_delete_failed");
-
-/** Runs one task to completion (or until `signal` aborts). */
-export async function runTask(ctx: CpContext, taskId: string, signal: AbortSignal): Promise<void> {
-  const { store, cfg } = ctx;
-  const log = ctx.log.with({ task_id: taskId });
-  let task = await findTask(store, taskId);
-  if (!task) {
-    await store.delete(keys.activeTask(taskId));
-    return;
-  }
-  if (isTerminal(task.status)) {
-    await store.delete(keys.activeTask(taskId));
-    return;
-  }
-  const vmKv = await store.get<VmRecord>(keys.vm(task.resource.name));
-  if (!vmKv || vmKv.value.id !== task.resource.id) {
-    if (task.type === "vm.delete") {
-      await finish(ctx, task, null, null);
-    } else {
-      await finish(ctx, task, {
-        code: "vm_create_failed",
-        message: "the VM record no longer exists",
-      }, null);
-    }
-    return;
-  }
-  let vm = vmKv.value;
-  let needDispatch = task.status === "pending";
-  if (task.status === "pending") {
-    const node = await findNode(ctx, vm.node);
-    if (!node || node.status !== "ready" || !node.endpoint) {
-      const why = !node
-        ? "is not registered"
-        : !node.endpoint
-        ? "has no endpoint"
-        : `is ${node.status}`;
-      await finish(ctx, task, {
-        code: "node_not_ready",
-        message: `node ${vm.node} ${why} at dispatch`,
-        details: { node: vm.node, status: node?.status ?? null },
-      }, vm);
+  const claim = async (taskId: string): Promise<void> => {
+    if (running.has(taskId)) return;
+    const tkv = await store.get<TaskRecord>(keys.task(taskId));
+    if (!tkv || isTerminal(tkv.value.status)) {
+      await store.delete(keys.activeTask(taskId));
       return;
     }
+    const handler = registry.get(tkv.value.type);
+    if (!handler) {
+      log.error("no handler for task type; leaving it queued", {
+        task_id: taskId,
+        type: tkv.value.type,
+      });
+      return;
+    }
+    if (await store.get(keys.taskClaim(taskId))) return; // claimed elsewhere
     const now = ctx.now().toISOString();
-    task = { ...task, status: "running", started_at: now, updated_at: now };
-    vm = {
-      ...vm,
-      status: task.type === "vm.create" ? "creating" : "deleting",
-      last_task_id: task.id,
+    let task: TaskRecord = {
+      ...tkv.value,
+      attempts: tkv.value.attempts + 1,
+      started_at: tkv.value.started_at ?? now,
       updated_at: now,
     };
+    const claimRec: TaskClaim = { worker: id, claimed_at: now };
     const res = await store.txn({
-      compare: [{ key: keys.vm(vm.name), modRevision: vmKv.modRevision }],
+      compare: [
+        { key: keys.taskClaim(taskId), absent: true },
+        { key: tkv.key, modRevision: tkv.modRevision },
+      ],
       success: [
-        { type: "put", key: keys.task(task.id), value: task },
-        { type: "put", key: keys.vm(vm.name), value: vm },
+        { type: "put", key: keys.taskClaim(taskId), value: claimRec, lease },
+        { type: "put", key: tkv.key, value: task },
       ],
     });
     if (!res.succeeded) {
-      // The VM changed under us (e.g. a heartbeat projection); retry from the top.
-      return await runTask(ctx, taskId, signal);
+      queue.addRateLimited(taskId); // raced with another worker or a task update
+      return;
     }
-    log.info("task running", { type: task.type, vm: vm.name, node: vm.node });
-  }
+    const claimKey = keys.taskClaim(taskId);
+    const claimRev = res.revision;
+    const abort = new AbortController();
+    const cancel = new AbortController();
+    if (task.cancel_requested) cancel.abort();
+    const tlog = log.with({ task_id: taskId, type: task.type, vm: task.resource.name });
+    tlog.info("task claimed", { attempt: task.attempts });
 
-  const started = Date.parse(task.started_at ?? task.created_at);
-  const deadline = started + cfg.workers.task_timeout_seconds * 1000;
-  const unreachableMs = cfg.workers.agent_unreachable_timeout_seconds * 1000;
-  let lastContact = ctx.now().getTime();
-  let lastError = "";
-  let first = true;
-  for (;;) {
-    if (!first) await sleep(cfg.workers.poll_interval_ms, signal);
-    first = false;
-    const nowMs = ctx.now().getTime();
-    if (nowMs > deadline) {
-      await finish(ctx, task, {
-        code: catchAll(task),
-        message: `timed out after ${cfg.workers.task_timeout_seconds}s waiting for the agent` +
-          (lastError ? ` (last error: ${lastError})` : ""),
-      }, vm);
-      return;
-    }
-    const node = await findNode(ctx, vm.node);
-    if (!node?.endpoint) {
-      await finish(ctx, task, {
-        code: "node_not_ready",
-        message: `node ${vm.node} is no longer registered or has no endpoint`,
-      }, vm);
-      return;
-    }
-    let at: AgentTask | null;
-    try {
-      if (needDispatch) {
-        at = await dispatch(ctx, task, vm, { name: node.name, endpoint: node.endpoint }, signal);
-        needDispatch = false;
-        lastContact = ctx.now().getTime();
-        if (at === null) {
-          // delete of a VM the agent does not know: already gone.
-          await finish(ctx, task, null, vm, null);
+    const ensureClaim = async () => {
+      const cur = await store.get(claimKey);
+      if (!cur || cur.modRevision !== claimRev) {
+        abort.abort();
+        throw new ClaimLostError(taskId);
+      }
+    };
+    const created = Date.parse(task.created_at);
+    const timings: Record<string, number> = { ...task.timings };
+    const mark = (name: string, ms?: number) => {
+      timings[name] = ms ?? Math.max(0, ctx.now().getTime() - created);
+    };
+    mark("claimed");
+    const write = async (next: TaskRecord, extra: GuardedOps, done: boolean) => {
+      if (abort.signal.aborted) throw new ClaimLostError(taskId);
+      if (done) mark("finished");
+      next = { ...next, timings: { ...timings } };
+      const r = await store.txn({
+        compare: [{ key: claimKey, modRevision: claimRev }, ...(extra.compare ?? [])],
+        success: [
+          ...(done
+            ? finishOps(next)
+            : [{ type: "put" as const, key: keys.task(taskId), value: next }]),
+          ...(extra.ops ?? []),
+        ],
+      });
+      if (r.succeeded) {
+        task = next;
+        return true;
+      }
+      await ensureClaim();
+      return false;
+    };
+    const rt: TaskRuntime = {
+      ctx,
+      log: tlog,
+      get task() {
+        return task;
+      },
+      signal: abort.signal,
+      cancelled: cancel.signal,
+      mark,
+      update: (next, extra = {}) =>
+        write({ ...next, updated_at: ctx.now().toISOString() }, extra, false),
+      progress: async (text) => {
+        if (task.progress === text) return;
+        await write({ ...task, progress: text, updated_at: ctx.now().toISOString() }, {}, false);
+      },
+      finish: async (error, extra = {}) => {
+        const ok = await write(terminal(task, error, ctx.now()), extra, true);
+        if (ok) {
+          if (error) {
+            tlog.warn("task failed", { code: error.code, message: error.message });
+          } else tlog.info("task succeeded");
+        }
+        return ok;
+      },
+    };
+    const done = (async () => {
+      try {
+        await handler.run(rt);
+        queue.forget(taskId);
+      } catch (e) {
+        if (e instanceof ClaimLostError || abort.signal.aborted) {
+          tlog.info("task abandoned (claim lost or worker stopping)");
           return;
         }
-        log.info("task dispatched", { endpoint: node.endpoint, agent_status: at.status });
-      } else {
-        at = await ctx.agents.getTask(
-          { name: node.name, endpoint: node.endpoint },
-          task.id,
-          signal,
-        );
-        lastContact = ctx.now().getTime();
-        if (at === null) {
-          log.warn("agent lost the task; re-dispatching", { endpoint: node.endpoint });
-          needDispatch = true;
-          continue;
-        }
-      }
-    } catch (e) {
-      if (signal.aborted) throw new Stopped();
-      if (!(e instanceof AgentError)) throw e;
-      if (e.kind === "unreachable") {
-        lastError = e.message;
-        if (ctx.now().getTime() - lastContact >= unreachableMs) {
-          await finish(ctx, task, {
-            code: "agent_unreachable",
-            message: `agent of node ${vm.node} at ${node.endpoint} unreachable for ` +
-              `${cfg.workers.agent_unreachable_timeout_seconds}s: ${e.message}`,
-          }, vm);
-          return;
-        }
-        log.debug("agent unreachable; retrying", { err: e.message });
-        continue;
-      }
-      await finish(ctx, task, e.info ?? { code: catchAll(task), message: e.message }, vm);
-      return;
-    }
-    if (at.status === "succeeded") {
-      await finish(ctx, task, null, vm, at);
-      return;
-    }
-    if (at.status === "failed") {
-      await finish(
-        ctx,
-        task,
-        at.error ?? { code: catchAll(task), message: "agent task failed" },
-        vm,
-      );
-      return;
-    }
-  }
-}
-
-function dispatch(
-  ctx: CpContext,
-  task: TaskRecord,
-  vm: VmRecord,
-  agent: AgentTarget,
-  signal: AbortSignal,
-): Promise<AgentTask | null> {
-  if (task.type === "vm.delete") return ctx.agents.deleteVm(agent, vm.id, task.id, signal);
-  return ctx.agents.createVm(agent, {
-    task_id: task.id,
-    vm: {
-      id: vm.id,
-      name: vm.name,
-      image_url: vm.image_url,
-      ...(vm.image_sha256 ? { image_sha256: vm.image_sha256 } : {}),
-      architecture: vm.architecture,
-      vcpus: vm.vcpus,
-      memory_mb: vm.memory_mb,
-      disk_gib: vm.disk_gib,
-      ...(vm.user_data !== null ? { user_data: vm.user_data } : {}),
-    },
-    pool: { name: vm.pool, path: vm.pool_path },
-  }, signal);
-}
-
-/**
- * Stores the terminal task and projects it onto the VM, atomically (CAS on the VM, retried).
- * `vm` null: there is no VM to project onto.
- */
-async function finish(
-  ctx: CpContext,
-  task: TaskRecord,
-  error: ErrorInfo | null,
-  vm: VmRecord | null,
-  agentTask: AgentTask | null = null,
-): Promise<void> {
-  const done = terminal(task, error, ctx.now());
-  const log = ctx.log.with({ task_id: task.id });
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const cur = vm ? await ctx.store.get<VmRecord>(keys.vm(vm.name)) : null;
-    const ops: Op[] = [...finishOps(done)];
-    if (cur && cur.value.id === task.resource.id) {
-      const ts = done.updated_at;
-      if (task.type === "vm.delete" && !error) {
-        ops.push({ type: "delete", key: cur.key });
-      } else {
-        const next: VmRecord = {
-          ...cur.value,
-          status: error ? "failed" : "running",
-          error,
-          last_task_id: task.id,
-          image: agentTask?.result?.image ?? cur.value.image,
-          updated_at: ts,
-        };
-        ops.push({ type: "put", key: cur.key, value: next });
-      }
-    }
-    const res = await ctx.store.txn({
-      compare: cur ? [{ key: cur.key, modRevision: cur.modRevision }] : [],
-      success: ops,
-    });
-    if (res.succeeded) {
-      if (error) {
-        log.warn("task failed", {
-          type: task.type,
-          vm: task.resource.name,
-          code: error.code,
-          message: error.message,
+        const retry = queue.nextDelayMs(taskId);
+        tlog.error("task handler failed; releasing the claim and retrying", {
+          err: e,
+          retry_in_ms: retry,
         });
-      } else log.info("task succeeded", { type: task.type, vm: task.resource.name });
-      return;
+        await store.txn({
+          compare: [{ key: claimKey, modRevision: claimRev }],
+          success: [{ type: "delete", key: claimKey }],
+        }).catch(() => {});
+        if (!stopped) queue.addRateLimited(taskId);
+      } finally {
+        running.delete(taskId);
+        checkIdle();
+      }
+    })();
+    running.set(taskId, { done, abort, cancel });
+  };
+
+  const loop = (async () => {
+    for (;;) {
+      const taskId = await queue.get();
+      if (taskId === null) return;
+      try {
+        await claim(taskId);
+      } catch (e) {
+        if (!stopped) {
+          log.warn("cannot claim task; retrying", { task_id: taskId, err: e });
+          queue.addRateLimited(taskId);
+        }
+      } finally {
+        queue.done(taskId);
+        checkIdle();
+      }
     }
-  }
-  throw new Error(`task ${task.id}: could not record the result`);
+  })();
+
+  const halt = async (release: boolean) => {
+    if (stopped) return;
+    stopped = true;
+    clearInterval(renew);
+    clearInterval(resyncTimer);
+    for (const c of cancels) c();
+    queue.shutDown();
+    for (const r of running.values()) r.abort.abort();
+    await Promise.allSettled([loop, ...[...running.values()].map((r) => r.done)]);
+    if (release) await store.revoke(lease).catch(() => {});
+    for (const w of idleWaiters.splice(0)) w();
+  };
+
+  return {
+    id,
+    stop: () => halt(true),
+    crash: () => halt(false),
+    idle() {
+      if (running.size === 0 && queue.length === 0) return Promise.resolve();
+      return new Promise((r) => idleWaiters.push(r));
+    },
+  };
 }

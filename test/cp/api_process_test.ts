@@ -9,6 +9,7 @@ import { denoRunArgs } from "../../scripts/permissions.ts";
 import { AGENT_CERT_ORG } from "../../shared/constants.ts";
 import { certInfo, createCsr, splitSans, toHex } from "../../shared/pki.ts";
 import { createTlsClient } from "../../shared/tls.ts";
+import { waitFor } from "../harness.ts";
 
 const ADMIN = { email: "admin@otherix.test", password: "correct-horse-battery-staple" };
 
@@ -325,7 +326,16 @@ Deno.test({
       });
       assertEquals(hb1.status, 200, hb1.text);
       assertEquals(hb1.json.node_status, "ready");
-      assertEquals(hb1.json.desired_pools, [{ name: "default", path: `${poolsDir}/default` }]);
+      // The pool provisioner (not the heartbeat handler) creates the default pool once the
+      // node is ready; the next heartbeat carries it.
+      const hb1b = await waitFor("default pool in the heartbeat answer", async () => {
+        const r = await call(A, "POST", "/v1/nodes/heartbeat", {
+          client: nodeClient,
+          body: heartbeat("node-a", poolsDir, false),
+        });
+        return r.json.desired_pools?.length ? r : null;
+      });
+      assertEquals(hb1b.json.desired_pools, [{ name: "default", path: `${poolsDir}/default` }]);
       const node = (await call(P, "GET", "/v1/nodes", { token: jwt })).json.items[0];
       assertEquals([node.name, node.status, node.architecture], ["node-a", "ready", "amd64"]);
       let pools = (await call(P, "GET", "/v1/pools", { token: jwt })).json.items;

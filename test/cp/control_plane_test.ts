@@ -191,26 +191,27 @@ Deno.test("cp: agent task errors are kept verbatim; lost agent tasks are re-disp
   });
 });
 
-Deno.test("cp: delete during an in-flight create is a conflict; repeated delete returns the same task", async () => {
-  await withCp(async (_cp, agent, api) => {
+Deno.test("cp: delete during an in-flight create cancels it; repeated delete returns the same task", async () => {
+  await withCp(async (cp, agent, api) => {
     await agent.heartbeat();
-    agent.scripts.set("slow", { kind: "succeed", polls: 8 });
+    agent.scripts.set("slow", { kind: "succeed", polls: 1_000_000 });
     const t = (await api("POST", "/v1/vms", VM("slow"))).json;
     await until(
       "creating",
       async () => (await api("GET", "/v1/vms/slow")).json.status === "creating",
     );
-    const c = await api("DELETE", "/v1/vms/slow");
-    assertEquals([c.status, c.json.error.code, c.json.error.details.task_id], [
-      409,
-      "conflict",
-      t.id,
-    ]);
-    await waitTask(api, t.id);
-    const d1 = (await api("DELETE", "/v1/vms/slow")).json;
+    const d1 = await api("DELETE", "/v1/vms/slow");
+    assertEquals(d1.status, 202);
+    assertEquals(d1.json.type, "vm.delete");
     const d2 = (await api("DELETE", "/v1/vms/slow")).json;
-    assert(d1.id === d2.id || d2.error?.code === "vm_not_found");
-    await waitTask(api, d1.id);
+    assertEquals(d2.id, d1.json.id, "a second delete returns the same task");
+    const create = await waitTask(api, t.id);
+    assertEquals([create.status, create.error?.code], ["failed", "task_cancelled"]);
+    assertEquals((await waitTask(api, d1.json.id)).status, "succeeded");
+    assertEquals((await api("GET", "/v1/vms/slow")).status, 404);
+    const vmId = agent.creates.find((c) => c.vm.name === "slow")!.vm.id;
+    assert(agent.deletes.some((d) => d.vmId === vmId), "the agent was told to delete the VM");
+    assertEquals(await cp.ctx.store.get(keys.activeTask(t.id)), null);
   });
 });
 
@@ -233,7 +234,7 @@ Deno.test("cp: unreachable agent → agent_unreachable; node not ready at dispat
     await cp.ctx.store.txn({
       compare: [],
       success: [
-        { type: "put", key: keys.vm("vm-x"), value: { ...vm, last_task_id: task.id } },
+        { type: "put", key: keys.vm("vm-x"), value: { ...vm, active_task_id: task.id } },
         ...enqueueOps(task),
       ],
     });
@@ -259,13 +260,21 @@ Deno.test("cp: node monitor flips ready→unreachable; heartbeat brings it back;
     assertEquals(e.json.error.details.candidates[0].reasons, ["node is unreachable"]);
     assertEquals((await api("GET", "/v1/vms")).json.items.map((v: VmRecord) => v.name), ["vm-r"]);
 
-    // The agent reports the VM stopped: projected (no task in flight).
+    assertEquals((await api("GET", "/v1/vms/vm-r")).json.status, "unknown");
+
+    // The agent reports the guest shut itself down: the VM controller records it (the
+    // restart policy on-failure keeps it stopped).
     const vm = (await cp.ctx.store.get<VmRecord>(keys.vm("vm-r")))!.value;
-    agent.vms.set(vm.id, { id: vm.id, name: "vm-r", phase: "stopped", pid: null });
+    const exit = { reason: "guest-shutdown" as const, at: new Date().toISOString(), detail: null };
+    agent.vms.set(vm.id, { id: vm.id, name: "vm-r", phase: "stopped", pid: null, exit });
     const hb = await agent.heartbeat();
     assertEquals(hb.body.node_status, "ready");
     assert(logs.has("node ready", { node: "node-a", from: "unreachable" }));
-    assertEquals((await api("GET", "/v1/vms/vm-r")).json.status, "stopped");
+    const after = await until("vm-r stopped", async () => {
+      const v = (await api("GET", "/v1/vms/vm-r")).json;
+      return v.status === "stopped" ? v : null;
+    });
+    assertEquals([after.desired_phase, after.last_exit?.reason], ["stopped", "guest-shutdown"]);
   });
 });
 
@@ -282,7 +291,7 @@ Deno.test("cp: a task runner that fails unexpectedly is re-run, not stranded", a
     };
     const t = (await api("POST", "/v1/vms", VM("vm-retry"))).json;
     assertEquals((await waitTask(api, t.id)).status, "succeeded");
-    assert(logs.has("task runner failed; retrying", { task_id: t.id }));
+    assert(logs.has("task handler failed; releasing the claim and retrying", { task_id: t.id }));
     assertEquals((await api("GET", "/v1/vms/vm-retry")).json.status, "running");
   });
 });
@@ -325,7 +334,10 @@ Deno.test("cp: a task in flight at shutdown resumes after restart", async () => 
     cp = await startTestCp(dir, logs);
     api = await apiFor(cp);
     assertEquals((await waitTask(api, t.id)).status, "succeeded");
-    assertEquals(agent.creates.length, 1, "resumed by polling, not re-dispatched");
+    // Resumed by a new claim; the re-dispatch carries the same task id, so the agent runs one
+    // operation (dispatches are idempotent by task id).
+    assert(agent.creates.every((c) => c.task_id === t.id), "same agent task");
+    assertEquals((await waitTask(api, t.id)).attempts, 2);
     assertEquals((await api("GET", "/v1/vms/vm-z")).json.status, "running");
     assert(logs.has("resuming queued tasks"));
   } finally {

@@ -12,7 +12,8 @@ import {
   type AgentVmCreateRequest,
   AgentVmCreateRequestSchema,
 } from "../../shared/api/agent.ts";
-import type { HeartbeatRequest, HeartbeatResponse, ObservedVm } from "../../shared/api/nodes.ts";
+import type { HeartbeatRequest, HeartbeatResponse } from "../../shared/api/agent.ts";
+import type { ObservedVm } from "../../shared/api/vm_runtime.ts";
 import { AGENT_CERT_ORG } from "../../shared/constants.ts";
 import { ApiError, type ErrorInfo } from "../../shared/errors.ts";
 import { errorHandler, notFoundHandler } from "../../shared/http.ts";
@@ -181,9 +182,18 @@ export class FakeAgent {
         error: null,
         progress: "starting",
         result: null,
+        timings: {},
+        created_at: new Date().toISOString(),
+        updated_at: new Date().toISOString(),
       };
       this.tasks.set(task.id, { task, polls: 0, script });
-      this.vms.set(req.vm.id, { id: req.vm.id, name: req.vm.name, phase: "creating", pid: null });
+      this.vms.set(req.vm.id, {
+        id: req.vm.id,
+        name: req.vm.name,
+        phase: "creating",
+        pid: null,
+        exit: null,
+      });
       return c.json(task, 202);
     });
     app.delete("/v1/vms/:id", (c) => {
@@ -201,6 +211,9 @@ export class FakeAgent {
         error: null,
         progress: "deleted",
         result: null,
+        timings: {},
+        created_at: new Date().toISOString(),
+        updated_at: new Date().toISOString(),
       };
       this.tasks.set(taskId, { task, polls: 0, script: { kind: "succeed" } });
       this.vms.delete(vmId);
@@ -236,11 +249,12 @@ export class FakeAgent {
           });
         } else if (s.kind === "fail" && t.polls > (s.polls ?? 1)) {
           t.task = { ...t.task, status: "failed", error: s.error };
-          this.vms.set(t.task.vm_id, { ...this.vms.get(t.task.vm_id)!, phase: "failed" });
+          this.vms.set(t.task.vm_id, { ...this.vms.get(t.task.vm_id)!, phase: "stopped" });
         }
       }
       return c.json(t.task);
     });
+    app.put("/v1/pools", (c) => c.body(null, 204));
     app.get("/v1/vms/:id/console-log", (c) => {
       const vm = this.vms.get(c.req.param("id"));
       if (!vm) throw new ApiError("vm_not_found", "no such vm");
@@ -250,8 +264,29 @@ export class FakeAgent {
     return app;
   }
 
-  /** Sends one heartbeat (with this node's name unless `as` overrides it). */
+  /**
+   * Sends one heartbeat (fields of `over` replace the defaults). The first heartbeat of a
+   * node makes it `ready`; the pool provisioner then creates its default pool, so without
+   * `over` this waits for that pool and heartbeats again to report it ready.
+   */
   async heartbeat(
+    over: Partial<HeartbeatRequest> = {},
+  ): Promise<{ status: number; body: HeartbeatResponse & { error?: ErrorInfo } }> {
+    const res = await this.#heartbeat(over);
+    if (
+      res.status === 200 && this.poolsReady && Object.keys(over).length === 0 &&
+      !res.body.desired_pools.some((p) => p.name === "default")
+    ) {
+      await until(
+        "default pool provisioned",
+        async () => await this.#cp.ctx.store.get(`/pools/default/${this.nodeName}`),
+      );
+      return await this.#heartbeat(over);
+    }
+    return res;
+  }
+
+  async #heartbeat(
     over: Partial<HeartbeatRequest> = {},
   ): Promise<{ status: number; body: HeartbeatResponse & { error?: ErrorInfo } }> {
     const poolsDir = `${this.#cp.ctx.cfg.store.data_dir}/agent-pools`;
@@ -282,6 +317,7 @@ export class FakeAgent {
         }]
         : [],
       vms: [...this.vms.values()],
+      tasks: [],
       ...over,
     };
     const res = await fetch(`${this.cpUrl}/v1/nodes/heartbeat`, {

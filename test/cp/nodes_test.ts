@@ -1,7 +1,8 @@
 // deno-lint-ignore-file no-explicit-any -- JSON responses and the store proxy are dynamic
 /**
- * Node registration and heartbeats against an in-process context (no servers): what a
- * heartbeat reads, bootstrap with a bad CSR, the reduced node view of non-managing roles.
+ * Node registration, heartbeats and the node / VM controllers' reconciles against an
+ * in-process context (no servers): what a heartbeat reads and writes, bootstrap with a bad
+ * CSR, the reduced node view of non-managing roles, stale nodes, VM status from observations.
  */
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
@@ -12,7 +13,9 @@ import { issueAccessToken } from "../../cp/auth/jwt.ts";
 import { parseApiConfig } from "../../cp/config.ts";
 import type { CpContext } from "../../cp/context.ts";
 import { createJoinToken } from "../../cp/join_tokens.ts";
-import { applyHeartbeat, bootstrapNode, markStaleNodes } from "../../cp/nodes.ts";
+import { applyHeartbeat, bootstrapNode } from "../../cp/nodes/service.ts";
+import { markIfStale } from "../../cp/nodes/controller.ts";
+import { reconcileVm } from "../../cp/vms/controller.ts";
 import { hashToken } from "../../cp/auth/tokens.ts";
 import {
   type JoinTokenRecord,
@@ -23,7 +26,7 @@ import {
 import { openKvStore } from "../../cp/store/kv.ts";
 import type { Store, TxnRequest } from "../../cp/store/store.ts";
 import { createUser } from "../../cp/users.ts";
-import type { HeartbeatRequest } from "../../shared/api/nodes.ts";
+import type { HeartbeatRequest } from "../../shared/api/agent.ts";
 import { ApiError } from "../../shared/errors.ts";
 import { createLogger } from "../../shared/log.ts";
 import { certFingerprint, createCa, createCsr, splitSans } from "../../shared/pki.ts";
@@ -107,7 +110,13 @@ function vmRecord(dir: string, name: string, over: Partial<VmRecord> = {}): VmRe
     node: "node-a",
     status: "running",
     desired_phase: "running",
-    last_task_id: null,
+    image_format: "raw",
+    restart_policy: "on-failure",
+    restart_count: 0,
+    last_exit: null,
+    last_task: null,
+    active_task_id: null,
+    last_restart_at: null,
     error: null,
     created_at: ts,
     updated_at: ts,
@@ -141,12 +150,40 @@ function heartbeat(node: string, dir: string): HeartbeatRequest {
       images: [],
     }],
     vms: [],
+    tasks: [],
   };
 }
 
-Deno.test("heartbeat: one read of the pools, no per-pool reads or writes when nothing changed", async () => {
+/** Stores the default pool instance of `node` (what the pool provisioner creates). */
+async function provisionDefaultPool(ctx: CpContext, node: string, dir: string): Promise<void> {
+  const ts = new Date().toISOString();
+  await ctx.store.put(keys.pool("default", node), {
+    id: crypto.randomUUID(),
+    name: "default",
+    node,
+    type: "local_dir",
+    path: `${dir}/pools/default`,
+    status: "pending",
+    message: null,
+    total_bytes: null,
+    available_bytes: null,
+    images: [],
+    created_at: ts,
+    updated_at: ts,
+  });
+}
+
+/** Flips `name` if stale; returns whether it flipped. */
+async function flipped(ctx: CpContext, name: string): Promise<boolean> {
+  const before = (await ctx.store.get<NodeRecord>(keys.node(name)))!.value.status;
+  const after = (await markIfStale(ctx, name))!.status;
+  return before !== after;
+}
+
+Deno.test("heartbeat: records only; one read of the node's pools, no VM scan, no rewrite when nothing changed", async () => {
   await withCtx(async (ctx, calls, dir) => {
     await register(ctx, "node-a");
+    await provisionDefaultPool(ctx, "node-a", dir);
     const first = await applyHeartbeat(ctx, "node-a", heartbeat("node-a", dir));
     assertEquals(first.desired_pools, [{ name: "default", path: `${dir}/pools/default` }]);
     const pool = (await ctx.store.get<{ status: string }>(keys.pool("default", "node-a")))!;
@@ -157,6 +194,7 @@ Deno.test("heartbeat: one read of the pools, no per-pool reads or writes when no
     assertEquals(second.desired_pools, first.desired_pools);
     const poolCalls = calls.filter((c) => / \/pools\//.test(c));
     assertEquals(poolCalls, ["range /pools/"], "pools are read once per heartbeat");
+    assert(!calls.some((c) => / \/vms\//.test(c)), `no VM reads: ${calls}`);
     assertEquals(
       (await ctx.store.get<{ status: string }>(keys.pool("default", "node-a")))!.modRevision,
       pool.modRevision,
@@ -201,6 +239,7 @@ Deno.test("bootstrap: a bad CSR is validation_failed and consumes no token use",
 Deno.test("nodes API: developer and viewer get the reduced node shape (no hardware inventory)", async () => {
   await withCtx(async (ctx, _calls, dir) => {
     await register(ctx, "node-a");
+    await provisionDefaultPool(ctx, "node-a", dir);
     await applyHeartbeat(ctx, "node-a", heartbeat("node-a", dir));
     const app = publicApp(ctx);
     const as = async (role: Role, path: string) => {
@@ -246,18 +285,18 @@ Deno.test("node monitor: a heartbeat racing the stale flip wins, and no flip is 
         last_heartbeat_at: ctx.now().toISOString(),
       });
     };
-    assertEquals(await markStaleNodes(ctx), []);
+    assertEquals(await flipped(ctx, "node-a"), false);
     assert(raced);
     assertEquals((await ctx.store.get<NodeRecord>(keys.node("node-a")))!.value.status, "ready");
     assert(!lines.some((l) => l.msg === "node unreachable"), "no phantom flip logged");
     // Without a racing heartbeat the flip happens and is reported once.
     ctx.now = () => new Date(Date.now() + 240_000);
-    assertEquals(await markStaleNodes(ctx), ["node-a"]);
+    assertEquals(await flipped(ctx, "node-a"), true);
     assertEquals(lines.filter((l) => l.msg === "node unreachable").length, 1);
   });
 });
 
-Deno.test("heartbeat: a VM whose delete failed keeps failed + error; others are reconciled", async () => {
+Deno.test("vm controller: a VM whose delete failed keeps failed + error; others follow the agent", async () => {
   await withCtx(async (ctx, _calls, dir) => {
     await register(ctx, "node-a");
     const vm = (name: string, over: Partial<VmRecord>) => vmRecord(dir, name, over);
@@ -271,8 +310,10 @@ Deno.test("heartbeat: a VM whose delete failed keeps failed + error; others are 
       name: v.name,
       phase: "running",
       pid: 1,
+      exit: null,
     }));
     await applyHeartbeat(ctx, "node-a", hb);
+    for (const v of [undeleted, stopped]) await reconcileVm(ctx, v.name);
     const del = (await ctx.store.get<VmRecord>(keys.vm("vm-del")))!.value;
     assertEquals([del.status, del.error], ["failed", error]);
     assertEquals((await ctx.store.get<VmRecord>(keys.vm("vm-stop")))!.value.status, "running");
@@ -297,16 +338,27 @@ Deno.test("node monitor: VMs of an unreachable node become unknown until a heart
     await ctx.store.put(keys.node("node-b"), {
       ...(await ctx.store.get<NodeRecord>(keys.node("node-b")))!.value,
       last_heartbeat_at: new Date(later).toISOString(),
+      observed_vms: [{ id: b1.id, name: "b1", phase: "running", pid: 1, exit: null }],
     });
     ctx.now = () => new Date(later);
-    assertEquals(await markStaleNodes(ctx), ["node-a"]);
+    assertEquals(await flipped(ctx, "node-a"), true);
+    assertEquals(await flipped(ctx, "node-b"), false);
+    for (const v of [a1, a2, b1]) await reconcileVm(ctx, v.name);
     const status = async (n: string) => (await ctx.store.get<VmRecord>(keys.vm(n)))!.value.status;
     assertEquals(await status("a1"), "unknown");
     assertEquals(await status("a2"), "failed", "a failure is kept, not hidden");
     assertEquals(await status("b1"), "running");
     // The agent comes back and reports a1 stopped (it was restarted meanwhile).
-    hb.vms = [{ id: a1.id, name: a1.name, phase: "stopped", pid: null }];
+    // (restart policy never: the controller records it and does not restart it)
+    await ctx.store.put(keys.vm("a1"), {
+      ...(await ctx.store.get<VmRecord>(keys.vm("a1")))!.value,
+      restart_policy: "never",
+    });
+    const exit = { reason: "crashed" as const, at: new Date().toISOString(), detail: null };
+    hb.vms = [{ id: a1.id, name: a1.name, phase: "stopped", pid: null, exit }];
     await applyHeartbeat(ctx, "node-a", hb);
-    assertEquals(await status("a1"), "stopped");
+    await reconcileVm(ctx, "a1");
+    const back = (await ctx.store.get<VmRecord>(keys.vm("a1")))!.value;
+    assertEquals([back.status, back.desired_phase, back.last_exit], ["stopped", "stopped", exit]);
   });
 });

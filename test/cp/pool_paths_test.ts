@@ -1,5 +1,5 @@
 import { assertEquals } from "../assert.ts";
-import { checkPoolPath, joinPoolPath } from "../../cp/pool_paths.ts";
+import { checkPoolPath, joinPoolPath } from "../../cp/pools/paths.ts";
 
 const PREFIXES = ["/var/lib/otherix/pools/"];
 const ok = (p: string, prefixes = PREFIXES) => checkPoolPath(p, prefixes).ok;

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { MAX_POOL_PATH_BYTES } from "../shared/constants.ts";
+import { MAX_POOL_PATH_BYTES } from "../../shared/constants.ts";
 
 /** Result of {@link checkPoolPath}. */
 export type PathCheck = { ok: true } | { ok: false; reason: string };

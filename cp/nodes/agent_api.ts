@@ -1,0 +1,94 @@
+/**
+ * The agent-facing API (TLS on `server.agent_listen`, default `:8443`, served with the
+ * replica certificate; client certificates are requested and verified against the cluster
+ * CA but only required where noted):
+ * - `GET /healthz`
+ * - `GET /v1/ca` → CaResponse (no client certificate)
+ * - `POST /v1/nodes/bootstrap` BootstrapRequest → BootstrapResponse (no client certificate;
+ *   401 `unauthenticated` / `token_expired` / `token_exhausted`)
+ * - `POST /v1/nodes/heartbeat` HeartbeatRequest → HeartbeatResponse (client certificate from
+ *   the cluster CA with O = AGENT_CERT_ORG, else 401 `unauthenticated`; `node_name` must be
+ *   the certificate CN, else 403 `permission_denied`)
+ * - `POST /v1/nodes/report` NodeReport → 204 (the same client-certificate rules): VM and task
+ *   transitions pushed by the agent as they happen
+ *
+ * @module
+ */
+import { Hono, type MiddlewareHandler } from "hono";
+import { AGENT_CERT_ORG } from "../../shared/constants.ts";
+import { BootstrapRequestSchema, type CaResponse } from "../../shared/api/nodes.ts";
+import { HeartbeatRequestSchema, NodeReportSchema } from "../../shared/api/agent.ts";
+import { ApiError } from "../../shared/errors.ts";
+import { errorHandler, notFoundHandler, requestLogger } from "../../shared/http.ts";
+import { validate } from "../events/validate.ts";
+import { peerOf, type TlsEnv } from "../../shared/tls.ts";
+import type { CpContext } from "../context.ts";
+import { applyHeartbeat, applyReport, bootstrapNode } from "./service.ts";
+import { bodyLimit } from "../routes/body_limit.ts";
+
+/** Largest request body accepted on the agent port, bytes. */
+export const AGENT_BODY_LIMIT = 1024 * 1024;
+
+/** Builds the agent-facing app. */
+export function agentApiApp(ctx: CpContext): Hono<TlsEnv> {
+  const app = new Hono<TlsEnv>();
+  app.onError(errorHandler(ctx.log));
+  app.notFound(notFoundHandler);
+  app.use("*", requestLogger(ctx.log));
+  app.use("*", bodyLimit(AGENT_BODY_LIMIT));
+
+  app.get("/healthz", (c) => c.json({ status: "ok" }));
+
+  app.get("/v1/ca", (c) => {
+    const res: CaResponse = { ca_pem: ctx.pki.ca.certPem, fingerprint: ctx.pki.caFingerprint };
+    return c.json(res);
+  });
+
+  app.post("/v1/nodes/bootstrap", validate("json", BootstrapRequestSchema), async (c) => {
+    const body = c.req.valid("json");
+    return c.json(await bootstrapNode(ctx, body.token, body.csr_pem));
+  });
+
+  /** The node of a request's verified agent certificate. @throws ApiError unauthenticated */
+  const agentNode = (incoming: Parameters<typeof peerOf>[0], what: string): string => {
+    const peer = peerOf(incoming);
+    if (!peer.authorized || peer.organization !== AGENT_CERT_ORG || !peer.commonName) {
+      throw new ApiError(
+        "unauthenticated",
+        `${what} require a node client certificate issued by the cluster CA`,
+      );
+    }
+    return peer.commonName;
+  };
+
+  // The certificate is checked before the body is read or validated.
+  const requireAgent = (what: string): MiddlewareHandler<TlsEnv> => async (c, next) => {
+    agentNode(c.env?.incoming, what);
+    await next();
+  };
+
+  app.post(
+    "/v1/nodes/heartbeat",
+    requireAgent("heartbeats"),
+    validate("json", HeartbeatRequestSchema),
+    async (c) => {
+      const node = agentNode(c.env?.incoming, "heartbeats");
+      const body = c.req.valid("json");
+      return c.json(await applyHeartbeat(ctx, node, body));
+    },
+  );
+
+  app.post(
+    "/v1/nodes/report",
+    requireAgent("reports"),
+    validate("json", NodeReportSchema),
+    async (c) => {
+      const node = agentNode(c.env?.incoming, "reports");
+      const body = c.req.valid("json");
+      await applyReport(ctx, node, body);
+      return c.body(null, 204);
+    },
+  );
+
+  return app;
+}

@@ -1,0 +1,83 @@
+/**
+ * Nodes and join tokens on the public API:
+ * - `GET /v1/nodes` (`node:read`) → `{items: Node[], next_cursor}`
+ * - `GET /v1/nodes/{name}` (`node:read`) → Node, 404 `node_not_found`
+ * - `POST /v1/nodes/join-tokens` (`node:manage`) → 201 JoinTokenCreateResponse
+ *
+ * Callers without `node:manage` (developer, viewer) get the reduced node shape (no
+ * `resources`; see `nodeView`).
+ *
+ * @module
+ */
+import { Hono } from "hono";
+import { z } from "zod";
+import { ListQuerySchema, ResourceNameSchema } from "../../shared/api/common.ts";
+import { JoinTokenCreateRequestSchema } from "../../shared/api/nodes.ts";
+import { can } from "../../shared/rbac.ts";
+import { type AppEnv, authMiddleware, requirePermission } from "../auth/middleware.ts";
+import type { CpContext } from "../context.ts";
+import { createJoinToken } from "../join_tokens.ts";
+import { getNode, nodeView, vmCounts } from "./service.ts";
+import { keys, type NodeRecord } from "../repo/records.ts";
+import { listPage } from "../routes/paging.ts";
+import { validate } from "../events/validate.ts";
+
+/** VMs per node: from the VM informer's index when wired, else one scan. */
+async function vmCountOf(ctx: CpContext): Promise<(node: string) => number> {
+  const cache = ctx.cache?.vms;
+  if (cache) return (node) => cache.byIndex("node", node).length;
+  const counts = await vmCounts(ctx);
+  return (node) => counts.get(node) ?? 0;
+}
+
+const NameParam = z.object({ name: ResourceNameSchema });
+
+/** The node routes (mounted at `/v1/nodes`). */
+export function nodeRoutes(ctx: CpContext): Hono<AppEnv> {
+  const r = new Hono<AppEnv>();
+  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now));
+
+  r.post(
+    "/join-tokens",
+    requirePermission("node:manage"),
+    validate("json", JoinTokenCreateRequestSchema),
+    async (c) => {
+      const body = c.req.valid("json");
+      const res = await createJoinToken(ctx.store, body, {
+        defaultTtlSeconds: ctx.cfg.nodes.join_token_ttl_seconds,
+        createdBy: c.get("user").id,
+        caFingerprint: ctx.pki.caFingerprint,
+        now: ctx.now(),
+      });
+      ctx.log.info("join token created", {
+        token_id: res.id,
+        node: res.node_name,
+        max_uses: res.max_uses,
+        expires_at: res.expires_at,
+      });
+      return c.json(res, 201);
+    },
+  );
+
+  r.get("/", requirePermission("node:read"), validate("query", ListQuerySchema), async (c) => {
+    const full = can(c.get("user").role, "node:manage");
+    const count = await vmCountOf(ctx);
+    return c.json(
+      await listPage<NodeRecord, ReturnType<typeof nodeView>>(
+        ctx.store,
+        keys.nodes,
+        c.req.valid("query"),
+        (n) => nodeView(n, count(n.name), full),
+      ),
+    );
+  });
+
+  r.get("/:name", requirePermission("node:read"), validate("param", NameParam), async (c) => {
+    const { name } = c.req.valid("param");
+    const node = await getNode(ctx, name);
+    const full = can(c.get("user").role, "node:manage");
+    return c.json(nodeView(node, (await vmCountOf(ctx))(name), full));
+  });
+
+  return r;
+}

@@ -1,0 +1,354 @@
+/**
+ * Nodes: registration through join-token bootstrap, recording what agents observe
+ * (heartbeats and pushed reports), and the public views (spec: "Nodes", "Step 1 — run
+ * seed-dev", troubleshooting "Node flips ready -> unreachable").
+ *
+ * The request handlers only record: the node's capacity, endpoint and observed VMs, its pool
+ * instances' observed status, and the agent's task transitions (`/agent-tasks/<id>`, which
+ * task workers watch). Acting on it is the controllers' job: the node controller
+ * (`unreachable`, orphans, cp/nodes/controller.ts), the pool provisioner
+ * (cp/pools/controller.ts) and the VM controller (cp/vms/controller.ts).
+ *
+ * Status: `pending` after CSR redemption → `ready` on a heartbeat → `unreachable` when
+ * heartbeats stop for `nodes.stale_threshold_seconds` → `ready` again on the next heartbeat.
+ *
+ * @module
+ */
+import { AGENT_CERT_ORG } from "../../shared/constants.ts";
+import type { BootstrapResponse, Node, ObservedPool } from "../../shared/api/nodes.ts";
+import type {
+  AgentTask,
+  HeartbeatRequest,
+  HeartbeatResponse,
+  NodeReport,
+} from "../../shared/api/agent.ts";
+import type { PoolInstance } from "../../shared/api/pools.ts";
+import { ApiError } from "../../shared/errors.ts";
+import { signCsr } from "../../shared/pki.ts";
+import type { CpContext } from "../context.ts";
+import { peekJoinToken, redeemJoinToken } from "../join_tokens.ts";
+import {
+  type ClusterSettings,
+  keys,
+  type NodeRecord,
+  type PoolRecord,
+  type VmRecord,
+} from "../repo/records.ts";
+import { type KeyValue, rangeAll, updateKey } from "../store/store.ts";
+
+/**
+ * The public view of a node with `vmCount` VMs placed on it. `full` false is the reduced
+ * shape served to roles without `node:manage` (spec: developer / viewer callers see no
+ * hardware inventory): `resources` is null.
+ */
+export function nodeView(n: NodeRecord, vmCount: number, full = true): Node {
+  return {
+    id: n.id,
+    name: n.name,
+    status: n.status,
+    architecture: n.architecture,
+    cordoned: n.cordoned,
+    endpoint: n.endpoint,
+    accelerator: n.accelerator,
+    agent_version: n.agent_version,
+    resources: full ? n.resources : null,
+    vm_count: vmCount,
+    last_heartbeat_at: n.last_heartbeat_at,
+    created_at: n.created_at,
+    updated_at: n.updated_at,
+  };
+}
+
+/** The public view of a pool instance. */
+export function poolView(p: PoolRecord, defaultPool: string | null): PoolInstance {
+  return {
+    id: p.id,
+    name: p.name,
+    node: p.node,
+    type: p.type,
+    path: p.path,
+    status: p.status,
+    message: p.message,
+    total_bytes: p.total_bytes,
+    available_bytes: p.available_bytes,
+    images: p.images,
+    is_default: defaultPool !== null && p.name === defaultPool,
+    created_at: p.created_at,
+    updated_at: p.updated_at,
+  };
+}
+
+/** Number of VM records placed on each node, keyed by node name (nodes without VMs absent). */
+export async function vmCounts(ctx: CpContext): Promise<Map<string, number>> {
+  const counts = new Map<string, number>();
+  for (const kv of await rangeAll<VmRecord>(ctx.store, keys.vms)) {
+    counts.set(kv.value.node, (counts.get(kv.value.node) ?? 0) + 1);
+  }
+  return counts;
+}
+
+/** Reads a node; null when it is not registered. */
+export async function findNode(ctx: CpContext, name: string): Promise<NodeRecord | null> {
+  return (await ctx.store.get<NodeRecord>(keys.node(name)))?.value ?? null;
+}
+
+/** Reads a node. @throws ApiError `node_not_found` */
+export async function getNode(ctx: CpContext, name: string): Promise<NodeRecord> {
+  const node = await findNode(ctx, name);
+  if (!node) throw new ApiError("node_not_found", `node "${name}" not found`);
+  return node;
+}
+
+/** The cluster settings (absent = never set). */
+export async function getSettings(ctx: CpContext): Promise<ClusterSettings | null> {
+  return (await ctx.store.get<ClusterSettings>(keys.settings))?.value ?? null;
+}
+
+/**
+ * Redeems a join token with a CSR: signs it (CN = the token's node name, O = AGENT_CERT_ORG)
+ * and creates the node (or resets an existing one) as `pending`, consuming one token use in
+ * the same transaction.
+ *
+ * @throws ApiError `unauthenticated` / `token_expired` / `token_exhausted`,
+ *   `validation_failed` for a bad CSR (no use is consumed)
+ */
+export async function bootstrapNode(
+  ctx: CpContext,
+  token: string,
+  csrPem: string,
+): Promise<BootstrapResponse> {
+  const peek = await peekJoinToken(ctx.store, token, ctx.now());
+  const certificatePem = await signCsr(ctx.pki.ca, csrPem, peek.node_name, AGENT_CERT_ORG);
+  let created = false;
+  const rec = await redeemJoinToken(ctx.store, token, ctx.now, async (tok) => {
+    const key = keys.node(tok.node_name);
+    const cur = await ctx.store.get<NodeRecord>(key);
+    const ts = ctx.now().toISOString();
+    created = !cur;
+    const node: NodeRecord = cur ? { ...cur.value, status: "pending", updated_at: ts } : {
+      id: crypto.randomUUID(),
+      name: tok.node_name,
+      status: "pending",
+      architecture: null,
+      cordoned: false,
+      endpoint: null,
+      accelerator: null,
+      agent_version: null,
+      resources: null,
+      pools_dir: null,
+      observed_vms: [],
+      last_heartbeat_at: null,
+      created_at: ts,
+      updated_at: ts,
+    };
+    return {
+      ops: [{ type: "put", key, value: node }],
+      guards: cur ? [cur] : [],
+      absent: cur ? [] : [key],
+    };
+  });
+  if (rec.node_name !== peek.node_name) {
+    throw new ApiError("internal_error", "join token changed during redemption");
+  }
+  ctx.log.info("node bootstrapped (CSR redeemed)", {
+    node: rec.node_name,
+    token_id: rec.id,
+    uses: rec.uses,
+    max_uses: rec.max_uses,
+    created,
+  });
+  return { node_name: rec.node_name, certificate_pem: certificatePem, ca_pem: ctx.pki.ca.certPem };
+}
+
+/**
+ * Records a heartbeat from `node` (the verified certificate CN): capacity, endpoint and
+ * observed VMs; `pending|unreachable → ready`; its pool instances' observed status; the
+ * agent tasks it carries. Answers with the node's desired pools.
+ *
+ * @throws ApiError `permission_denied` when `hb.node_name` is not the certificate's node,
+ *   `node_not_found` when the node is not registered
+ */
+export async function applyHeartbeat(
+  ctx: CpContext,
+  certNode: string,
+  hb: HeartbeatRequest,
+): Promise<HeartbeatResponse> {
+  checkSender(certNode, hb.node_name, "heartbeat");
+  const { store, cfg, log } = ctx;
+  let previous: NodeRecord["status"] | null = null;
+  const ts = ctx.now().toISOString();
+  await updateKey<NodeRecord>(store, keys.node(certNode), (cur) => {
+    if (!cur) throw new ApiError("node_not_found", `node "${certNode}" is not registered`);
+    previous = cur.status;
+    return {
+      ...cur,
+      status: "ready",
+      architecture: hb.architecture,
+      accelerator: hb.accelerator,
+      endpoint: hb.endpoint,
+      agent_version: hb.agent_version,
+      resources: hb.resources,
+      pools_dir: hb.pools_dir,
+      observed_vms: hb.vms,
+      last_heartbeat_at: ts,
+      updated_at: ts,
+    };
+  });
+  if (previous !== "ready") log.info("node ready", { node: certNode, from: previous });
+  await recordAgentTasks(ctx, hb.tasks);
+  const current = await observePools(ctx, certNode, hb, await nodePools(ctx, certNode));
+  return {
+    node_status: "ready",
+    desired_pools: current.map((p) => ({ name: p.name, path: p.path })),
+    heartbeat_interval_seconds: cfg.nodes.heartbeat_interval_seconds,
+  };
+}
+
+/**
+ * Records a report pushed by `node`'s agent: its observed VMs and the task transitions.
+ * A report from a node that is not `ready` only records tasks (its next heartbeat brings it
+ * back to `ready` with the full picture).
+ *
+ * @throws ApiError `permission_denied` (not the certificate's node), `node_not_found`
+ */
+export async function applyReport(
+  ctx: CpContext,
+  certNode: string,
+  report: NodeReport,
+): Promise<void> {
+  checkSender(certNode, report.node_name, "report");
+  // VMs first: a worker woken by a task transition must find the VMs as new as the task.
+  await updateKey<NodeRecord>(ctx.store, keys.node(certNode), (cur) => {
+    if (!cur) throw new ApiError("node_not_found", `node "${certNode}" is not registered`);
+    if (JSON.stringify(cur.observed_vms) === JSON.stringify(report.vms)) return undefined;
+    return { ...cur, observed_vms: report.vms, updated_at: ctx.now().toISOString() };
+  });
+  await recordAgentTasks(ctx, report.tasks);
+}
+
+function checkSender(certNode: string, claimed: string, what: string): void {
+  if (claimed !== certNode) {
+    throw new ApiError(
+      "permission_denied",
+      `${what} for node "${claimed}" sent with the certificate of node "${certNode}"`,
+    );
+  }
+}
+
+/**
+ * Records the agent's view of tasks that are still active on the control plane
+ * (`/agent-tasks/<id>`, watched by the task's worker); unchanged or finished tasks are
+ * skipped.
+ */
+async function recordAgentTasks(ctx: CpContext, tasks: AgentTask[]): Promise<void> {
+  for (const t of tasks) {
+    const key = keys.agentTask(t.id);
+    const cur = await ctx.store.get<AgentTask>(key);
+    if (cur && cur.value.updated_at === t.updated_at && cur.value.status === t.status) continue;
+    await ctx.store.txn({
+      compare: [
+        { key: keys.activeTask(t.id), absent: false },
+        cur ? { key, modRevision: cur.modRevision } : { key, absent: true },
+      ],
+      success: [{ type: "put", key, value: t }],
+    });
+  }
+}
+
+/** The pool instances of `node` (from the pool informer's index when wired). */
+export async function nodePools(ctx: CpContext, node: string): Promise<KeyValue<PoolRecord>[]> {
+  const cache = ctx.cache?.pools;
+  if (cache) {
+    const out: KeyValue<PoolRecord>[] = [];
+    for (const key of cache.byIndex("node", node)) {
+      const kv = await ctx.store.get<PoolRecord>(key);
+      if (kv) out.push(kv);
+    }
+    return out;
+  }
+  return (await rangeAll<PoolRecord>(ctx.store, keys.pools)).filter((kv) => kv.value.node === node);
+}
+
+/**
+ * Seeds the cluster settings on boot when they were never set: the default pool is
+ * `storage_pools.default_pool_name` (spec: "The CP seeds it from default_pool_name on boot").
+ * An operator's later change is never overwritten.
+ */
+export async function seedClusterSettings(ctx: CpContext): Promise<void> {
+  const name = ctx.cfg.storage_pools.default_pool_name;
+  const res = await ctx.store.txn({
+    compare: [{ key: keys.settings, absent: true }],
+    success: [{
+      type: "put",
+      key: keys.settings,
+      value: {
+        default_pool_name: name,
+        updated_at: ctx.now().toISOString(),
+      } satisfies ClusterSettings,
+    }],
+  });
+  if (res.succeeded) ctx.log.info("cluster default pool set", { pool: name });
+}
+
+/** `cur` updated with what the agent observes of it (`seen`: absent = not reported). */
+function observedPool(cur: PoolRecord, seen: ObservedPool | undefined): PoolRecord {
+  return seen
+    ? {
+      ...cur,
+      status: seen.status,
+      message: seen.message,
+      total_bytes: seen.total_bytes,
+      available_bytes: seen.available_bytes,
+      images: seen.images,
+    }
+    : { ...cur, status: cur.status === "ready" ? "pending" : cur.status };
+}
+
+function samePoolState(a: PoolRecord, b: PoolRecord): boolean {
+  return a.status === b.status && a.message === b.message &&
+    a.total_bytes === b.total_bytes && a.available_bytes === b.available_bytes &&
+    JSON.stringify(a.images) === JSON.stringify(b.images);
+}
+
+/**
+ * Flips this node's pool instances (`pools`) to the status the agent observes, writing only
+ * the ones that changed.
+ *
+ * @returns the node's pool instances as stored afterwards
+ */
+async function observePools(
+  ctx: CpContext,
+  nodeName: string,
+  hb: HeartbeatRequest,
+  pools: KeyValue<PoolRecord>[],
+): Promise<PoolRecord[]> {
+  const out: PoolRecord[] = [];
+  for (const kv of pools) {
+    const seen = hb.pools.find((p) => p.name === kv.value.name && p.path === kv.value.path);
+    if (samePoolState(kv.value, observedPool(kv.value, seen))) {
+      out.push(kv.value);
+      continue;
+    }
+    // `from`: set by the last (committed) attempt only; updateKey may retry `fn`.
+    let from = null as PoolRecord["status"] | null;
+    const stored = await updateKey<PoolRecord>(ctx.store, kv.key, (cur) => {
+      from = null;
+      if (!cur) return undefined;
+      const next = observedPool(cur, seen);
+      if (samePoolState(cur, next)) return undefined;
+      from = cur.status;
+      return { ...next, updated_at: ctx.now().toISOString() };
+    });
+    if (stored) out.push(stored);
+    if (stored && from !== null && from !== stored.status) {
+      ctx.log.info("pool status changed", {
+        node: nodeName,
+        pool: stored.name,
+        from,
+        to: stored.status,
+        message: stored.message,
+      });
+    }
+  }
+  return out;
+}
