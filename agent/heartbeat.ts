@@ -1,26 +1,29 @@
 /**
- * The heartbeat loop (shared/api/nodes.ts; spec: developer guide "Verifying CP↔agent
+ * The heartbeat loop (shared/api/agent.ts; spec: developer guide "Verifying CP↔agent
  * connectivity"): `POST {cp_url}/v1/nodes/heartbeat` over mTLS, first immediately, then every
- * `heartbeat_interval_seconds` the control plane answers. Each response's `desired_pools` is
- * reconciled; when that set changes the next heartbeat goes out after 200 ms so the
- * control plane learns the pools' status promptly. Failures are logged and retried at the
- * current interval; the loop never ends on CP downtime.
+ * `heartbeat_interval_seconds` the control plane answers. A heartbeat carries the node's
+ * capacity, its pools, every VM it hosts and its recent tasks (in flight, or ended in the
+ * last 10 minutes: a lost report heals itself). Each response's `desired_pools` is
+ * reconciled; when that set changes (here or through `PUT /v1/pools`, see
+ * {@link Heartbeat.kick}) the next heartbeat goes out after 200 ms so the control plane
+ * learns the pools' status promptly. Failures are logged and retried at the current
+ * interval; the loop never ends on CP downtime.
  *
  * @module
  */
 import {
+  type AgentTask,
   type HeartbeatRequest,
   HeartbeatRequestSchema,
   type HeartbeatResponse,
   HeartbeatResponseSchema,
-} from "../shared/api/nodes.ts";
+} from "../shared/api/agent.ts";
 import { architectureOf } from "../shared/api/common.ts";
-import { ErrorEnvelopeSchema } from "../shared/errors.ts";
 import type { Logger } from "../shared/log.ts";
-import { type ClientTlsMaterial, requestTls } from "../shared/tls.ts";
-import { CP_CERT_ORG } from "../shared/constants.ts";
+import type { ClientTlsMaterial } from "../shared/tls.ts";
 import type { Accelerator } from "./accel.ts";
 import type { AgentIdentity } from "./bootstrap.ts";
+import { cpTls, postToCp } from "./cp_client.ts";
 import { errorMessage } from "./fsutil.ts";
 import type { PoolManager } from "./pools.ts";
 import { nodeResources } from "./sysinfo.ts";
@@ -41,6 +44,8 @@ export interface HeartbeatOptions {
   stateDir: string;
   pools: PoolManager;
   vms: VmManager;
+  /** The tasks a heartbeat carries (agent/tasks.ts `TaskManager.recent`); default none. */
+  recentTasks?: () => AgentTask[];
   /** Interval until the control plane names one, seconds. */
   initialIntervalSeconds: number;
   log: Logger;
@@ -52,6 +57,8 @@ export interface HeartbeatOptions {
 export interface Heartbeat {
   /** Stops the loop (an in-flight request is aborted). */
   stop(): Promise<void>;
+  /** Sends the next heartbeat now, or 200 ms after the one in flight (pools changed). */
+  kick(): void;
 }
 
 /** Builds one heartbeat body. */
@@ -66,6 +73,7 @@ export async function buildHeartbeat(o: HeartbeatOptions): Promise<HeartbeatRequ
     resources: nodeResources(o.stateDir),
     pools: await o.pools.observe(),
     vms: o.vms.list(),
+    tasks: o.recentTasks?.() ?? [],
   };
 }
 
@@ -82,30 +90,14 @@ export async function sendHeartbeat(
   signal?: AbortSignal,
 ): Promise<HeartbeatResponse> {
   const body = HeartbeatRequestSchema.parse(await buildHeartbeat(o));
-  const timeout = AbortSignal.timeout(o.requestTimeoutMs ?? 10_000);
-  const res = await requestTls(o.cpUrl.replace(/\/+$/, "") + "/v1/nodes/heartbeat", {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify(body),
+  const json = await postToCp(
+    o.cpUrl,
+    "/v1/nodes/heartbeat",
+    body,
     tls,
-    expect: { organization: CP_CERT_ORG },
-    signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
-  });
-  const text = await res.text();
-  let json: unknown = null;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    // not JSON
-  }
-  if (!res.ok) {
-    const env = ErrorEnvelopeSchema.safeParse(json);
-    throw new Error(
-      env.success
-        ? `HTTP ${res.status} ${env.data.error.code}: ${env.data.error.message}`
-        : `HTTP ${res.status}`,
-    );
-  }
+    o.requestTimeoutMs ?? 10_000,
+    signal,
+  );
   const parsed = HeartbeatResponseSchema.safeParse(json);
   if (!parsed.success) throw new Error("invalid heartbeat response");
   return parsed.data;
@@ -113,16 +105,13 @@ export async function sendHeartbeat(
 
 /** Starts the loop; the first heartbeat is sent immediately. */
 export function startHeartbeat(o: HeartbeatOptions): Heartbeat {
-  const tls: ClientTlsMaterial = {
-    caPem: o.identity.caPem,
-    certPem: o.identity.certPem,
-    keyPem: o.identity.keyPem,
-  };
+  const tls = cpTls(o.identity);
   const stopCtrl = new AbortController();
   let intervalMs = o.initialIntervalSeconds * 1000;
   let status: string | null = null;
   let failing = false;
   let wake: (() => void) | null = null;
+  let kicked = false;
 
   const sleep = (ms: number) =>
     new Promise<void>((resolve) => {
@@ -158,6 +147,8 @@ export function startHeartbeat(o: HeartbeatOptions): Heartbeat {
         o.log.warn("heartbeat: failed", { cp_url: o.cpUrl, err: errorMessage(e) });
       }
       if (stopCtrl.signal.aborted) break;
+      if (kicked) next = Math.min(next, 200);
+      kicked = false;
       await sleep(next);
     }
   })();
@@ -167,6 +158,12 @@ export function startHeartbeat(o: HeartbeatOptions): Heartbeat {
       stopCtrl.abort();
       wake?.();
       await loop;
+    },
+    kick() {
+      if (stopCtrl.signal.aborted) return;
+      // Sleeping: send now; mid-request: the next one follows after 200 ms.
+      if (wake) wake();
+      else kicked = true;
     },
   };
 }

@@ -120,6 +120,13 @@ export interface EnsureImageOptions {
   sha256?: string;
   /** Progress callback: bytes received so far and the expected total (null if unknown). */
   onProgress?: (received: number, total: number | null) => void;
+  /**
+   * Cancels the request (a `vm delete` during the create): a download in progress is aborted
+   * and its temp file removed; a request waiting for another one's download of the same file
+   * gives up at once. The call then rejects with the signal's reason when it is an
+   * {@link ApiError}, else with `task_cancelled`.
+   */
+  signal?: AbortSignal;
 }
 
 /** A cached image on disk. */
@@ -153,6 +160,13 @@ export interface ImageCacheOptions {
   fetch?: typeof fetch;
 }
 
+/** The error of a cancelled request: the signal's ApiError reason, else `task_cancelled`. */
+function cancelled(signal: AbortSignal): ApiError {
+  return signal.reason instanceof ApiError
+    ? signal.reason
+    : new ApiError("task_cancelled", `image request cancelled: ${errorMessage(signal.reason)}`);
+}
+
 /** Reads a sidecar's hex digest (first token; `sha256sum` format is accepted), or null. */
 export async function readSidecar(path: string): Promise<string | null> {
   try {
@@ -175,7 +189,8 @@ export class ImageCache {
   /**
    * Makes sure `opts.url` is cached in `opts.poolPath` and returns it.
    *
-   * @throws ApiError `validation_failed` (not an http(s) URL, bad basename),
+   * @throws ApiError `task_cancelled` (or the `signal`'s ApiError reason) when `opts.signal`
+   *   aborts; `validation_failed` (not an http(s) URL, bad basename),
    *   `download_failed` (HTTP non-2xx, network error, idle timeout, truncated body,
    *   `Content-Length` or body larger than `maxDownloadBytes`), `checksum_mismatch` (bytes
    *   differ from `opts.sha256`), `image_unavailable` (the cache directory or file cannot be
@@ -188,7 +203,10 @@ export class ImageCache {
     const basename = imageBasename(opts.url);
     const dir = join(opts.poolPath, "images");
     const path = join(dir, basename);
-    return this.#locks.run(path, () => this.#ensureLocked(opts, dir, basename, path));
+    return this.#locks.run(path, () => this.#ensureLocked(opts, dir, basename, path), opts.signal)
+      .catch((e) => {
+        throw opts.signal?.aborted ? cancelled(opts.signal) : e;
+      });
   }
 
   async #ensureLocked(
@@ -252,6 +270,7 @@ export class ImageCache {
     const idleMs = this.#opts.idleTimeoutMs;
     const maxBytes = this.#opts.maxDownloadBytes ?? DEFAULT_MAX_DOWNLOAD_BYTES;
     const ctrl = new AbortController();
+    const signal = opts.signal ? AbortSignal.any([ctrl.signal, opts.signal]) : ctrl.signal;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const arm = () => {
       clearTimeout(timer);
@@ -269,7 +288,7 @@ export class ImageCache {
         // identity: a transparently decompressed body would not match the published
         // checksum, nor the Content-Length, which then counts the compressed bytes.
         res = await (this.#opts.fetch ?? fetch)(opts.url, {
-          signal: ctrl.signal,
+          signal,
           headers: { "accept-encoding": "identity" },
         });
       } catch (e) {

@@ -1,18 +1,22 @@
 /**
- * `otherix-agent` entry point: wires config, bootstrap, accelerator detection, VM recovery,
- * the mTLS server and the heartbeat loop.
+ * `otherix-agent` entry point: wires config, bootstrap, accelerator detection, VM recovery
+ * (re-adoption of running QEMUs), the mTLS server (with the serial console bridge), the
+ * heartbeat loop and the report pusher.
  *
  * Usage: `otherix-agent [--config FILE]` (default `/etc/otherix/agent.yaml`).
  *
  * Fatal errors (invalid config, bootstrap failures, an unbindable port) are logged as one
  * JSON line on stderr carrying the message, and the process exits with status 1.
  *
- * Background loops: the heartbeat, and the serial log cap (every 2 s each VM's `serial.log`
+ * Background loops: the heartbeat, the report pusher (agent/report.ts: VM phase and task
+ * changes pushed as they happen), and the serial log cap (every 2 s each VM's `serial.log`
  * over `qemu.serial_log_max_bytes` is cut to its newest half; agent/serial_log.ts).
  *
- * SIGINT / SIGTERM: stop the heartbeat, close the server, stop the serial log cap, then stop
- * every QEMU child cleanly (QMP `quit`, SIGKILL after 10 s) so no QEMU outlives the agent; VM
- * files are kept and the VMs are reported `stopped` after the next start. Exit status 0.
+ * VMs outlive the agent (agent/qemu.ts: QEMU runs daemonized under PID 1). SIGINT / SIGTERM:
+ * stop the heartbeat and the report pusher, close the console viewers (1001) and the server,
+ * abort operations in flight, close the QMP sessions, exit 0: every QEMU keeps running and
+ * the next agent process re-adopts it (same pid, phase from QMP). Under systemd the unit
+ * needs `KillMode=process` so that stopping the agent's unit leaves its VMs alone.
  *
  * @module
  */
@@ -25,9 +29,11 @@ import { describeDecision, detectAccelerator, realHostProbe } from "./accel.ts";
 import { bootstrap, BootstrapError } from "./bootstrap.ts";
 import { type AgentConfig, agentPaths, loadAgentConfig } from "./config.ts";
 import { errorMessage } from "./fsutil.ts";
+import { createConsoleUpgrade } from "./console.ts";
 import { startHeartbeat } from "./heartbeat.ts";
 import { ImageCache } from "./images.ts";
 import { PoolManager } from "./pools.ts";
+import { mtlsReportSender, startReporter } from "./report.ts";
 import { createAgentApp, startAgentServer } from "./server.ts";
 import { hostName } from "./sysinfo.ts";
 import { TaskManager } from "./tasks.ts";
@@ -135,7 +141,9 @@ export async function main(argv: string[]): Promise<void> {
   await pools.cleanTemp();
   const tasks = new TaskManager(vms, log);
 
-  const app = createAgentApp({ tasks, vms, log });
+  let kickHeartbeat = () => {};
+  const app = createAgentApp({ tasks, vms, pools, log, onPoolsChanged: () => kickHeartbeat() });
+  const consoles = createConsoleUpgrade({ vms, log });
   let server;
   try {
     server = await startAgentServer({
@@ -143,9 +151,11 @@ export async function main(argv: string[]): Promise<void> {
       port: cfg.server.listen.port,
       identity,
       app,
+      onUpgrade: consoles.onUpgrade,
     });
   } catch (e) {
-    await vms.shutdown();
+    consoles.closeAll();
+    await vms.close();
     fatal(
       log,
       `agent: cannot listen on ${cfg.server.listen.hostname}:${cfg.server.listen.port}: ${
@@ -169,12 +179,21 @@ export async function main(argv: string[]): Promise<void> {
     stateDir: paths.stateDir,
     pools,
     vms,
+    recentTasks: () => tasks.recent(),
     initialIntervalSeconds: cfg.heartbeat.interval_seconds,
     log,
   });
+  kickHeartbeat = () => heartbeat.kick();
   if (!cfg.bootstrap.cp_url) {
     log.warn("heartbeat: bootstrap.cp_url is not set; heartbeats cannot reach the control plane");
   }
+  const reporter = startReporter({
+    nodeName: identity.nodeName,
+    vms,
+    tasks,
+    log,
+    send: mtlsReportSender(cfg.bootstrap.cp_url ?? "", identity),
+  });
 
   let stopping = false;
   const shutdown = async (signal: string) => {
@@ -182,8 +201,10 @@ export async function main(argv: string[]): Promise<void> {
     stopping = true;
     log.info("agent: shutting down", { signal });
     await heartbeat.stop();
+    await reporter.stop();
+    consoles.closeAll();
     await server.close();
-    await vms.shutdown();
+    await vms.close();
     log.info("agent: stopped");
     Deno.exit(0);
   };

@@ -13,8 +13,8 @@
 import { statfsSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
-import { DesiredPoolSchema } from "../shared/api/nodes.ts";
-import type { DesiredPool, ObservedPool } from "../shared/api/nodes.ts";
+import { type DesiredPool, DesiredPoolSchema } from "../shared/api/agent.ts";
+import type { ObservedPool } from "../shared/api/nodes.ts";
 import type { Logger } from "../shared/log.ts";
 import { errorMessage, isWithin, mkdirBeneath, writeFileAtomic } from "./fsutil.ts";
 import { ImageCache } from "./images.ts";

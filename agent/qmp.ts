@@ -1,6 +1,10 @@
 /**
  * A minimal QEMU Machine Protocol client: JSON lines over a unix socket (QMP spec:
- * greeting → `qmp_capabilities` → commands; asynchronous `{"event": …}` lines are skipped).
+ * greeting → `qmp_capabilities` → commands). Asynchronous `{"event": …}` lines (`SHUTDOWN`,
+ * `RESET`, `STOP`, `RESUME`, `POWERDOWN`, …) go to the listeners of {@link QmpClient.onEvent}.
+ *
+ * QEMU's QMP socket serves one client at a time, and it closes when QEMU exits, so the agent's
+ * session doubles as QEMU's exit notification ({@link QmpClient.closed}; see agent/vms.ts).
  *
  * @module
  */
@@ -15,6 +19,25 @@ export class QmpError extends Error {
   }
 }
 
+/** An asynchronous QMP event, e.g. `{event: "SHUTDOWN", data: {guest: true, reason}}`. */
+export interface QmpEvent {
+  event: string;
+  data: Record<string, unknown>;
+  /** When QEMU emitted it, ms since the epoch. */
+  atMs: number;
+}
+
+/** Most events kept for the first {@link QmpClient.onEvent} listener. */
+export const MAX_EVENT_BACKLOG = 100;
+
+function deliver(listener: (e: QmpEvent) => void, ev: QmpEvent): void {
+  try {
+    listener(ev);
+  } catch {
+    // A listener's failure is its own business.
+  }
+}
+
 interface Pending {
   resolve(value: unknown): void;
   reject(error: Error): void;
@@ -26,7 +49,14 @@ export class QmpClient {
   #pending = new Map<number, Pending>();
   #nextId = 1;
   #closed = false;
-  /** Resolves when the socket reaches EOF or errors (QEMU exited or closed the monitor). */
+  #closedLocally = false;
+  #listeners = new Set<(e: QmpEvent) => void>();
+  /** Events that arrived before the first listener (bounded). */
+  #backlog: QmpEvent[] = [];
+  /**
+   * Resolves when the connection ends: EOF or an error (QEMU exited), or {@link close}
+   * (then {@link closedLocally} is true).
+   */
   readonly closed: Promise<void>;
   #greeting: Promise<unknown>;
 
@@ -148,7 +178,10 @@ export class QmpClient {
             onGreeting(msg.QMP);
             continue;
           }
-          if ("event" in msg) continue;
+          if ("event" in msg) {
+            this.#emit(msg);
+            continue;
+          }
           const id = typeof msg.id === "number" ? msg.id : undefined;
           const pending = id !== undefined ? this.#pending.get(id) : undefined;
           if (!pending || id === undefined) continue;
@@ -177,10 +210,47 @@ export class QmpClient {
     }
   }
 
+  #emit(msg: Record<string, unknown>): void {
+    const ts = msg.timestamp as { seconds?: number; microseconds?: number } | undefined;
+    const ev: QmpEvent = {
+      event: String(msg.event),
+      data: (msg.data && typeof msg.data === "object" ? msg.data : {}) as Record<string, unknown>,
+      atMs: ts?.seconds !== undefined
+        ? ts.seconds * 1000 + Math.floor((ts.microseconds ?? 0) / 1000)
+        : Date.now(),
+    };
+    if (this.#listeners.size === 0) {
+      if (this.#backlog.length < MAX_EVENT_BACKLOG) this.#backlog.push(ev);
+      return;
+    }
+    for (const l of [...this.#listeners]) deliver(l, ev);
+  }
+
+  /**
+   * Calls `listener` for every asynchronous event QEMU sends on this session, in order. The
+   * first listener also receives, synchronously before this returns, the events that arrived
+   * while there was none (up to {@link MAX_EVENT_BACKLOG}): a guest may power off between the
+   * connection and the moment its owner subscribes.
+   *
+   * @returns a function that removes the listener
+   */
+  onEvent(listener: (e: QmpEvent) => void): () => void {
+    this.#listeners.add(listener);
+    const backlog = this.#backlog.splice(0);
+    for (const ev of backlog) deliver(listener, ev);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** True once {@link close} was called (the connection did not end on QEMU's side). */
+  get closedLocally(): boolean {
+    return this.#closedLocally;
+  }
+
   /** Closes the connection (QEMU keeps running). */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#closedLocally = true;
     try {
       this.#conn.close();
     } catch {

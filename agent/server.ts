@@ -2,10 +2,16 @@
  * The agent's mTLS API, called by the control plane (shared/api/agent.ts):
  *
  * - `POST /v1/vms` → 202 agent task (idempotent by `task_id`)
- * - `DELETE /v1/vms/{id}?task_id=` → 202 agent task
+ * - `POST /v1/vms/{id}/actions` → 202 agent task `vm.<action>` (idempotent by `task_id`);
+ *   404 `vm_not_found`, 409 `vm_invalid_state` (`details: {phase, action}`) before any task
+ *   exists when the VM's phase evidently does not allow the verb (agent/actions.ts)
+ * - `DELETE /v1/vms/{id}?task_id=` → 202 agent task (aborts the VM's operation in flight)
  * - `GET /v1/tasks/{id}` → task, or 404 `task_not_found`
  * - `GET /v1/vms` → `{items: ObservedVm[]}`
+ * - `PUT /v1/pools` → 204: applies the desired pools at once (as a heartbeat answer would)
  * - `GET /v1/vms/{id}/console-log?tail_bytes=N` → `text/plain`
+ * - `GET /v1/vms/{id}/console` → WebSocket (agent/console.ts, through the server's
+ *   `onUpgrade`)
  * - `GET /healthz` → `{status: "ok"}`
  *
  * The TLS handshake requires a client certificate from the cluster CA; `/v1/` additionally
@@ -16,7 +22,15 @@
  */
 import { Hono } from "hono";
 import { z } from "zod";
-import { AgentVmCreateRequestSchema, AgentVmDeleteQuerySchema } from "../shared/api/agent.ts";
+import type { IncomingMessage } from "node:http";
+import type { Duplex } from "node:stream";
+import type { Buffer } from "node:buffer";
+import {
+  AgentPoolsRequestSchema,
+  AgentVmActionRequestSchema,
+  AgentVmCreateRequestSchema,
+  AgentVmDeleteQuerySchema,
+} from "../shared/api/agent.ts";
 import { ConsoleLogQuerySchema } from "../shared/api/vms.ts";
 import { CP_CERT_ORG } from "../shared/constants.ts";
 import { ApiError, parseOrThrow } from "../shared/errors.ts";
@@ -25,6 +39,7 @@ import type { Logger } from "../shared/log.ts";
 import { peerOf, serveTls, type TlsEnv, type TlsServer } from "../shared/tls.ts";
 import type { AgentIdentity } from "./bootstrap.ts";
 import { imageBasename } from "./images.ts";
+import type { PoolManager } from "./pools.ts";
 import type { TaskManager } from "./tasks.ts";
 import type { VmManager } from "./vms.ts";
 
@@ -32,6 +47,9 @@ import type { VmManager } from "./vms.ts";
 export interface AgentAppDeps {
   tasks: TaskManager;
   vms: VmManager;
+  pools: PoolManager;
+  /** Called after `PUT /v1/pools` changed the desired set (main.ts: send a heartbeat). */
+  onPoolsChanged?: () => void;
   log: Logger;
 }
 
@@ -66,6 +84,21 @@ export function createAgentApp(deps: AgentAppDeps): Hono<TlsEnv> {
     return c.json(deps.tasks.submitCreate(req), 202);
   });
 
+  app.post("/v1/vms/:id/actions", async (c) => {
+    const id = parseOrThrow(IdSchema, c.req.param("id"), "vm id");
+    const req = await jsonBody(c, AgentVmActionRequestSchema);
+    return c.json(deps.tasks.submitAction(id, req), 202);
+  });
+
+  app.put("/v1/pools", async (c) => {
+    const req = await jsonBody(c, AgentPoolsRequestSchema);
+    if (await deps.pools.setDesired(req.pools)) {
+      await deps.pools.observe(); // creates the new pools' directories now
+      deps.onPoolsChanged?.();
+    }
+    return c.body(null, 204);
+  });
+
   app.delete("/v1/vms/:id", (c) => {
     const id = parseOrThrow(IdSchema, c.req.param("id"), "vm id");
     const q = queryOf(c, AgentVmDeleteQuerySchema);
@@ -98,6 +131,8 @@ export interface AgentServerOptions {
   port: number;
   identity: AgentIdentity;
   app: Hono<TlsEnv>;
+  /** WebSocket upgrades (agent/console.ts `createConsoleUpgrade(...).onUpgrade`). */
+  onUpgrade?: (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
 }
 
 /**
@@ -115,5 +150,6 @@ export function startAgentServer(o: AgentServerOptions): Promise<TlsServer> {
     caPem: o.identity.caPem,
     requireClientCert: true,
     fetch: (req, env) => o.app.fetch(req, env),
+    onUpgrade: o.onUpgrade,
   });
 }

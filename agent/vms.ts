@@ -1,34 +1,62 @@
 /**
- * The VMs this agent hosts: create (image → disk → seed → QEMU), delete, observe, console log.
+ * The VMs this agent hosts: create (image → disk → seed → QEMU), the lifecycle verbs
+ * (agent/actions.ts), delete, re-adoption after an agent restart, exit detection, observation
+ * (phases, QEMU exits, change notifications), console log and console target.
  *
  * Files per VM (DESIGN.md "Agent files"): `<state>/vms/<id>/{disk.qcow2, seed.iso,
- * serial.log, vm.json}` and `<run>/vms/<id>/{qmp.sock, serial.sock}`. `vm.json` (the create
- * request plus the resolved image and accelerator, for operators) is written once disk and
- * seed are complete, so its presence marks a fully prepared VM.
+ * serial.log, vm.json, state.json}` and `<run>/vms/<id>/{qmp.sock, serial.sock, qemu.pid}`.
+ * `vm.json` (the create request plus the resolved image, its format and the accelerator, for
+ * operators) is written once disk and seed are complete, so its presence marks a fully
+ * prepared VM. `state.json` (agent/vm_state.ts) remembers whether QEMU should be running and
+ * its last exit.
+ *
+ * QEMU outlives the agent (agent/qemu.ts: `-daemonize`, pidfile, `-no-shutdown`). The agent
+ * holds one QMP session per running VM:
+ * - the session closing means QEMU exited; the exit is `requested` when the agent asked
+ *   (stop, poweroff, delete), `guest-shutdown` when the guest powered off (QMP `SHUTDOWN`
+ *   with `guest: true`: QEMU waits in status `shutdown`, and the agent quits it, unless a
+ *   `stop`/`reboot` verb claimed the event), else `crashed` (`QEMU pid N exited unexpectedly`);
+ * - {@link VmManager.close} (agent SIGINT/SIGTERM) closes the sessions and leaves every QEMU
+ *   running.
+ *
+ * Re-adoption ({@link VmManager.recover}) for every prepared VM: a live QEMU holding the
+ * VM's pidfile lock is adopted (QMP reconnected, phase from `query-status`, same pid; one
+ * found in status `shutdown` powered off while the agent was away and is quit:
+ * `guest-shutdown`). Without one, a VM whose `state.json` says QEMU should run gets exit
+ * `crashed` (its run directory is there: QEMU died) or `host-reboot` (its run directory is
+ * gone: the run root is a tmpfs cleared at boot). The agent never restarts a VM by itself:
+ * the control plane decides (restart policy, start at boot) and sends `start`.
  *
  * Idempotency (shared/api/agent.ts): a create for a VM whose QEMU runs succeeds at once; a
- * create for a prepared but stopped VM (e.g. after an agent restart) starts QEMU on the
- * existing disk; a delete of an unknown id succeeds after removing any leftover files.
- * Operations on one VM id are serialized.
+ * create for a prepared but stopped VM starts QEMU on the existing disk; a delete of an
+ * unknown id succeeds after removing any leftover files (and any QEMU holding its pidfile).
+ * Operations on one VM id are serialized; a delete first aborts every operation queued or
+ * running on that VM (a create's download is cancelled: its task fails `task_cancelled`).
+ *
+ * Changes are announced synchronously to {@link VmManager.subscribe} listeners (the report
+ * pusher, the console bridge) the moment a phase, pid or exit changes.
  *
  * Serial logs: {@link VmManager.startSerialLogTrimmer} caps every known VM's `serial.log` at
  * `qemu.serial_log_max_bytes` (agent/serial_log.ts); the `console-log` endpoint reads the
  * tail of the current file.
  *
- * Shutdown: the agent stops its QEMU children (QMP `quit`) when it exits, and on start it
- * quits any QEMU left over from a crashed agent, so no orphan survives the agent; VMs are
- * then reported `stopped` until the control plane re-creates them.
- *
  * @module
  */
+import { join } from "node:path";
 import { ApiError } from "../shared/errors.ts";
+import type {
+  AgentTaskResult,
+  AgentVmActionRequest,
+  AgentVmCreateRequest,
+} from "../shared/api/agent.ts";
 import type { Architecture } from "../shared/api/common.ts";
-import type { ObservedVm, VmPhase } from "../shared/api/nodes.ts";
-import type { AgentVmCreateRequest } from "../shared/api/agent.ts";
+import type { ObservedVm, VmExit, VmExitReason, VmPhase } from "../shared/api/vm_runtime.ts";
+import type { VmAction } from "../shared/api/tasks.ts";
 import type { Logger } from "../shared/log.ts";
-import type { AgentConfig, AgentPaths } from "./config.ts";
 import type { Accelerator } from "./accel.ts";
+import { checkActionPhase, type GuestShutdownClaim, runVerb, type VerbTarget } from "./actions.ts";
 import { buildSeedIso } from "./cloudinit.ts";
+import type { AgentConfig, AgentPaths } from "./config.ts";
 import { createOverlay, imageInfo } from "./disks.ts";
 import {
   errorMessage,
@@ -38,30 +66,23 @@ import {
   removeAll,
   writeFileAtomic,
 } from "./fsutil.ts";
-import { join } from "node:path";
 import { imageBasename, type ImageCache } from "./images.ts";
 import { KeyedMutex } from "./lock.ts";
-import { QmpClient } from "./qmp.ts";
-import { SERIAL_LOG_CHECK_INTERVAL_MS, trimSerialLog } from "./serial_log.ts";
 import {
+  adoptQemu,
   buildQemuArgs,
   checkSocketPath,
-  describeStatus,
-  type QemuProcess,
-  startQemu,
+  killOrphan,
+  launchQemu,
+  lockedPid,
+  type QemuInstance,
   stopQemu,
   type VmFilePaths,
   vmFilePaths,
 } from "./qemu.ts";
-
-/** `result` of a successful `vm.create` agent task. */
-export interface VmCreateResult {
-  phase: "running";
-  accelerator: Accelerator;
-  /** The cached image's basename. */
-  image: string;
-  image_cache_hit: boolean;
-}
+import type { QmpEvent } from "./qmp.ts";
+import { SERIAL_LOG_CHECK_INTERVAL_MS, trimSerialLog } from "./serial_log.ts";
+import { readVmState, writeVmState } from "./vm_state.ts";
 
 /** What `vm.json` holds. */
 export interface VmManifest {
@@ -74,19 +95,52 @@ export interface VmManifest {
   image_url: string;
   image_sha256: string | null;
   image: string;
+  /** The cached image's format (`qemu-img info`); absent in manifests of older agents. */
+  image_format?: string;
   pool: { name: string; path: string };
   user_data: string | null;
   accelerator: Accelerator;
   created_at: string;
 }
 
+/** Hooks an operation reports through (agent/tasks.ts passes the task's). */
+export interface OpHooks {
+  /** Human-readable progress, e.g. `downloading image (12.5 MiB of 300.0 MiB)`. */
+  progress?: (text: string) => void;
+  /** Records a completed step for the task's `timings` (`image`, `spawn`, `qmp_command`…). */
+  mark?: (step: string) => void;
+}
+
+/** Where a VM's QEMU can be reached for the serial console (agent/console.ts). */
+export interface ConsoleTarget {
+  /** QEMU's serial chardev socket (`<run>/vms/<id>/serial.sock`). */
+  serialSock: string;
+}
+
+/** A change listener: `removed` is true once a deleted VM's files are gone. */
+export type VmListener = (vm: ObservedVm, removed: boolean) => void;
+
 interface VmRecord {
   id: string;
   name: string;
+  /** Null while the first create prepares the VM. */
+  manifest: VmManifest | null;
   phase: VmPhase;
-  proc: QemuProcess | null;
-  accelerator: Accelerator;
-  image: string;
+  /** The running QEMU and the agent's session with it. */
+  qemu: QemuInstance | null;
+  /** A live QEMU found on start whose QMP does not answer yet (adoption retried). */
+  pendingPid: number | null;
+  exit: VmExit | null;
+  /** Whether QEMU is meant to be running (persisted in state.json). */
+  running: boolean;
+  /** Set when the agent ends QEMU itself: the exit is `requested` with this detail. */
+  exitRequested: string | null;
+  /** Set when the guest powered off on its own: the exit is `guest-shutdown`. */
+  guestShutdown: string | null;
+  /** A verb waiting for the guest's power-off (stop, reboot) takes the event here. */
+  shutdownClaim: (() => void) | null;
+  /** state.json writes, in order. */
+  persisting: Promise<void>;
 }
 
 /** Dependencies of {@link VmManager}. */
@@ -105,17 +159,21 @@ export interface VmManagerOptions {
   stopGraceMs?: number;
   /** UEFI firmware for arm64 guests (null: none). */
   firmwareArm64?: string | null;
+  /** How long re-adoption waits for a live QEMU's QMP socket before retrying, ms (5 000). */
+  adoptTimeoutMs?: number;
 }
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-/** In-memory registry and lifecycle of the agent's VMs. */
+/** Registry and lifecycle of the agent's VMs. */
 export class VmManager {
   #vms = new Map<string, VmRecord>();
   #locks = new KeyedMutex();
+  #ops = new Map<string, Set<AbortController>>();
+  #listeners = new Set<VmListener>();
+  #background = new Set<Promise<unknown>>();
   #o: VmManagerOptions;
   #closing = false;
-  #starting = new Set<Promise<unknown>>();
   #trimmer: { stop(): Promise<void> } | null = null;
 
   constructor(opts: VmManagerOptions) {
@@ -138,96 +196,416 @@ export class VmManager {
     return this.#o.stopGraceMs ?? 10_000;
   }
 
-  /** Observed VMs (heartbeats, `GET /v1/vms`), sorted by name. */
+  /** Observed VMs (heartbeats, reports, `GET /v1/vms`), sorted by name then id. */
   list(): ObservedVm[] {
     return [...this.#vms.values()]
-      .map((r) => this.get(r.id)!)
+      .map((r) => this.#observe(r))
       .sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id));
   }
 
   /** The observed VM `id`, if known. */
   get(id: string): ObservedVm | undefined {
     const r = this.#vms.get(id);
-    return r && { id: r.id, name: r.name, phase: r.phase, pid: r.proc?.pid ?? null };
+    return r && this.#observe(r);
+  }
+
+  #observe(r: VmRecord): ObservedVm {
+    return {
+      id: r.id,
+      name: r.name,
+      phase: r.phase,
+      pid: r.qemu?.pid ?? r.pendingPid,
+      exit: r.exit && { ...r.exit },
+    };
   }
 
   /**
-   * Startup recovery: creates the VM directories, quits QEMUs left by a previous agent
-   * process (their QMP socket still answers), registers prepared VMs (`vm.json`) as
-   * `stopped`, and removes half-created VM directories and stale socket directories.
+   * Calls `listener(vm, removed)` synchronously whenever a VM's phase, pid or exit changes,
+   * and once with `removed: true` when a deleted VM is gone. A listener that throws is
+   * ignored.
+   *
+   * @returns a function that unsubscribes
+   */
+  subscribe(listener: VmListener): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  #notify(r: VmRecord, removed = false): void {
+    const vm = this.#observe(r);
+    for (const l of [...this.#listeners]) {
+      try {
+        l(vm, removed);
+      } catch (e) {
+        this.#o.log.warn("vm: change listener failed", { err: errorMessage(e) });
+      }
+    }
+  }
+
+  #setPhase(r: VmRecord, phase: VmPhase): void {
+    if (r.phase === phase) return;
+    r.phase = phase;
+    this.#notify(r);
+  }
+
+  #persist(r: VmRecord): Promise<void> {
+    const files = this.files(r.id);
+    const state = { running: r.running, exit: r.exit };
+    r.persisting = r.persisting.then(() => writeVmState(files.stateJson, state)).catch((e) => {
+      if (r.phase === "deleting") return;
+      this.#o.log.warn("vm: cannot write state.json", { vm_id: r.id, err: errorMessage(e) });
+    });
+    return r.persisting;
+  }
+
+  #track<T>(p: Promise<T>): Promise<T> {
+    this.#background.add(p);
+    p.finally(() => this.#background.delete(p)).catch(() => {});
+    return p;
+  }
+
+  /**
+   * Runs `fn` as an operation on VM `id`: serialized with the VM's other operations, and
+   * aborted (its signal) by a delete of the VM or by {@link close}.
+   */
+  #op<T>(id: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    const ctrl = new AbortController();
+    let set = this.#ops.get(id);
+    if (!set) this.#ops.set(id, set = new Set());
+    set.add(ctrl);
+    if (this.#closing) ctrl.abort(shuttingDown());
+    return this.#locks.run(id, () => fn(ctrl.signal), ctrl.signal).finally(() => {
+      set.delete(ctrl);
+      if (set.size === 0 && this.#ops.get(id) === set) this.#ops.delete(id);
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // QEMU sessions and exits
+
+  /** Takes over `q` as VM `r`'s QEMU: events and the session's end are watched. */
+  #attach(r: VmRecord, q: QemuInstance): void {
+    r.qemu = q;
+    r.pendingPid = null;
+    r.exitRequested = null;
+    r.guestShutdown = null;
+    const off = q.qmp.onEvent((ev) => this.#onEvent(r, q, ev));
+    q.qmp.closed.then(() => {
+      off();
+      if (!q.qmp.closedLocally) this.#onExit(r, q);
+    });
+  }
+
+  #onEvent(r: VmRecord, q: QemuInstance, ev: QmpEvent): void {
+    if (r.qemu !== q) return;
+    if (ev.event !== "SHUTDOWN" || ev.data.guest !== true) return;
+    // `guest-reset` arrives as SHUTDOWN only with -no-reboot: a reset, not a power-off.
+    if (ev.data.reason === "guest-reset") return;
+    if (r.shutdownClaim) {
+      r.shutdownClaim();
+      return;
+    }
+    // The agent is ending QEMU already (poweroff, delete).
+    if (r.exitRequested !== null || r.phase === "deleting") return;
+    // The guest powered itself off; QEMU (-no-shutdown) waits for the agent to end it.
+    r.guestShutdown = `QMP SHUTDOWN reason ${ev.data.reason ?? "unknown"}`;
+    this.#o.log.info("vm: the guest powered off; quitting qemu", { vm_id: r.id, pid: q.pid });
+    this.#setPhase(r, "stopping");
+    this.#track(stopQemu(q, this.#graceMs)).catch((e) =>
+      this.#o.log.error("vm: cannot stop qemu after a guest shutdown", {
+        vm_id: r.id,
+        err: errorMessage(e),
+      })
+    );
+  }
+
+  /** Records the exit of `q` (idempotent: only for the VM's current QEMU). */
+  #onExit(r: VmRecord, q: QemuInstance): void {
+    if (r.qemu !== q) return;
+    r.qemu = null;
+    let reason: VmExitReason = "crashed";
+    let detail = `QEMU pid ${q.pid} exited unexpectedly`;
+    if (r.exitRequested !== null) [reason, detail] = ["requested", r.exitRequested];
+    else if (r.guestShutdown !== null) [reason, detail] = ["guest-shutdown", r.guestShutdown];
+    r.exitRequested = null;
+    r.guestShutdown = null;
+    this.#recordExit(r, reason, detail);
+    const fields = { vm_id: r.id, vm: r.name, pid: q.pid, reason, detail };
+    if (reason === "crashed") this.#o.log.warn("qemu: exited unexpectedly", fields);
+    else this.#o.log.info("qemu: exited", fields);
+  }
+
+  #recordExit(r: VmRecord, reason: VmExitReason, detail: string | null): void {
+    r.exit = { reason, at: new Date().toISOString(), detail };
+    r.running = false;
+    if (r.phase === "deleting") {
+      this.#notify(r);
+      return;
+    }
+    r.phase = "stopped";
+    this.#notify(r);
+    void this.#persist(r);
+  }
+
+  /** Ends VM `r`'s QEMU on the agent's behalf; resolves once the exit is recorded on disk. */
+  async #terminate(r: VmRecord, detail: string): Promise<void> {
+    const q = r.qemu;
+    if (!q) return;
+    r.exitRequested = detail;
+    const outcome = await stopQemu(q, this.#graceMs);
+    if (outcome === "killed") {
+      this.#o.log.warn("qemu: did not quit in time; killed", { vm_id: r.id, pid: q.pid });
+    }
+    this.#onExit(r, q);
+    await r.persisting; // the verb's task ends once state.json says so
+  }
+
+  /** Launches VM `r`'s QEMU on its prepared files and makes it the VM's session. */
+  async #launch(
+    r: VmRecord,
+    m: VmManifest,
+    paused: boolean,
+    hooks: OpHooks,
+  ): Promise<{ accelerator: Accelerator; phase: VmPhase }> {
+    const files = this.files(r.id);
+    checkSocketPath(files.qmpSock);
+    checkSocketPath(files.serialSock);
+    const accelerator = this.#acceleratorFor(m.architecture);
+    const binary = m.architecture === "arm64"
+      ? this.#o.qemu.binary_arm64
+      : this.#o.qemu.binary_amd64;
+    const args = buildQemuArgs({
+      name: m.name,
+      architecture: m.architecture,
+      accelerator,
+      vcpus: m.vcpus,
+      memoryMb: m.memory_mb,
+      files,
+      firmwareArm64: this.#o.firmwareArm64 ?? null,
+      paused,
+      extraArgs: this.#o.extraQemuArgs,
+    });
+    await removeAll(files.sockDir);
+    await Deno.mkdir(files.sockDir, { recursive: true, mode: 0o750 });
+    const log = this.#o.log.with({ vm_id: r.id, vm: r.name });
+    log.info(`qemu: starting (${accelerator})`, { argv: [binary, ...args].join(" ") });
+    const started = performance.now();
+    let q;
+    try {
+      q = await launchQemu({
+        binary,
+        args,
+        pidFile: files.pidFile,
+        qmpSock: files.qmpSock,
+        startTimeoutMs: this.#o.qemu.start_timeout_seconds * 1000,
+        onSpawned: () => hooks.mark?.("spawn"),
+      });
+    } catch (e) {
+      await removeAll(files.sockDir).catch(() => {});
+      throw e;
+    }
+    hooks.mark?.("qmp_ready");
+    // `shutdown`: the guest powered off already; its SHUTDOWN event, kept by the session until
+    // the attach below, moves the VM on to `stopping`.
+    const phase: VmPhase = q.status === "running" || q.status === "shutdown" ? "running" : "paused";
+    r.running = true;
+    r.phase = phase;
+    r.qemu = q; // announced with its pid
+    this.#notify(r);
+    const persisted = this.#persist(r);
+    this.#attach(r, q);
+    log.info("qemu: running", {
+      pid: q.pid,
+      status: q.status,
+      ms: Math.round(performance.now() - started),
+    });
+    await persisted;
+    return { accelerator, phase: r.phase };
+  }
+
+  #acceleratorFor(arch: Architecture): Accelerator {
+    return arch === this.#o.hostArch ? this.#o.accelerator : "tcg";
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Recovery
+
+  /**
+   * Startup: creates the VM directories, registers every prepared VM (`vm.json`) and
+   * re-adopts its QEMU when one still runs (see the module doc), removes half-created VM
+   * directories, and kills QEMUs left in run directories of VMs that no longer exist.
    */
   async recover(): Promise<void> {
     const { vmsDir, vmSocketsDir } = this.#o.paths;
     await Deno.mkdir(vmsDir, { recursive: true, mode: 0o750 });
     await Deno.mkdir(vmSocketsDir, { recursive: true, mode: 0o750 });
-    for await (const e of Deno.readDir(vmSocketsDir)) {
-      if (!UUID_RE.test(e.name)) continue;
-      const files = this.files(e.name);
-      if (await exists(files.qmpSock)) {
-        try {
-          const qmp = await QmpClient.connect(files.qmpSock, Date.now() + 2000, undefined, false);
-          await qmp.execute("quit").catch(() => {});
-          await Promise.race([qmp.closed, new Promise((r) => setTimeout(r, 10_000))]);
-          qmp.close();
-          this.#o.log.warn("vm: stopped QEMU left running by a previous agent process", {
-            vm_id: e.name,
-          });
-        } catch {
-          // Stale socket: nobody listens.
-        }
-      }
-      await removeAll(files.sockDir);
-    }
+    const known = new Set<string>();
     for await (const e of Deno.readDir(vmsDir)) {
       if (!UUID_RE.test(e.name) || !e.isDirectory) continue;
       const files = this.files(e.name);
       const manifest = await readManifest(files.vmJson);
-      if (manifest && await this.#isPrepared(files)) {
-        this.#vms.set(e.name, {
-          id: e.name,
-          name: manifest.name,
-          phase: "stopped",
-          proc: null,
-          accelerator: manifest.accelerator,
-          image: manifest.image,
-        });
-      } else {
+      if (!manifest || !(await this.#isPrepared(files))) {
         this.#o.log.warn("vm: removing half-created VM directory", { vm_id: e.name });
+        await killOrphan(files.pidFile).catch(() => null);
         await removeAll(files.vmDir);
+        await removeAll(files.sockDir);
+        continue;
       }
+      known.add(e.name);
+      await this.#recoverOne(e.name, manifest, files);
     }
+    for await (const e of Deno.readDir(vmSocketsDir)) {
+      if (known.has(e.name)) continue;
+      if (UUID_RE.test(e.name)) {
+        const pid = await killOrphan(this.files(e.name).pidFile).catch(() => null);
+        if (pid !== null) {
+          this.#o.log.warn("vm: killed QEMU of a VM that no longer exists", {
+            vm_id: e.name,
+            pid,
+          });
+        }
+      }
+      await removeAll(join(vmSocketsDir, e.name));
+    }
+  }
+
+  async #recoverOne(id: string, m: VmManifest, files: VmFilePaths): Promise<void> {
+    const state = await readVmState(files.stateJson);
+    const r: VmRecord = {
+      id,
+      name: m.name,
+      manifest: m,
+      phase: "stopped",
+      qemu: null,
+      pendingPid: null,
+      exit: state.exit,
+      running: state.running,
+      exitRequested: null,
+      guestShutdown: null,
+      shutdownClaim: null,
+      persisting: Promise.resolve(),
+    };
+    this.#vms.set(id, r);
+    const log = this.#o.log.with({ vm_id: id, vm: m.name });
+    const sockDirExists = await exists(files.sockDir);
+    let q;
+    try {
+      q = await adoptQemu(files.pidFile, files.qmpSock, Date.now() + this.#adoptTimeoutMs);
+    } catch (e) {
+      // Alive (pidfile locked) but its QMP socket does not answer: keep trying.
+      r.pendingPid = await lockedPid(files.pidFile).catch(() => null);
+      log.warn("vm: QEMU runs but its QMP socket does not answer; retrying", {
+        pid: r.pendingPid,
+        err: errorMessage(e),
+      });
+      this.#adoptLater(r, files);
+      return;
+    }
+    if (q) {
+      this.#adopted(r, q);
+      return;
+    }
+    if (state.running) {
+      const [reason, detail]: [VmExitReason, string] = sockDirExists
+        ? ["crashed", "QEMU was gone when the agent started (its pidfile is stale or missing)"]
+        : ["host-reboot", `the VM's run directory ${files.sockDir} was gone (host rebooted)`];
+      this.#recordExit(r, reason, detail);
+      log.warn(`vm: QEMU did not survive while the agent was down (${reason})`, { detail });
+    }
+    await removeAll(files.sockDir);
+  }
+
+  get #adoptTimeoutMs(): number {
+    return this.#o.adoptTimeoutMs ?? 5000;
+  }
+
+  #adopted(r: VmRecord, q: QemuInstance & { status: string }): void {
+    this.#attach(r, q);
+    const log = this.#o.log.with({ vm_id: r.id, vm: r.name });
+    if (q.status === "shutdown") {
+      // The guest powered off while the agent was away; QEMU (-no-shutdown) still waits.
+      r.guestShutdown = "the guest powered off while the agent was down";
+      this.#setPhase(r, "stopping");
+      log.info("vm: re-adopted a powered-off QEMU; quitting it", { pid: q.pid });
+      this.#track(stopQemu(q, this.#graceMs)).catch((e) =>
+        log.error("vm: cannot stop qemu", { err: errorMessage(e) })
+      );
+      return;
+    }
+    r.phase = q.status === "running" ? "running" : "paused";
+    this.#notify(r);
+    if (!r.running) {
+      r.running = true;
+      void this.#persist(r);
+    }
+    log.info("vm: re-adopted running QEMU", { pid: q.pid, status: q.status });
+  }
+
+  #adoptLater(r: VmRecord, files: VmFilePaths): void {
+    this.#setPhase(r, "running");
+    const retry = async () => {
+      while (!this.#closing && this.#vms.get(r.id) === r && !r.qemu) {
+        await new Promise((res) => setTimeout(res, 2000));
+        if (this.#closing || this.#vms.get(r.id) !== r) return;
+        try {
+          const q = await adoptQemu(
+            files.pidFile,
+            files.qmpSock,
+            Date.now() + this.#adoptTimeoutMs,
+          );
+          if (!q) {
+            r.pendingPid = null;
+            this.#recordExit(r, "crashed", "QEMU exited before the agent could reconnect");
+            return;
+          }
+          this.#adopted(r, q);
+          return;
+        } catch {
+          // still unresponsive
+        }
+      }
+    };
+    this.#track(retry());
   }
 
   async #isPrepared(files: VmFilePaths): Promise<boolean> {
     return await exists(files.vmJson) && await exists(files.disk) && await exists(files.seed);
   }
 
+  // ---------------------------------------------------------------------------------------
+  // Operations
+
   /**
    * Creates (or re-starts) VM `req.vm.id` and returns once QEMU reports `running`.
    *
-   * @param progress receives human-readable progress strings
    * @throws ApiError `path_not_allowed` (pool path outside `<state>/pools`),
    *   `validation_failed` (image basename), `download_failed`, `checksum_mismatch`,
-   *   `image_unavailable`, `vm_create_failed` (disk, seed, files), `qemu_spawn_failed`.
-   *   A freshly created VM leaves no files behind on failure.
+   *   `image_unavailable`, `vm_create_failed` (disk, seed, files), `qemu_spawn_failed`,
+   *   `task_cancelled` (deleted meanwhile). A freshly created VM leaves no files behind on
+   *   failure; a prepared one keeps its disk and stays `stopped`.
    */
-  create(
-    req: AgentVmCreateRequest,
-    progress: (p: string) => void = () => {},
-  ): Promise<VmCreateResult> {
-    return this.#locks.run(req.vm.id, () => this.#create(req, progress));
+  create(req: AgentVmCreateRequest, hooks: OpHooks = {}): Promise<AgentTaskResult> {
+    this.files(req.vm.id);
+    return this.#op(req.vm.id, (signal) => this.#create(req, hooks, signal));
   }
 
-  async #create(req: AgentVmCreateRequest, progress: (p: string) => void): Promise<VmCreateResult> {
+  async #create(
+    req: AgentVmCreateRequest,
+    hooks: OpHooks,
+    signal: AbortSignal,
+  ): Promise<AgentTaskResult> {
     const { vm, pool } = req;
+    const progress = hooks.progress ?? (() => {});
+    const mark = hooks.mark ?? (() => {});
     const log = this.#o.log.with({ vm_id: vm.id, vm: vm.name });
     const existing = this.#vms.get(vm.id);
-    if (existing?.proc?.alive()) {
+    if ((existing?.qemu || existing?.pendingPid) && existing.manifest) {
       return {
-        phase: "running",
-        accelerator: existing.accelerator,
-        image: existing.image,
+        phase: existing.phase,
+        accelerator: this.#acceleratorFor(existing.manifest.architecture),
+        image: existing.manifest.image,
         image_cache_hit: true,
+        ...(existing.manifest.image_format ? { image_format: existing.manifest.image_format } : {}),
       };
     }
     if (!isWithin(this.#o.paths.poolsDir, pool.path)) {
@@ -240,23 +618,26 @@ export class VmManager {
     const files = this.files(vm.id);
     checkSocketPath(files.qmpSock);
     checkSocketPath(files.serialSock);
-    const accelerator: Accelerator = vm.architecture === this.#o.hostArch
-      ? this.#o.accelerator
-      : "tcg";
-    const binary = vm.architecture === "arm64"
-      ? this.#o.qemu.binary_arm64
-      : this.#o.qemu.binary_amd64;
     const prepared = await this.#isPrepared(files);
-    const record: VmRecord = existing ?? {
+    const r: VmRecord = existing ?? {
       id: vm.id,
       name: vm.name,
+      manifest: null,
       phase: "creating",
-      proc: null,
-      accelerator,
-      image: basename,
+      qemu: null,
+      pendingPid: null,
+      exit: null,
+      running: false,
+      exitRequested: null,
+      guestShutdown: null,
+      shutdownClaim: null,
+      persisting: Promise.resolve(),
     };
-    record.phase = "creating";
-    this.#vms.set(vm.id, record);
+    if (!existing) {
+      this.#vms.set(vm.id, r);
+      this.#notify(r);
+    }
+    this.#setPhase(r, prepared ? "starting" : "creating");
     try {
       try {
         await Deno.mkdir(this.#o.paths.poolsDir, { recursive: true, mode: 0o750 });
@@ -273,22 +654,28 @@ export class VmManager {
         poolName: pool.name,
         url: vm.image_url,
         sha256: vm.image_sha256,
+        signal,
         onProgress: (n, total) =>
           progress(
             `downloading image (${mib(n)} MiB${total !== null ? ` of ${mib(total)} MiB` : ""})`,
           ),
       });
+      mark("image");
       log.info(img.cacheHit ? "image: cache hit" : "image: downloaded", {
         image: img.path,
         sha256: img.sha256,
         bytes: img.sizeBytes,
       });
-      if (!prepared) {
+      let manifest = prepared ? await readManifest(files.vmJson) : null;
+      if (!manifest) {
+        signal.throwIfAborted();
         await removeAll(files.vmDir);
         await Deno.mkdir(files.vmDir, { recursive: true, mode: 0o750 });
         progress("creating disk");
         const info = await imageInfo(this.#o.qemu.qemu_img, img.path);
         await createOverlay(this.#o.qemu.qemu_img, img.path, info, files.disk, vm.disk_gib);
+        mark("overlay");
+        signal.throwIfAborted();
         progress("building cloud-init seed");
         await buildSeedIso({
           isoBuilder: this.#o.qemu.iso_builder,
@@ -297,7 +684,8 @@ export class VmManager {
           userData: vm.user_data,
           output: files.seed,
         });
-        const manifest: VmManifest = {
+        mark("seed");
+        manifest = {
           id: vm.id,
           name: vm.name,
           architecture: vm.architecture,
@@ -307,111 +695,201 @@ export class VmManager {
           image_url: vm.image_url,
           image_sha256: vm.image_sha256 ?? null,
           image: basename,
+          image_format: info.format,
           pool,
           user_data: vm.user_data ?? null,
-          accelerator,
+          accelerator: this.#acceleratorFor(vm.architecture),
           created_at: new Date().toISOString(),
         };
         await writeFileAtomic(files.vmJson, JSON.stringify(manifest, null, 2) + "\n", 0o640);
       }
-      await removeAll(files.sockDir);
-      await Deno.mkdir(files.sockDir, { recursive: true, mode: 0o750 });
-      const args = buildQemuArgs({
-        name: vm.name,
-        architecture: vm.architecture,
-        accelerator,
-        vcpus: vm.vcpus,
-        memoryMb: vm.memory_mb,
-        files,
-        firmwareArm64: this.#o.firmwareArm64 ?? null,
-        extraArgs: this.#o.extraQemuArgs,
-      });
-      if (this.#closing) throw new ApiError("vm_create_failed", "the agent is shutting down");
-      progress(`starting qemu (${accelerator})`);
-      log.info(`qemu: starting (${accelerator})`, { argv: [binary, ...args].join(" ") });
-      const started = Date.now();
-      const starting = (async () => {
-        const proc = await startQemu({
-          binary,
-          args,
-          qmpSock: files.qmpSock,
-          startTimeoutMs: this.#o.qemu.start_timeout_seconds * 1000,
-          cwd: files.vmDir,
-        });
-        if (this.#closing) {
-          // shutdown() began while QEMU was starting: do not leave it behind.
-          await stopQemu(proc, this.#graceMs);
-          throw new ApiError("vm_create_failed", "the agent is shutting down");
-        }
-        return proc;
-      })();
-      this.#starting.add(starting);
-      const proc = await starting.finally(() => this.#starting.delete(starting));
-      log.info("qemu: running", { pid: proc.pid, ms: Date.now() - started });
-      record.proc = proc;
-      record.phase = "running";
-      record.accelerator = accelerator;
-      record.image = basename;
-      this.#watch(record, proc);
-      return { phase: "running", accelerator, image: basename, image_cache_hit: img.cacheHit };
+      r.manifest = manifest;
+      signal.throwIfAborted();
+      progress(`starting qemu (${this.#acceleratorFor(manifest.architecture)})`);
+      const started = await this.#launch(r, manifest, false, hooks);
+      return {
+        phase: started.phase,
+        accelerator: started.accelerator,
+        image: basename,
+        image_cache_hit: img.cacheHit,
+        ...(manifest.image_format ? { image_format: manifest.image_format } : {}),
+      };
     } catch (e) {
-      log.warn("vm: create failed", { err: errorMessage(e) });
-      await removeAll(files.sockDir).catch(() => {});
+      const err = signal.aborted ? signal.reason : e;
+      log.warn("vm: create failed", { err: errorMessage(err) });
       if (prepared) {
-        // Keep the existing disk (the guest's data); the VM stays known as failed.
-        record.phase = "failed";
+        // Keep the existing disk (the guest's data); the VM stays known, stopped.
+        this.#setPhase(r, "stopped");
       } else {
         await removeAll(files.vmDir).catch((err) =>
           log.error("vm: cannot clean up VM directory", { err: errorMessage(err) })
         );
-        if (existing) record.phase = "failed";
-        else this.#vms.delete(vm.id);
+        await removeAll(files.sockDir).catch(() => {});
+        if (existing) this.#setPhase(r, "stopped");
+        else this.#forget(r);
       }
-      throw e;
+      throw err;
     }
   }
 
-  #watch(record: VmRecord, proc: QemuProcess): void {
-    proc.status.then((s) => {
-      if (record.proc !== proc) return;
-      record.proc = null;
-      if (record.phase === "deleting") return;
-      record.phase = s.success ? "stopped" : "failed";
-      if (this.#closing) return; // shutdown() logs the stop itself
-      const fields = { vm_id: record.id, vm: record.name, status: describeStatus(s) };
-      if (s.success) this.#o.log.info("qemu: exited (guest powered off)", fields);
-      else this.#o.log.warn("qemu: died", { ...fields, stderr: proc.stderrTail() });
+  #forget(r: VmRecord): void {
+    if (this.#vms.get(r.id) !== r) return;
+    this.#vms.delete(r.id);
+    this.#notify(r, true);
+  }
+
+  /**
+   * The HTTP pre-check of a verb: refuses what the VM's current phase evidently does not
+   * allow (agent/actions.ts `checkActionPhase` with `settledOnly`).
+   *
+   * @throws ApiError `validation_failed` (id not a UUID), `vm_not_found`,
+   *   `vm_invalid_state` (`details: {phase, action}`)
+   */
+  checkAction(id: string, action: VmAction): void {
+    this.files(id);
+    const r = this.#vms.get(id);
+    if (!r) throw new ApiError("vm_not_found", `vm ${id} not found on this node`);
+    checkActionPhase(action, r.phase, true);
+  }
+
+  /**
+   * Runs lifecycle verb `req.action` on VM `id` (agent/actions.ts) once the VM's earlier
+   * operations are done.
+   *
+   * @throws ApiError `vm_not_found`, `vm_invalid_state` (`details: {phase}`),
+   *   `qemu_spawn_failed` (start), `task_cancelled` (the VM was deleted meanwhile)
+   */
+  action(
+    id: string,
+    req: Pick<AgentVmActionRequest, "action" | "timeout_seconds" | "paused">,
+    hooks: OpHooks = {},
+  ): Promise<AgentTaskResult> {
+    this.files(id);
+    return this.#op(id, async (signal) => {
+      const r = this.#vms.get(id);
+      if (!r) throw new ApiError("vm_not_found", `vm ${id} not found on this node`);
+      // A guest that powered itself off is being quit (no operation holds the lock): judge
+      // the verb once QEMU is gone.
+      if (r.phase === "stopping" && r.qemu) await r.qemu.qmp.closed;
+      checkActionPhase(req.action, r.phase);
+      if (!r.manifest) {
+        throw new ApiError("vm_invalid_state", `vm ${id} is not prepared`, { phase: r.phase });
+      }
+      const before = r.phase;
+      let result;
+      try {
+        result = await runVerb(this.#verbTarget(r, r.manifest, hooks), req, {
+          mark: hooks.mark ?? (() => {}),
+          progress: hooks.progress ?? (() => {}),
+          signal,
+        });
+      } catch (e) {
+        // A stop that failed half-way leaves QEMU running (`stop` resumed a paused guest
+        // first); a failed poweroff leaves it as it was.
+        if (r.qemu && r.phase === "stopping" && !r.exitRequested && !r.guestShutdown) {
+          this.#setPhase(r, req.action === "poweroff" ? before : "running");
+        }
+        throw e;
+      }
+      this.#o.log.info(`vm: ${req.action} done`, { vm_id: id, phase: result.phase });
+      return result;
+    });
+  }
+
+  #verbTarget(r: VmRecord, m: VmManifest, hooks: OpHooks): VerbTarget {
+    return {
+      id: r.id,
+      get phase() {
+        return r.phase;
+      },
+      setPhase: (p) => this.#setPhase(r, p),
+      qmp: () => {
+        if (!r.qemu) {
+          throw new ApiError("vm_invalid_state", `vm ${r.id}: QEMU is not running`, {
+            phase: r.phase,
+          });
+        }
+        return r.qemu.qmp;
+      },
+      exited: () => r.qemu ? r.qemu.qmp.closed : Promise.resolve(),
+      launch: async (paused) => {
+        try {
+          return await this.#launch(r, m, paused, hooks);
+        } catch (e) {
+          this.#setPhase(r, "stopped");
+          throw e;
+        }
+      },
+      terminate: (detail) => this.#terminate(r, detail),
+      claimGuestShutdown: (): GuestShutdownClaim => {
+        let resolve!: () => void;
+        const shutdown = new Promise<void>((res) => (resolve = res));
+        r.shutdownClaim = resolve;
+        return {
+          shutdown,
+          release: () => {
+            if (r.shutdownClaim === resolve) r.shutdownClaim = null;
+          },
+        };
+      },
+    };
+  }
+
+  /**
+   * Deletes VM `id`: aborts every operation queued or running on it, stops QEMU (QMP `quit`,
+   * SIGKILL after the grace period; a QEMU holding the VM's pidfile without a session is
+   * killed too) and removes its state and run directories. Unknown ids succeed (idempotent).
+   *
+   * @throws ApiError `validation_failed` when `id` is not a UUID; `vm_delete_failed` when
+   *   QEMU or the files cannot be removed
+   */
+  delete(id: string, hooks: OpHooks = {}): Promise<void> {
+    const files = this.files(id);
+    const reason = new ApiError("task_cancelled", `vm ${id} is being deleted`);
+    for (const ctrl of this.#ops.get(id) ?? []) ctrl.abort(reason);
+    return this.#op(id, async () => {
+      const r = this.#vms.get(id);
+      if (r) this.#setPhase(r, "deleting");
+      try {
+        if (r?.qemu) {
+          hooks.progress?.("stopping qemu");
+          await this.#terminate(r, "delete");
+        }
+        const orphan = await killOrphan(files.pidFile);
+        if (orphan !== null) {
+          this.#o.log.warn("vm: killed QEMU without a session", { vm_id: id, pid: orphan });
+        }
+        if (r) {
+          r.pendingPid = null;
+          await r.persisting;
+        }
+        hooks.progress?.("removing files");
+        await removeAll(files.vmDir);
+        await removeAll(files.sockDir);
+      } catch (e) {
+        throw new ApiError("vm_delete_failed", `delete vm ${id}: ${errorMessage(e)}`);
+      }
+      hooks.mark?.("done");
+      if (r) this.#forget(r);
     });
   }
 
   /**
-   * Deletes VM `id`: stops QEMU (QMP `quit`, SIGKILL after the grace period) and removes its
-   * state and socket directories. Unknown ids succeed (idempotent).
+   * Where the console bridge reaches VM `id`'s serial port.
    *
-   * @throws ApiError `validation_failed` when `id` is not a UUID; `vm_delete_failed` when
-   *   files cannot be removed
+   * @throws ApiError `validation_failed` (id not a UUID), `vm_not_found`,
+   *   `vm_invalid_state` (`details: {phase}`) when no QEMU runs for it
    */
-  delete(id: string, progress: (p: string) => void = () => {}): Promise<void> {
-    return this.#locks.run(id, async () => {
-      const record = this.#vms.get(id);
-      const files = this.files(id);
-      if (record) record.phase = "deleting";
-      try {
-        if (record?.proc) {
-          progress("stopping qemu");
-          const s = await stopQemu(record.proc, this.#graceMs);
-          this.#o.log.info("qemu: stopped", { vm_id: id, status: describeStatus(s) });
-          record.proc = null;
-        }
-        progress("removing files");
-        await removeAll(files.vmDir);
-        await removeAll(files.sockDir);
-      } catch (e) {
-        if (record) record.phase = "failed";
-        throw new ApiError("vm_delete_failed", `delete vm ${id}: ${errorMessage(e)}`);
-      }
-      this.#vms.delete(id);
-    });
+  consoleTarget(id: string): ConsoleTarget {
+    const files = this.files(id);
+    const r = this.#vms.get(id);
+    if (!r) throw new ApiError("vm_not_found", `vm ${id} not found on this node`);
+    if (!r.qemu) {
+      throw new ApiError("vm_invalid_state", `vm ${id} is ${r.phase}: QEMU is not running`, {
+        phase: r.phase,
+      });
+    }
+    return { serialSock: files.serialSock };
   }
 
   /**
@@ -479,7 +957,7 @@ export class VmManager {
   /**
    * Runs {@link trimSerialLogs} every `intervalMs` ms (default
    * {@link SERIAL_LOG_CHECK_INTERVAL_MS}; passes never overlap) until the returned `stop()`
-   * or {@link shutdown}. Starting it again replaces the running loop.
+   * or {@link close}. Starting it again replaces the running loop.
    */
   startSerialLogTrimmer(intervalMs = SERIAL_LOG_CHECK_INTERVAL_MS): { stop(): Promise<void> } {
     void this.#trimmer?.stop();
@@ -505,23 +983,26 @@ export class VmManager {
   }
 
   /**
-   * Stops the serial log trimmer and every running QEMU (QMP `quit`, then SIGKILL); files
-   * are kept. Creates still in progress do not start QEMU any more (a QEMU that is starting
-   * is stopped once up).
+   * Detaches from every VM for agent shutdown, leaving each QEMU running: stops the serial
+   * log trimmer, aborts operations queued or in flight (a download is cancelled; a QEMU being
+   * launched still comes up), lets QEMU stops already begun finish (a guest that powered
+   * off), waits for state.json writes, then closes the QMP sessions.
    */
-  async shutdown(): Promise<void> {
+  async close(): Promise<void> {
     this.#closing = true;
     await this.#trimmer?.stop();
-    await Promise.allSettled([...this.#starting]);
-    await Promise.all([...this.#vms.values()].map(async (r) => {
-      if (!r.proc) return;
-      const s = await stopQemu(r.proc, this.#graceMs);
-      this.#o.log.info("qemu: stopped for agent shutdown", {
-        vm_id: r.id,
-        status: describeStatus(s),
-      });
-    }));
+    for (const set of this.#ops.values()) for (const c of set) c.abort(shuttingDown());
+    const ops = [...this.#ops.keys()].map((id) =>
+      this.#locks.run(id, () => Promise.resolve()).catch(() => {})
+    );
+    await Promise.allSettled([...ops, ...this.#background]);
+    await Promise.allSettled([...this.#vms.values()].map((r) => r.persisting));
+    for (const r of this.#vms.values()) r.qemu?.qmp.close();
   }
+}
+
+function shuttingDown(): ApiError {
+  return new ApiError("task_cancelled", "the agent is shutting down");
 }
 
 async function readManifest(path: string): Promise<VmManifest | null> {

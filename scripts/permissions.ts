@@ -6,10 +6,12 @@
  *
  * What each binary may do:
  * - `otherix-agent`: read its three roots, write its state and run roots, run only QEMU,
- *   `qemu-img` and the ISO builder, use the network, read `OTHERIX_*` env vars and a few
- *   system figures. No shell, no other files. (Deno refuses `/dev`, `/proc` and `/sys` to
- *   anything short of `--allow-all`, so accelerator detection probes through QEMU and
- *   `qemu-img`, which run outside the sandbox; see `agent/accel.ts`.)
+ *   `qemu-img`, the ISO builder, and `pgrep` / `pkill` (which it calls only with
+ *   `-F <pidfile> -L`: QEMU outlives the agent, so it is no child the agent could signal, and
+ *   the sandbox has no `Deno.kill`; see agent/qemu.ts), use the network, read `OTHERIX_*`
+ *   env vars and a few system figures. No shell, no other files. (Deno refuses `/dev`,
+ *   `/proc` and `/sys` to anything short of `--allow-all`, so accelerator detection probes
+ *   through QEMU and `qemu-img`, which run outside the sandbox; see `agent/accel.ts`.)
  * - `otherix-api`: read its config and data dir, write its data dir, network, `OTHERIX_*` env,
  *   hostname; Deno KV (`--unstable-kv`). Runs nothing.
  * - `otherix`: the operator's own CLI: reads `--user-data @file` and its config anywhere the
@@ -28,6 +30,9 @@ export const AGENT_RUN_ALLOWLIST = [
   "qemu-system-aarch64",
   "qemu-img",
   "genisoimage",
+  // Liveness and force-stop of a daemonized QEMU through its locked pidfile.
+  "pgrep",
+  "pkill",
 ] as const;
 
 /** System information the agent reads (heartbeat figures, accelerator detection). */
@@ -41,9 +46,16 @@ export const AGENT_SYS_ALLOWLIST = [
 
 /**
  * Env vars the daemons may read: their own `OTHERIX_*` overrides, plus the two the `yaml`
- * package consults on every parse (`LOG_TOKENS`, `LOG_STREAM`, debugging switches).
+ * package consults on every parse (`LOG_TOKENS`, `LOG_STREAM`, debugging switches) and the two
+ * the `ws` package reads when it loads (`WS_NO_BUFFER_UTIL`, `WS_NO_UTF_8_VALIDATE`).
  */
-export const DAEMON_ENV_ALLOWLIST = ["OTHERIX_*", "LOG_TOKENS", "LOG_STREAM"] as const;
+export const DAEMON_ENV_ALLOWLIST = [
+  "OTHERIX_*",
+  "LOG_TOKENS",
+  "LOG_STREAM",
+  "WS_NO_BUFFER_UTIL",
+  "WS_NO_UTF_8_VALIDATE",
+] as const;
 
 /** Roots of a sandbox. */
 export interface SandboxRoots {

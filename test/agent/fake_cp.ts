@@ -1,18 +1,21 @@
 /**
  * A small fake control plane for agent tests: the agent-facing TLS endpoints `/v1/ca`,
- * `/v1/nodes/bootstrap` and `/v1/nodes/heartbeat`, served with `serveTls` from a CA made with
- * `shared/pki.ts`. Records heartbeats; behaviour is adjustable per test.
+ * `/v1/nodes/bootstrap`, `/v1/nodes/heartbeat` and `/v1/nodes/report`, served with `serveTls`
+ * from a CA made with `shared/pki.ts`. Records heartbeats and reports (with their arrival
+ * time); behaviour is adjustable per test.
  *
  * @module
  */
 import { Hono } from "hono";
 import { AGENT_CERT_ORG, CP_CERT_ORG } from "../../shared/constants.ts";
+import { BootstrapRequestSchema } from "../../shared/api/nodes.ts";
 import {
-  BootstrapRequestSchema,
   type DesiredPool,
   type HeartbeatRequest,
   HeartbeatRequestSchema,
-} from "../../shared/api/nodes.ts";
+  type NodeReport,
+  NodeReportSchema,
+} from "../../shared/api/agent.ts";
 import {
   type CertAndKey,
   certFingerprint,
@@ -36,6 +39,20 @@ export interface FakeCp {
   heartbeats: HeartbeatRequest[];
   /** Peers (CN) of heartbeats. */
   heartbeatPeers: string[];
+  /** Reports accepted (204), in arrival order. */
+  reports: ReceivedReport[];
+  /** While > 0, reports are answered 503 `store_unavailable` (and counted down). */
+  failReports: number;
+  /** Reports refused through {@link failReports}. */
+  refusedReports: number;
+  /**
+   * Resolves with the first accepted report at index ≥ `from` (default: the next one to
+   * arrive) that `pred` accepts; rejects after `ms` (default 30 000).
+   */
+  waitReport(
+    pred: (r: NodeReport) => boolean,
+    opts?: { from?: number; ms?: number },
+  ): Promise<ReceivedReport>;
   desiredPools: DesiredPool[];
   /** When set, bootstrap answers this error. */
   bootstrapError: { status: number; code: string; message: string } | null;
@@ -49,6 +66,15 @@ export interface FakeCp {
   /** A client certificate with O = nodes (another agent). */
   agentClient(name: string): Promise<CertAndKey>;
   close(): Promise<void>;
+}
+
+/** A report as the fake CP received it. */
+export interface ReceivedReport {
+  report: NodeReport;
+  /** Client certificate CN. */
+  peer: string;
+  /** `Date.now()` at arrival. */
+  at: number;
 }
 
 /** Starts a fake CP on 127.0.0.1 (random port). */
@@ -69,6 +95,10 @@ export async function startFakeCp(
     nodeName: opts.nodeName ?? "node-a",
     heartbeats: [],
     heartbeatPeers: [],
+    reports: [],
+    failReports: 0,
+    refusedReports: 0,
+    waitReport: () => Promise.reject(new Error("not ready")),
     desiredPools: [],
     bootstrapError: null,
     servedFingerprint: null,
@@ -111,6 +141,51 @@ export async function startFakeCp(
       heartbeat_interval_seconds: 1,
     });
   });
+  const reportWaiters: {
+    pred: (r: NodeReport) => boolean;
+    resolve: (r: ReceivedReport) => void;
+  }[] = [];
+  app.post("/v1/nodes/report", async (c) => {
+    const peer = peerOf(c.env.incoming);
+    if (!peer.authorized || peer.organization !== AGENT_CERT_ORG) {
+      return c.json({ error: { code: "unauthenticated", message: "client cert required" } }, 401);
+    }
+    const parsed = NodeReportSchema.safeParse(await c.req.json());
+    if (!parsed.success) {
+      return c.json({ error: { code: "validation_failed", message: parsed.error.message } }, 400);
+    }
+    if (state.failReports > 0) {
+      state.failReports--;
+      state.refusedReports++;
+      return c.json({ error: { code: "store_unavailable", message: "try again" } }, 503);
+    }
+    const rec = { report: parsed.data, peer: peer.commonName ?? "", at: Date.now() };
+    state.reports.push(rec);
+    for (const w of [...reportWaiters]) {
+      if (w.pred(rec.report)) {
+        reportWaiters.splice(reportWaiters.indexOf(w), 1);
+        w.resolve(rec);
+      }
+    }
+    return c.body(null, 204);
+  });
+  state.waitReport = (pred, { from = state.reports.length, ms = 30_000 } = {}) =>
+    new Promise((resolve, reject) => {
+      const seen = state.reports.slice(from).find((r) => pred(r.report));
+      if (seen) return resolve(seen);
+      const t = setTimeout(() => {
+        reportWaiters.splice(reportWaiters.indexOf(w), 1);
+        reject(new Error(`no matching report within ${ms} ms; got ${state.reports.length}`));
+      }, ms);
+      const w = {
+        pred,
+        resolve: (r: ReceivedReport) => {
+          clearTimeout(t);
+          resolve(r);
+        },
+      };
+      reportWaiters.push(w);
+    });
   const server: TlsServer = await serveTls({
     hostname: "127.0.0.1",
     port: 0,

@@ -64,9 +64,25 @@ export function memoryLogger(): { log: Logger; lines: string[] } {
   return { log: createLogger("agent", "debug", (l) => lines.push(l)), lines };
 }
 
-/** True while `/proc/<pid>` exists. */
+/**
+ * True while process `pid` exists and has not finished exiting (from `/proc/<pid>/status`):
+ * a zombie counts as gone once its last thread is (until then it still holds its files, so
+ * QEMU's pidfile lock and sockets). A daemonized QEMU is reaped by PID 1 only eventually.
+ */
 export async function pidAlive(pid: number): Promise<boolean> {
-  return await Deno.stat(`/proc/${pid}`).then(() => true, () => false);
+  try {
+    const status = await Deno.readTextFile(`/proc/${pid}/status`);
+    const state = /^State:\s+(\S)/m.exec(status)?.[1];
+    const threads = Number(/^Threads:\s+(\d+)/m.exec(status)?.[1] ?? 1);
+    return !(state === "Z" && threads <= 1);
+  } catch {
+    return false;
+  }
+}
+
+/** Waits until process `pid` is gone (up to `ms`). */
+export async function waitGone(pid: number, ms = 10_000): Promise<void> {
+  await waitUntil(async () => !(await pidAlive(pid)), ms, `process ${pid} to exit`);
 }
 
 /** Entry names of a directory ([] when missing). */
@@ -76,4 +92,88 @@ export async function listDir(path: string): Promise<string[]> {
     for await (const e of Deno.readDir(path)) out.push(e.name);
   } catch { /* missing */ }
   return out.sort();
+}
+
+/**
+ * Kills (SIGKILL through the pidfile lock, as the agent does) every QEMU whose pidfile is under
+ * `<runDir>/vms/*`: test cleanup, since QEMU outlives the agent and its VmManager.
+ *
+ * @returns the pids killed
+ */
+export async function killQemus(runDir: string): Promise<number[]> {
+  const killed: number[] = [];
+  for (const id of await listDir(`${runDir}/vms`)) {
+    const pidFile = `${runDir}/vms/${id}/qemu.pid`;
+    const pid = await lockedPidOf(pidFile);
+    if (pid === null) continue;
+    await new Deno.Command("pkill", { args: ["-KILL", "-F", pidFile, "-L"] }).output();
+    await waitUntil(async () => !(await pidAlive(pid)), 10_000, `QEMU ${pid} to die`);
+    killed.push(pid);
+  }
+  return killed;
+}
+
+/** `pgrep -F <pidFile> -L`: the pid holding the pidfile's lock, or null. */
+export async function lockedPidOf(pidFile: string): Promise<number | null> {
+  const out = await new Deno.Command("pgrep", {
+    args: ["-F", pidFile, "-L"],
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  return out.success ? Number(new TextDecoder().decode(out.stdout).trim()) : null;
+}
+
+/** Pids of the running QEMUs whose command line mentions `needle` (e.g. a VM id). */
+export async function qemuPidsMentioning(needle: string): Promise<number[]> {
+  const out = await new Deno.Command("pgrep", {
+    args: ["-f", `qemu-system.*${needle}`],
+    stdout: "piped",
+  }).output();
+  return new TextDecoder().decode(out.stdout).trim().split("\n").filter(Boolean).map(Number);
+}
+
+/** The parent pid of `pid` (from /proc/<pid>/stat). */
+export async function parentPid(pid: number): Promise<number> {
+  const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+}
+
+/**
+ * Waits until `pred` holds, checking every 20 ms (a condition, not a fixed delay).
+ *
+ * @throws Error naming `what` after `ms`
+ */
+export async function waitUntil(
+  pred: () => boolean | Promise<boolean>,
+  ms = 30_000,
+  what = "condition",
+): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await pred())) {
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/**
+ * A 1 MiB raw disk whose boot sector powers the machine off through ACPI as soon as the
+ * firmware runs it (`out 0x604, 0x2000` and `out 0xb004, 0x2000`: SLP_EN with sleep type 0,
+ * soft-off, at the PM1a control port of QEMU's q35 and i440fx firmware layouts): a guest that
+ * powers itself off (QMP `SHUTDOWN`, `guest: true`, `guest-shutdown`) in well under a second of
+ * TCG, without a kernel.
+ */
+export function poweroffBootImage(): Uint8Array<ArrayBuffer> {
+  const code = [
+    ...[0xba, 0x04, 0x06], // mov dx, 0x604
+    ...[0xb8, 0x00, 0x20], // mov ax, 0x2000
+    0xef, // out dx, ax
+    ...[0xba, 0x04, 0xb0], // mov dx, 0xb004
+    0xef, // out dx, ax
+    0xf4, // hlt
+    ...[0xeb, 0xfd], // jmp back to hlt
+  ];
+  const img = new Uint8Array(1024 * 1024);
+  img.set(code);
+  img.set([0x55, 0xaa], 510); // boot signature
+  return img;
 }

@@ -3,6 +3,7 @@ import { createHash } from "node:crypto";
 import { gzipSync } from "node:zlib";
 import { ApiError } from "../../shared/errors.ts";
 import { formatBytes, imageBasename, ImageCache, usableFreeBytes } from "../../agent/images.ts";
+import { waitUntil } from "./helpers.ts";
 
 function sha(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
@@ -498,6 +499,39 @@ Deno.test("images: a Content-Length over images.max_download_bytes fails before 
       url: `${base}/disk.img`,
     });
     assertEquals([got.sizeBytes, got.sha256], [3000, sha(data)]);
+  } finally {
+    await server.shutdown();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: a cancelled request aborts its download, or stops waiting for another's", async () => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  // `/stall/` sends 4 bytes then nothing for 10 s: a download that is in progress for a while.
+  const { server, base, hits } = startServer(new Map());
+  try {
+    const cache = new ImageCache({ idleTimeoutMs: 30_000 });
+    const url = `${base}/stall/slow.img`;
+    const first = new AbortController();
+    const second = new AbortController();
+    const a = cache.ensure({ poolPath: root, url, signal: first.signal });
+    const b = cache.ensure({ poolPath: root, url, signal: second.signal });
+    // The second waits for the first one's download of the same file: cancelling it returns
+    // at once and leaves the first alone.
+    second.abort(new ApiError("task_cancelled", "vm b is being deleted"));
+    const eb = await assertRejects(() => b);
+    assertEquals([(eb as ApiError).code, eb.message], ["task_cancelled", "vm b is being deleted"]);
+    await waitUntil(
+      async () => (await listDir(`${root}/images`)).some((f) => f.endsWith(".part")),
+      5000,
+      "the first download's temp file",
+    );
+    first.abort(new Error("gone"));
+    const ea = await assertRejects(() => a);
+    assertEquals((ea as ApiError).code, "task_cancelled");
+    assertStringIncludes(ea.message, "image request cancelled: gone");
+    assertEquals(await listDir(`${root}/images`), []); // no partial download left
+    assertEquals(hits.get("/stall/slow.img"), 1);
   } finally {
     await server.shutdown();
     await Deno.remove(root, { recursive: true });

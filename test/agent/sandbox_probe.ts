@@ -10,6 +10,7 @@ import { statfsSync } from "node:fs";
 import { describeDecision, detectAccelerator, realHostProbe } from "../../agent/accel.ts";
 import { filesystemSpace } from "../../agent/images.ts";
 import { trimSerialLog } from "../../agent/serial_log.ts";
+import { killQemu, launchQemu, lockedPid } from "../../agent/qemu.ts";
 
 const [stateRoot, configRoot, outsideFile] = Deno.args;
 const results: Record<string, string> = {};
@@ -47,6 +48,32 @@ await probe("spawn qemu-img --version", async () => {
   }
 });
 await probe("Deno.kill", () => Deno.kill(999999, "SIGTERM"));
+await probe("spawn kill", () => new Deno.Command("kill", { args: ["-0", "1"] }).output());
+await probe("daemonized qemu: launch, find by pidfile, pkill", async () => {
+  const dir = `${stateRoot}/probe-qemu`;
+  await Deno.mkdir(dir, { recursive: true });
+  const pidFile = `${dir}/qemu.pid`;
+  const qmpSock = `${dir}/qmp.sock`;
+  const q = await launchQemu({
+    binary: "qemu-system-x86_64",
+    args: [
+      ...["-machine", "q35,accel=tcg", "-m", "64", "-nodefaults", "-display", "none", "-S"],
+      ...["-qmp", `unix:${qmpSock},server=on,wait=off`, "-daemonize", "-pidfile", pidFile],
+    ],
+    pidFile,
+    qmpSock,
+    startTimeoutMs: 30_000,
+  });
+  q.qmp.close();
+  if ((await lockedPid(pidFile)) !== q.pid) throw new Error("pgrep did not find QEMU");
+  if (!(await killQemu(pidFile))) throw new Error("pkill did not signal QEMU");
+  const end = Date.now() + 10_000;
+  while ((await lockedPid(pidFile)) !== null) {
+    if (Date.now() > end) throw new Error("QEMU survived pkill");
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  results["daemonized qemu pid"] = String(q.pid);
+});
 await probe("sys figures", () => {
   Deno.hostname();
   Deno.loadavg();

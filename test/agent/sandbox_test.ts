@@ -1,4 +1,5 @@
-import { assertEquals, assertMatch } from "../assert.ts";
+import { assert, assertEquals, assertMatch } from "../assert.ts";
+import { waitGone } from "./helpers.ts";
 import { permissionFlags } from "../../scripts/permissions.ts";
 
 Deno.test("sandbox: the agent's exact permission flags confine it to its roots", async () => {
@@ -34,6 +35,7 @@ Deno.test("sandbox: the agent's exact permission flags confine it to its roots",
     assertMatch(r["env HOME"], denied);
     assertMatch(r["write config"], denied);
     assertMatch(r["Deno.kill"], denied);
+    assertMatch(r["spawn kill"], denied);
     // Allowed.
     assertEquals(r["env OTHERIX_PROBE"], "ok");
     assertEquals(r["write+read state"], "ok");
@@ -43,6 +45,12 @@ Deno.test("sandbox: the agent's exact permission flags confine it to its roots",
     assertEquals(r["statfs state"], "ok");
     assertEquals(r["pool free space"], "ok");
     assertEquals(r["trim serial log"], "ok");
+    // QEMU outlives the agent: launched as a daemon, found and force-stopped only through its
+    // locked pidfile with pgrep / pkill (the only other tools the agent may run).
+    assertEquals(r["daemonized qemu: launch, find by pidfile, pkill"], "ok");
+    const qemuPid = Number(r["daemonized qemu pid"]);
+    assert(qemuPid > 0);
+    await waitGone(qemuPid, 5000);
     // Deno grants /sys and /dev only with --allow-all, which the agent never has: accelerator
     // detection goes through qemu-img / a QEMU smoke test, system-disk figures through the
     // state dir.

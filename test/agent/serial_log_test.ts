@@ -137,14 +137,14 @@ Deno.test("serial log: the VM manager trims every known VM and only warns on I/O
       await new Promise((r) => setTimeout(r, 20));
     }
     assert((await Deno.stat(files[1].serialLog)).size <= 32 * 1024);
-    await vms.shutdown();
+    await vms.close();
     await trimmer.stop(); // idempotent after shutdown
     await Deno.writeTextFile(files[1].serialLog, lines(1, 3000));
     await new Promise((r) => setTimeout(r, 200));
     assertEquals((await Deno.stat(files[1].serialLog)).size, lines(1, 3000).length);
   } finally {
     if (immutable) await chattr("-i", files[0].serialLog);
-    await vms.shutdown();
+    await vms.close();
     await t.cleanup();
   }
 });

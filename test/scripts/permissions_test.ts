@@ -9,16 +9,24 @@ import { compileArgs } from "../../scripts/compile.ts";
 
 const roots = { config: "/t/etc/otherix", state: "/t/var/lib/otherix", run: "/t/run/otherix" };
 
-Deno.test("permissions: the agent may run only QEMU, qemu-img and the ISO builder", () => {
+Deno.test("permissions: the agent may run only QEMU, qemu-img, the ISO builder, pgrep, pkill", () => {
   const flags = permissionFlags("otherix-agent", roots);
   assertEquals(flags.filter((f) => f.startsWith("--allow-run")), [
-    `--allow-run=${AGENT_RUN_ALLOWLIST.join(",")}`,
+    "--allow-run=qemu-system-x86_64,qemu-system-aarch64,qemu-img,genisoimage,pgrep,pkill",
   ]);
+  assertEquals(
+    flags.find((f) => f.startsWith("--allow-run")),
+    `--allow-run=${AGENT_RUN_ALLOWLIST}`,
+  );
   const read = flags.find((f) => f.startsWith("--allow-read="))!.split("=")[1].split(",");
   assertEquals(read, [roots.config, roots.state, roots.run]);
   const write = flags.find((f) => f.startsWith("--allow-write="))!.split("=")[1].split(",");
   assertEquals(write, [roots.state, roots.run]);
-  assert(flags.includes("--allow-env=OTHERIX_*,LOG_TOKENS,LOG_STREAM"));
+  assert(
+    flags.includes(
+      "--allow-env=OTHERIX_*,LOG_TOKENS,LOG_STREAM,WS_NO_BUFFER_UTIL,WS_NO_UTF_8_VALIDATE",
+    ),
+  );
   assert(!flags.some((f) => f === "-A" || f === "--allow-all" || f === "--allow-run"));
 });
 
