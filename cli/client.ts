@@ -141,17 +141,72 @@ export class ApiClient {
     return { items, raw };
   }
 
+  /**
+   * Opens a Server-Sent Events stream (`GET path`, `Accept: text/event-stream`). The request
+   * timeout covers the connection and the response headers only: the body streams until the
+   * server ends it or `signal` aborts.
+   *
+   * @returns the response body (bytes of the event stream)
+   * @throws ApiCallError for an error envelope (e.g. 404 `not_found` from a server without the
+   *   endpoint, 410 `revision_compacted`); TransportError otherwise, also for a 2xx answer
+   *   that is not `text/event-stream`
+   */
+  async stream(
+    path: string,
+    options: RequestOptions & { signal?: AbortSignal; headers?: Record<string, string> } = {},
+  ): Promise<ReadableStream<Uint8Array>> {
+    const res = await this.#request("GET", path, options, "text/event-stream");
+    const contentType = res.headers.get("content-type") ?? "";
+    if (!/^text\/event-stream\b/i.test(contentType) || !res.body) {
+      const text = await res.text().catch(() => "");
+      throw new TransportError(
+        "request_failed",
+        `unexpected response from GET ${path}: HTTP ${res.status} is not an event stream` +
+          ` (content-type ${contentType || "none"}): ${snippet(text) || "(empty body)"}`,
+      );
+    }
+    return res.body;
+  }
+
   async #send(
     method: string,
     path: string,
     options: RequestOptions,
     accept: string,
   ): Promise<{ status: number; text: string; contentType: string }> {
+    const signal = AbortSignal.timeout(this.#timeoutMs);
+    const res = await this.#request(method, path, options, accept, signal);
+    try {
+      return {
+        status: res.status,
+        text: await res.text(),
+        contentType: res.headers.get("content-type") ?? "",
+      };
+    } catch (e) {
+      throw this.#transportError(e, `${method} ${new URL(this.endpoint + path).pathname}`);
+    }
+  }
+
+  /**
+   * Sends a request; returns the response when it is 2xx (body unread). Without `bodySignal`
+   * the request timeout covers the connection and headers only.
+   */
+  async #request(
+    method: string,
+    path: string,
+    options: RequestOptions & { signal?: AbortSignal; headers?: Record<string, string> },
+    accept: string,
+    bodySignal?: AbortSignal,
+  ): Promise<Response> {
     const url = new URL(this.endpoint + path);
     for (const [k, v] of Object.entries(options.query ?? {})) {
       if (v !== undefined) url.searchParams.set(k, String(v));
     }
-    const headers: Record<string, string> = { Accept: accept, "User-Agent": "otherix-cli" };
+    const headers: Record<string, string> = {
+      Accept: accept,
+      "User-Agent": "otherix-cli",
+      ...options.headers,
+    };
     const token = options.token ?? this.#token;
     if (token) headers.Authorization = `Bearer ${token}`;
     let body: string | undefined;
@@ -160,19 +215,28 @@ export class ApiClient {
       body = JSON.stringify(options.body);
     }
     const what = `${method} ${url.pathname}`;
-    const signal = AbortSignal.timeout(this.#timeoutMs);
-    let status: number;
-    let text: string;
-    let contentType: string;
+    const timeout = bodySignal ?? AbortSignal.timeout(this.#timeoutMs);
+    // Headers must arrive before the timeout; a streamed body may outlive it (no bodySignal).
+    const headersDeadline = new AbortController();
+    const onTimeout = () => headersDeadline.abort(timeout.reason);
+    timeout.addEventListener("abort", onTimeout);
+    const signals = [bodySignal ?? headersDeadline.signal];
+    if (options.signal) signals.push(options.signal);
+    let res: Response;
     try {
-      const res = await this.#fetch(url, { method, headers, body, signal });
-      status = res.status;
-      contentType = res.headers.get("content-type") ?? "";
+      res = await this.#fetch(url, { method, headers, body, signal: AbortSignal.any(signals) });
+    } catch (e) {
+      throw this.#transportError(e, what);
+    } finally {
+      if (!bodySignal) timeout.removeEventListener("abort", onTimeout);
+    }
+    if (res.status >= 200 && res.status < 300) return res;
+    let text: string;
+    try {
       text = await res.text();
     } catch (e) {
       throw this.#transportError(e, what);
     }
-    if (status >= 200 && status < 300) return { status, text, contentType };
     let envelope: z.infer<typeof ErrorEnvelopeSchema> | undefined;
     try {
       const parsed = ErrorEnvelopeSchema.safeParse(JSON.parse(text));
@@ -182,11 +246,11 @@ export class ApiClient {
     }
     if (envelope) {
       const { code, message, details } = envelope.error;
-      throw new ApiCallError(code, message, details, status);
+      throw new ApiCallError(code, message, details, res.status);
     }
     throw new TransportError(
       "request_failed",
-      `unexpected response from ${what}: HTTP ${status}: ${snippet(text) || "(empty body)"}`,
+      `unexpected response from ${what}: HTTP ${res.status}: ${snippet(text) || "(empty body)"}`,
     );
   }
 

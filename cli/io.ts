@@ -31,6 +31,11 @@ export interface Io {
   fetch: typeof fetch;
   /** Reads a text file (`--user-data @file`). */
   readTextFile(path: string): Promise<string>;
+  /**
+   * Calls `handler` on SIGINT (Ctrl+C) instead of the default (the process dies) until the
+   * returned function removes it (`--watch` ends cleanly with exit status 0).
+   */
+  onInterrupt(handler: () => void): () => void;
 }
 
 /** The real process: `Deno.env`, `Deno.stdout`/`Deno.stderr`, the terminal, `fetch`. */
@@ -59,5 +64,9 @@ export function denoIo(): Io {
     sleep: (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
     fetch: (input, init) => fetch(input, init),
     readTextFile: (path) => Deno.readTextFile(path),
+    onInterrupt: (handler) => {
+      Deno.addSignalListener("SIGINT", handler);
+      return () => Deno.removeSignalListener("SIGINT", handler);
+    },
   };
 }

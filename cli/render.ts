@@ -28,19 +28,42 @@ function width(s: string): number {
  * ```
  */
 export function renderTable(headers: string[], rows: string[][]): string {
-  const all = [headers.map((h) => h.toUpperCase()), ...rows];
-  const widths = headers.map((_, i) => Math.max(...all.map((r) => width(r[i] ?? ""))));
-  return all
-    .map((r) =>
-      headers
-        .map((_, i) => {
-          const cell = r[i] ?? "";
-          return i === headers.length - 1 ? cell : cell + " ".repeat(widths[i] - width(cell));
-        })
-        .join("   ")
-        .trimEnd() + "\n"
-    )
-    .join("");
+  const table = new TableWriter(headers, rows);
+  return table.header() + rows.map((r) => table.row(r)).join("");
+}
+
+/**
+ * An aligned table printed in parts (`--watch`): the header and the initial rows fix the
+ * column widths (as {@link renderTable} renders them); rows printed later reuse those widths,
+ * a longer cell pushing the rest of its own row to the right.
+ */
+export class TableWriter {
+  readonly #headers: string[];
+  readonly #widths: number[];
+
+  constructor(headers: string[], rows: string[][] = []) {
+    this.#headers = headers.map((h) => h.toUpperCase());
+    const all = [this.#headers, ...rows];
+    this.#widths = headers.map((_, i) => Math.max(...all.map((r) => width(r[i] ?? ""))));
+  }
+
+  /** The header line. */
+  header(): string {
+    return this.row(this.#headers);
+  }
+
+  /** One row (cells in header order), newline-terminated, without trailing whitespace. */
+  row(cells: string[]): string {
+    return this.#headers
+      .map((_, i) => {
+        const cell = cells[i] ?? "";
+        return i === this.#headers.length - 1
+          ? cell
+          : cell + " ".repeat(Math.max(0, this.#widths[i] - width(cell)));
+      })
+      .join("   ")
+      .trimEnd() + "\n";
+  }
 }
 
 /** A `key: value` entry; a nested list renders as an indented section. */

@@ -1,13 +1,35 @@
 /**
- * `otherix vm create|list|get|delete|logs` (spec: "otherix vm subcommands", "VM operations
- * with names", "Step 2 — create a VM").
+ * `otherix vm create|list|get|delete|logs|console` and the lifecycle verbs
+ * `start|stop|poweroff|reboot|pause|resume|reset` (spec: "otherix vm subcommands", "VM
+ * operations with names", "Step 2 — create a VM", "Step 4 — observe the VM", "Step 5 —
+ * console access"; shared/api/vms.ts).
+ *
+ * Asynchronous commands print their task (`created task=<id> status=pending`,
+ * `vm <name> <action> task=<id>`); `--wait` follows the task over the event stream
+ * (`wait.ts`) and prints the outcome (`vm running task=…`, `vm <name> stopped task=…`), a
+ * failed task being `api_error: <code>: <message>` (exit 1). `list --watch` / `get --watch`
+ * print the current state, then one row / object per change (`watch.ts`).
  *
  * @module
  */
 import { type Command, Option } from "commander";
-import { type Task, TaskSchema } from "../../shared/api/tasks.ts";
-import { type Vm, type VmCreateRequestInput, VmSchema } from "../../shared/api/vms.ts";
-import { connect, outputOption, parseIntArg, seg, waitTimeoutOption } from "../common.ts";
+import { type Task, TaskSchema, type VmAction } from "../../shared/api/tasks.ts";
+import {
+  RestartPolicySchema,
+  type Vm,
+  type VmCreateRequestInput,
+  VmSchema,
+} from "../../shared/api/vms.ts";
+import type { ApiClient } from "../client.ts";
+import {
+  connect,
+  globalsOf,
+  outputOption,
+  parseDurationArg,
+  parseIntArg,
+  seg,
+  waitTimeoutOption,
+} from "../common.ts";
 import { formatAge } from "../duration.ts";
 import { ApiCallError, UsageError } from "../errors.ts";
 import type { Io } from "../io.ts";
@@ -17,30 +39,44 @@ import {
   listEnvelope,
   type OutputFormat,
   renderAs,
+  renderJson,
   renderKeyValues,
   renderOne,
-  renderTable,
+  renderYaml,
+  TableWriter,
 } from "../render.ts";
 import { waitForTask } from "../wait.ts";
+import { type Watched, watchKind } from "../watch.ts";
 
-/** Columns of `vm list` (and `vm get -o table`). */
-function vmTable(vms: Vm[], showIds: boolean, now: number): string {
-  const headers = ["name", "status", "node", "pool", "image", "age"];
-  const rows = vms.map((v) => [
-    v.name,
-    v.status,
-    v.node,
-    v.pool,
-    v.image,
-    formatAge(v.created_at, now),
-  ]);
-  return showIds
-    ? renderTable(["id", ...headers], rows.map((r, i) => [vms[i].id, ...r]))
-    : renderTable(headers, rows);
+const VM_COLUMNS = ["name", "status", "node", "pool", "image", "age"];
+
+/** Headers of `vm list` (and `vm get -o table`). */
+function vmHeaders(showIds: boolean): string[] {
+  return showIds ? ["id", ...VM_COLUMNS] : VM_COLUMNS;
 }
 
-/** `key: value` view of a VM (spec sample order; unset fields omitted). */
+/** One `vm list` row; `status` overrides the VM's (`deleted` under `--watch`). */
+function vmRow(vm: Vm, showIds: boolean, now: number, status: string = vm.status): string[] {
+  const row = [vm.name, status, vm.node, vm.pool, vm.image, formatAge(vm.created_at, now)];
+  return showIds ? [vm.id, ...row] : row;
+}
+
+/** The `vm list` table. */
+function vmTable(vms: Vm[], showIds: boolean, now: number): string {
+  const rows = vms.map((v) => vmRow(v, showIds, now));
+  const table = new TableWriter(vmHeaders(showIds), rows);
+  return table.header() + rows.map((r) => table.row(r)).join("");
+}
+
+/**
+ * `key: value` view of a VM, in the order of the spec's sample ("Step 4 — observe the VM"),
+ * with the lifecycle fields after `desired_phase`; unset fields are omitted. The last task's
+ * error is shown under `last_task`; the top-level `error` only when it says something else.
+ */
 export function vmKeyValues(vm: Vm): KvEntry[] {
+  const errorText = (e: Vm["error"]) => (e ? `${e.code}: ${e.message}` : null);
+  const task = vm.last_task;
+  const error = errorText(vm.error);
   return [
     ["id", vm.id],
     ["name", vm.name],
@@ -48,6 +84,7 @@ export function vmKeyValues(vm: Vm): KvEntry[] {
     ["image_url", vm.image_url],
     ["image_sha256", vm.image_sha256],
     ["image", vm.image],
+    ["image_format", vm.image_format],
     ["pool", vm.pool],
     ["node", vm.node],
     ["architecture", vm.architecture],
@@ -56,8 +93,27 @@ export function vmKeyValues(vm: Vm): KvEntry[] {
     ["disk_gib", vm.disk_gib],
     ["status", vm.status],
     ["desired_phase", vm.desired_phase],
-    ["last_task_id", vm.last_task_id],
-    ["error", vm.error ? `${vm.error.code}: ${vm.error.message}` : null],
+    ["restart_policy", vm.restart_policy],
+    ["restart_count", vm.restart_count],
+    [
+      "last_exit",
+      vm.last_exit
+        ? [["reason", vm.last_exit.reason], ["at", vm.last_exit.at], [
+          "detail",
+          vm.last_exit.detail,
+        ]]
+        : null,
+    ],
+    [
+      "last_task",
+      task
+        ? [["id", task.id], ["type", task.type], ["status", task.status], [
+          "error",
+          errorText(task.error),
+        ]]
+        : null,
+    ],
+    ["error", error !== null && error !== errorText(task?.error ?? null) ? error : null],
     ["created_at", vm.created_at],
     ["updated_at", vm.updated_at],
   ];
@@ -73,6 +129,51 @@ async function userDataOf(value: string | undefined, io: Io): Promise<string | u
   } catch (e) {
     throw new UsageError(`cannot read --user-data file ${path}: ${(e as Error).message}`);
   }
+}
+
+/** The lifecycle verbs: `POST /v1/vms/{name}/{action}` (shared/api/tasks.ts VmActionSchema). */
+const ACTIONS: { action: VmAction; description: string; timeout?: boolean }[] = [
+  { action: "start", description: "start a stopped VM" },
+  {
+    action: "stop",
+    description: "shut the guest down (ACPI power button), forced after --timeout",
+    timeout: true,
+  },
+  { action: "poweroff", description: "power the VM off at once (like pulling the plug)" },
+  {
+    action: "reboot",
+    description: "reboot the guest (ACPI power button, then reset), forced after --timeout",
+    timeout: true,
+  },
+  { action: "pause", description: "halt the VM's vCPUs (memory is kept)" },
+  { action: "resume", description: "resume a paused VM" },
+  { action: "reset", description: "hard-reset the VM (like the reset button)" },
+];
+
+/**
+ * Adds the server's context to a 409 of a lifecycle verb when its message does not already
+ * say it: the VM's current status (`vm_invalid_state`, details.status) or the task in flight
+ * (`vm_busy`, details.task_id).
+ */
+function explainConflict(e: unknown, name: string): unknown {
+  if (!(e instanceof ApiCallError)) return e;
+  const status = e.details?.status;
+  const taskId = e.details?.task_id;
+  let extra = "";
+  if (e.code === "vm_invalid_state" && typeof status === "string") {
+    if (!e.message.includes(status)) extra = `vm ${name} is ${status}`;
+  } else if (e.code === "vm_busy" && typeof taskId === "string") {
+    if (!e.message.includes(taskId)) {
+      extra = `task ${taskId} is in flight; follow it with 'otherix vm get ${name} --watch'`;
+    }
+  }
+  if (!extra) return e;
+  return new ApiCallError(e.code, `${e.message} (${extra})`, e.details, e.status);
+}
+
+/** Writes one document of a `--watch` stream in `format` (json/yaml: one per change). */
+function writeDocument(io: Io, format: OutputFormat, raw: unknown): void {
+  io.out(format === "yaml" ? `---\n${renderYaml(raw)}` : renderJson(raw));
 }
 
 /** Registers `vm` and its subcommands on `program`. */
@@ -95,6 +196,12 @@ export function registerVmCommands(program: Command, io: Io): void {
     .option("--user-data <data>", "cloud-init user-data: inline text, or @file to read a file")
     .option("--pool <pool>", "storage pool (default: the cluster default pool)")
     .option("--node <node>", "place the VM on exactly this node")
+    .addOption(
+      new Option(
+        "--restart-policy <policy>",
+        "what happens when QEMU exits unasked (server default: on-failure)",
+      ).choices(RestartPolicySchema.options),
+    )
     .option("--wait", "wait until the VM is running")
     .addOption(waitTimeoutOption())
     .addOption(outputOption("text", ["text", "json", "yaml"]))
@@ -112,6 +219,7 @@ export function registerVmCommands(program: Command, io: Io): void {
       if (userData !== undefined) body.user_data = userData;
       if (opts.pool !== undefined) body.pool = opts.pool;
       if (opts.node !== undefined) body.node = opts.node;
+      if (opts.restartPolicy !== undefined) body.restart_policy = opts.restartPolicy;
 
       const client = await connect(cmd, io);
       const created = await client.json("POST", "/v1/vms", TaskSchema, { body });
@@ -126,30 +234,35 @@ export function registerVmCommands(program: Command, io: Io): void {
         timeoutSeconds: opts.waitTimeout,
         hint: `check with 'otherix vm get ${name}'`,
       });
-      finishTask(io, format, done.task, done.raw, `vm running task=${task.id}\n`);
+      finishTask(io, format, done.task, done.raw, "vm_create_failed");
+      if (format === "text") io.out(`vm running task=${task.id}\n`);
     });
 
   vm.command("list")
-    .description("list VMs")
+    .description("list VMs (--watch: then a row per change, until Ctrl+C)")
     .option("--show-ids", "add an ID column")
+    .option("-w, --watch", "after the list, print a row for every change (Ctrl+C stops)")
     .addOption(outputOption("table", ["table", "text", "json", "yaml"]))
     .action(async (opts, cmd: Command) => {
       const client = await connect(cmd, io);
-      const { items, raw } = await client.listAll("/v1/vms", VmSchema);
       const format = opts.output as OutputFormat;
-      io.out(
-        renderAs(format, listEnvelope(raw), () => vmTable(items, Boolean(opts.showIds), io.now())),
-      );
+      const showIds = Boolean(opts.showIds);
+      if (opts.watch) return await watchList(client, io, format, showIds);
+      const { items, raw } = await client.listAll("/v1/vms", VmSchema);
+      io.out(renderAs(format, listEnvelope(raw), () => vmTable(items, showIds, io.now())));
     });
 
   vm.command("get")
-    .description("show one VM")
+    .description("show one VM (--watch: then the VM again after every change, until Ctrl+C)")
     .argument("<name>", "VM name")
+    .option("-w, --watch", "after the VM, print it again after every change (Ctrl+C stops)")
     .addOption(outputOption("text"))
     .action(async (name: string, opts, cmd: Command) => {
+      const path = `/v1/vms/${seg(name)}`;
       const client = await connect(cmd, io);
-      const { data, raw } = await client.json("GET", `/v1/vms/${seg(name)}`, VmSchema);
       const format = opts.output as OutputFormat;
+      if (opts.watch) return await watchOne(client, io, format, name);
+      const { data, raw } = await client.json("GET", path, VmSchema);
       io.out(renderOne(
         format,
         raw,
@@ -161,7 +274,11 @@ export function registerVmCommands(program: Command, io: Io): void {
   vm.command("delete")
     .description("delete a VM (asks for confirmation unless --force)")
     .argument("<name>", "VM name")
-    .option("--force", "do not ask for confirmation")
+    .option(
+      "--force",
+      "do not ask for confirmation; and when the VM's node is not ready, remove the VM from" +
+        " the cluster at once instead of waiting for its agent",
+    )
     .option("--wait", "wait until the VM is deleted")
     .addOption(waitTimeoutOption())
     .addOption(outputOption("text", ["text", "json", "yaml"]))
@@ -179,7 +296,9 @@ export function registerVmCommands(program: Command, io: Io): void {
         }
       }
       const client = await connect(cmd, io);
-      const deleted = await client.json("DELETE", path, TaskSchema);
+      const deleted = await client.json("DELETE", path, TaskSchema, {
+        query: { force: opts.force ? "true" : undefined },
+      });
       const format = opts.output as OutputFormat;
       const task = deleted.data;
       if (!opts.wait) {
@@ -191,8 +310,30 @@ export function registerVmCommands(program: Command, io: Io): void {
         timeoutSeconds: opts.waitTimeout,
         hint: `check with 'otherix vm get ${name}'`,
       });
-      finishTask(io, format, done.task, done.raw, `vm deleted task=${task.id}\n`);
+      finishTask(io, format, done.task, done.raw, "vm_delete_failed");
+      if (format === "text") io.out(`vm deleted task=${task.id}\n`);
     });
+
+  for (const { action, description, timeout } of ACTIONS) {
+    const sub = vm.command(action)
+      .description(`${description} (asynchronous; --wait blocks until done)`)
+      .argument("<name>", "VM name");
+    if (timeout) {
+      sub.addOption(
+        new Option(
+          "--timeout <duration>",
+          "how long the guest gets to shut down before it is forced (e.g. 60s, 2m;" +
+            " server default 60s)",
+        ).argParser(parseDurationArg),
+      );
+    }
+    sub.option("--wait", "wait until the action is done")
+      .addOption(waitTimeoutOption())
+      .addOption(outputOption("text", ["text", "json", "yaml"]))
+      .action(async (name: string, opts, cmd: Command) => {
+        await runAction(cmd, io, action, name, opts);
+      });
+  }
 
   vm.command("logs")
     .description("print the tail of the VM's serial console log")
@@ -209,29 +350,135 @@ export function registerVmCommands(program: Command, io: Io): void {
       });
       io.out(text);
     });
+
+  vm.command("console")
+    .description("attach to the VM's serial console (detach with Ctrl+])")
+    .argument("<name>", "VM name")
+    .action(async (name: string, _opts, cmd: Command) => {
+      seg(name);
+      const client = await connect(cmd, io);
+      // Loaded on use: the WebSocket client is needed by this command only.
+      const { runConsole } = await import("../console.ts");
+      await runConsole({ name, client, timeoutMs: globalsOf(cmd).requestTimeout * 1000 });
+    });
+}
+
+/** `vm <action> NAME [--timeout D] [--wait]`. */
+async function runAction(
+  cmd: Command,
+  io: Io,
+  action: VmAction,
+  name: string,
+  opts: { timeout?: number; wait?: boolean; waitTimeout: number; output: string },
+): Promise<void> {
+  const path = `/v1/vms/${seg(name)}/${action}`;
+  const client = await connect(cmd, io);
+  const body: { timeout_seconds?: number } = {};
+  if (opts.timeout !== undefined) body.timeout_seconds = opts.timeout;
+  let started: { data: Task; raw: unknown };
+  try {
+    started = await client.json("POST", path, TaskSchema, { body });
+  } catch (e) {
+    throw explainConflict(e, name);
+  }
+  const format = opts.output as OutputFormat;
+  const task = started.data;
+  const line = `vm ${name} ${action} task=${task.id}\n`;
+  if (!opts.wait) {
+    printTask(io, format, started.raw, line);
+    return;
+  }
+  if (format === "text") io.out(line);
+  const done = await waitForTask(client, io, task.id, {
+    timeoutSeconds: opts.waitTimeout,
+    hint: `check with 'otherix vm get ${name}'`,
+  });
+  finishTask(io, format, done.task, done.raw, "internal_error");
+  if (format === "text") {
+    const now = await client.json("GET", `/v1/vms/${seg(name)}`, VmSchema);
+    io.out(`vm ${name} ${now.data.status} task=${task.id}\n`);
+  }
+}
+
+/** `vm list --watch`: the table (or documents), then a row (document) per change. */
+async function watchList(
+  client: ApiClient,
+  io: Io,
+  format: OutputFormat,
+  showIds: boolean,
+): Promise<void> {
+  let table: TableWriter | null = null;
+  const emit = (w: Watched<Vm>, status?: string) => {
+    if (format === "json" || format === "yaml") return writeDocument(io, format, w.raw);
+    io.out(table!.row(vmRow(w.object, showIds, io.now(), status)));
+  };
+  await watchKind(client, io, {
+    kind: "vm",
+    schema: VmSchema,
+    initial: (items) => {
+      if (format === "json" || format === "yaml") return items.forEach((w) => emit(w));
+      const rows = items.map((w) => vmRow(w.object, showIds, io.now()));
+      table = new TableWriter(vmHeaders(showIds), rows);
+      io.out(table.header() + rows.map((r) => table!.row(r)).join(""));
+    },
+    change: (c) => (c.type === "deleted" ? emit(c.last, "deleted") : emit(c.current)),
+  });
+}
+
+/** `vm get NAME --watch`: the VM, then the VM again after every change. */
+async function watchOne(
+  client: ApiClient,
+  io: Io,
+  format: OutputFormat,
+  name: string,
+): Promise<void> {
+  let table: TableWriter | null = null;
+  let printed = 0;
+  const emit = (w: Watched<Vm>, deleted = false) => {
+    if (format === "json" || format === "yaml") return writeDocument(io, format, w.raw);
+    if (format === "table") {
+      table ??= new TableWriter(vmHeaders(false), [vmRow(w.object, false, io.now())]);
+      if (printed++ === 0) io.out(table.header());
+      return io.out(table.row(vmRow(w.object, false, io.now(), deleted ? "deleted" : undefined)));
+    }
+    const text = deleted
+      ? renderKeyValues([["name", w.name], ["status", "deleted"]])
+      : renderKeyValues(vmKeyValues(w.object));
+    io.out((printed++ === 0 ? "" : "\n") + text);
+  };
+  await watchKind(client, io, {
+    kind: "vm",
+    name,
+    schema: VmSchema,
+    initial: (items) => {
+      if (items.length === 0) throw new ApiCallError("vm_not_found", `vm "${name}" not found`);
+      items.forEach((w) => emit(w));
+    },
+    change: (c) => (c.type === "deleted" ? emit(c.last, true) : emit(c.current)),
+  });
 }
 
 function printTask(io: Io, format: OutputFormat, raw: unknown, text: string): void {
   io.out(renderAs(format, raw, () => text));
 }
 
-/** Prints the final task; a failed task becomes `api_error: <code>: <message>` (exit 1). */
+/**
+ * Prints the final task for `-o json|yaml`; a failed task becomes
+ * `api_error: <code>: <message>` (exit 1), `fallbackCode` when the task carries no error.
+ */
 function finishTask(
   io: Io,
   format: OutputFormat,
   task: Task,
   raw: unknown,
-  successText: string,
+  fallbackCode: string,
 ): void {
   if (format !== "text") io.out(renderAs(format, raw, String));
   if (task.status === "failed") {
-    const code = task.error?.code ??
-      (task.type === "vm.delete" ? "vm_delete_failed" : "vm_create_failed");
     throw new ApiCallError(
-      code,
+      task.error?.code ?? fallbackCode,
       task.error?.message ?? "task failed without an error message",
       task.error?.details,
     );
   }
-  if (format === "text") io.out(successText);
 }

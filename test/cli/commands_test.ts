@@ -177,8 +177,10 @@ Deno.test("vm delete: TTY confirmation; 'n' aborts without a request, 'y' delete
   );
   assertEquals(seen.map((s) => `${s.method} ${s.path}`), [
     "DELETE /v1/vms/demo-vm",
+    "GET /v1/events", // 404 here: an older server, so --wait polls
     `GET /v1/tasks/${uuid(50)}`,
   ]);
+  assertEquals(seen[0].query.get("force"), null, "no --force, no ?force=true");
 });
 
 Deno.test("vm delete --wait: a failed task is api_error with its code", async () => {

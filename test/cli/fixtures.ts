@@ -28,6 +28,7 @@ export function vmFixture(over: Partial<Vm> = {}): Vm {
     image_url: "http://127.0.0.1:9000/images/otherix-test.img",
     image_sha256: null,
     image: "otherix-test.img",
+    image_format: "raw",
     architecture: "amd64",
     vcpus: 2,
     memory_mb: 2048,
@@ -36,7 +37,10 @@ export function vmFixture(over: Partial<Vm> = {}): Vm {
     node: "node-a",
     status: "running",
     desired_phase: "running",
-    last_task_id: uuid(50),
+    restart_policy: "on-failure",
+    restart_count: 0,
+    last_exit: null,
+    last_task: { id: uuid(50), type: "vm.create", status: "succeeded", error: null },
     error: null,
     created_at: "2026-05-12T19:55:00.000Z",
     updated_at: "2026-05-12T19:56:00.000Z",
@@ -51,9 +55,14 @@ export function taskFixture(over: Partial<Task> = {}): Task {
     type: "vm.create",
     status: "pending",
     resource: { kind: "vm", name: "demo-vm", id: uuid(1) },
+    reason: null,
+    attempts: 0,
+    progress: null,
     error: null,
     created_at: "2026-05-12T19:55:00.000Z",
     updated_at: "2026-05-12T19:55:00.000Z",
+    started_at: null,
+    finished_at: null,
     ...over,
   });
 }
@@ -213,6 +222,90 @@ export async function runCli(
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
 
+/** A CLI process still running: its output so far, a condition wait, its result. */
+export interface RunningCli {
+  child: Deno.ChildProcess;
+  /** Output so far. */
+  readonly stdout: string;
+  readonly stderr: string;
+  /** Waits until `pred(stdout, stderr)` holds (re-checked on every output chunk). */
+  until(
+    what: string,
+    pred: (stdout: string, stderr: string) => boolean,
+    ms?: number,
+  ): Promise<void>;
+  /** Waits for the exit. */
+  result(): Promise<CliResult>;
+}
+
+/** Starts the real CLI like {@link runCli} without waiting for it (stdin closed). */
+export function spawnCli(args: string[], opts: { home: string; env?: Record<string, string> }) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: denoRunArgs("otherix", STANDARD_SANDBOX, args),
+    clearEnv: true,
+    env: {
+      HOME: opts.home,
+      DENO_DIR: denoDir(),
+      DENO_NO_UPDATE_CHECK: "1",
+      NO_COLOR: "1",
+      ...opts.env,
+    },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const out = { stdout: "", stderr: "" };
+  const listeners = new Set<() => void>();
+  const drain = async (stream: ReadableStream<Uint8Array>, field: "stdout" | "stderr") => {
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      out[field] += chunk;
+      for (const l of [...listeners]) l();
+    }
+  };
+  const drained = Promise.all([drain(child.stdout, "stdout"), drain(child.stderr, "stderr")]);
+  let exited = false;
+  const status = child.status.then(async (s) => {
+    await drained;
+    exited = true;
+    for (const l of [...listeners]) l();
+    return s;
+  });
+  const running: RunningCli = {
+    child,
+    get stdout() {
+      return out.stdout;
+    },
+    get stderr() {
+      return out.stderr;
+    },
+    async until(what, pred, ms = 15_000) {
+      const deadline = Date.now() + ms;
+      while (!pred(out.stdout, out.stderr)) {
+        if (exited || Date.now() > deadline) {
+          throw new Error(
+            `${exited ? "CLI exited" : "timed out"} waiting for ${what}` +
+              `\nstdout: ${out.stdout}\nstderr: ${out.stderr}`,
+          );
+        }
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(done, deadline - Date.now());
+          function done() {
+            clearTimeout(timer);
+            listeners.delete(done);
+            resolve();
+          }
+          listeners.add(done);
+        });
+      }
+    },
+    async result() {
+      const s = await status;
+      return { code: s.code, stdout: out.stdout, stderr: out.stderr };
+    },
+  };
+  return running;
+}
+
 /** An in-memory {@link Io}: captured output, scripted prompt answers, a manual clock. */
 export interface FakeIo extends Io {
   /** Everything written to stdout. */
@@ -221,6 +314,8 @@ export interface FakeIo extends Io {
   stderr: string;
   /** Prompts shown (line and secret). */
   prompts: string[];
+  /** Sends SIGINT: runs the handlers registered with `onInterrupt`. */
+  interrupt(): void;
 }
 
 /** Options of {@link fakeIo}. */
@@ -240,10 +335,16 @@ export interface FakeIoOptions {
 export function fakeIo(opts: FakeIoOptions = {}): FakeIo {
   let clock = NOW;
   const answers = [...(opts.answers ?? [])];
+  const interruptHandlers = new Set<() => void>();
   const io: FakeIo = {
     stdout: "",
     stderr: "",
     prompts: [],
+    interrupt: () => [...interruptHandlers].forEach((h) => h()),
+    onInterrupt: (handler) => {
+      interruptHandlers.add(handler);
+      return () => interruptHandlers.delete(handler);
+    },
     env: (n) => opts.env?.[n] || undefined,
     out(t) {
       io.stdout += t;
