@@ -4,7 +4,10 @@
  * Servers: `Deno.serve` cannot request client certificates, so TLS servers that need them use
  * `node:https` `createServer({requestCert, ca})` and hand requests to a Hono app through
  * `@hono/node-server`'s request listener (DESIGN.md "Facts"). The verified peer certificate is
- * exposed to handlers through {@link peerOf}.
+ * exposed to handlers through {@link peerOf}. WebSocket upgrades (`Upgrade: websocket`) bypass
+ * the app and go to the server's optional `onUpgrade` handler (with npm `ws`:
+ * `WebSocketServer({noServer: true}).handleUpgrade`); {@link refuseUpgrade} answers one with an
+ * error envelope instead.
  *
  * Clients: Deno's `fetch` presents a client certificate via `Deno.createHttpClient`, but it
  * cannot say WHICH CA-signed identity answered. Between cluster members use
@@ -17,9 +20,12 @@
  */
 import { createServer, request as httpsRequest, type Server } from "node:https";
 import { checkServerIdentity, type PeerCertificate } from "node:tls";
-import type { IncomingMessage } from "node:http";
+import { type IncomingMessage, STATUS_CODES } from "node:http";
 import type { TLSSocket } from "node:tls";
+import type { Duplex } from "node:stream";
+import type { Buffer } from "node:buffer";
 import { getRequestListener } from "@hono/node-server";
+import type { ApiError } from "./errors.ts";
 
 /** What a handler learns about the TLS peer. */
 export interface Peer {
@@ -62,6 +68,16 @@ export interface TlsServeOptions {
   requireClientCert: boolean;
   /** The Hono app's `fetch`. */
   fetch: (req: Request, env: { incoming: IncomingMessage }) => Response | Promise<Response>;
+  /**
+   * Receives every request carrying `Upgrade: websocket` instead of the app: the raw request
+   * (the TLS peer is `req.socket`, see {@link peerOf}), its socket and the first bytes after
+   * the headers. The handler owns the socket: it upgrades it or answers with
+   * {@link refuseUpgrade}. Without it such requests reach the app like any other (which
+   * answers them with a plain response). Other `Upgrade` protocols are refused with 400
+   * `validation_failed` while a handler is set. Sockets still open when the server closes are
+   * destroyed.
+   */
+  onUpgrade?: (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
 }
 
 /** A running TLS server. */
@@ -91,6 +107,26 @@ export async function serveTls(opts: TlsServeOptions): Promise<TlsServer> {
     rejectUnauthorized: opts.requireClientCert,
     minVersion: "TLSv1.2",
   }, listener);
+  const upgraded = new Set<Duplex>();
+  const onUpgrade = opts.onUpgrade;
+  if (onUpgrade) {
+    server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      upgraded.add(socket);
+      socket.once("close", () => upgraded.delete(socket));
+      if (!/^websocket$/i.test(String(req.headers.upgrade ?? ""))) {
+        refuseUpgradeWith(socket, 400, {
+          code: "validation_failed",
+          message: `unsupported upgrade ${JSON.stringify(req.headers.upgrade ?? "")}`,
+        });
+        return;
+      }
+      try {
+        onUpgrade(req, socket, head);
+      } catch {
+        socket.destroy();
+      }
+    });
+  }
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(opts.port, opts.hostname, () => {
@@ -106,8 +142,38 @@ export async function serveTls(opts: TlsServeOptions): Promise<TlsServer> {
       new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeAllConnections?.();
+        for (const socket of upgraded) socket.destroy();
       }),
   };
+}
+
+/**
+ * Answers an upgrade request with `err`'s error envelope (its catalogue status) and closes
+ * the socket: how an `onUpgrade` handler refuses before the WebSocket handshake.
+ */
+export function refuseUpgrade(socket: Duplex, err: ApiError): void {
+  refuseUpgradeWith(socket, err.status, err.toInfo());
+}
+
+function refuseUpgradeWith(
+  socket: Duplex,
+  status: number,
+  info: { code: string; message: string; details?: Record<string, unknown> },
+): void {
+  if (socket.destroyed) return;
+  const body = new TextEncoder().encode(JSON.stringify({ error: info }));
+  const head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "Error"}\r\n` +
+    "Content-Type: application/json\r\n" +
+    `Content-Length: ${body.length}\r\n` +
+    "Connection: close\r\n\r\n";
+  socket.end(concatBytes(new TextEncoder().encode(head), body));
+}
+
+function concatBytes(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
 }
 
 /** Material of an mTLS client. */
