@@ -15,8 +15,13 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 APT_PACKAGES=(
   qemu-system-x86 qemu-utils genisoimage   # agent: emulator, disk tool, NoCloud ISO builder
   busybox-static syslinux syslinux-common mtools dosfstools cpio kmod   # offline test image
-  ca-certificates curl procps
+  ca-certificates curl procps   # procps: pgrep/pkill (the agent's pidfile-locked force stop)
 )
+# Only for the test suite (scripts/test.sh sets OTHERIX_SETUP_TESTS=1): the browser the
+# console page is tested in (driven by npm playwright-core), `script` for pty tests.
+if [ "${OTHERIX_SETUP_TESTS:-}" = "1" ]; then
+  APT_PACKAGES+=(chromium bsdutils)
+fi
 
 log() { printf '>> setup: %s\n' "$*" >&2; }
 

@@ -7,7 +7,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 
-"$REPO/scripts/setup.sh"
+OTHERIX_SETUP_TESTS=1 "$REPO/scripts/setup.sh"
 
 echo ">> building the offline test image (cached)"
 "$REPO/scripts/build-test-image.sh" >/dev/null
