@@ -14,7 +14,7 @@ import { ApiError } from "../../shared/errors.ts";
 import { can, type Permission } from "../../shared/rbac.ts";
 import { type ApiTokenRecord, keys, type UserRecord } from "../repo/records.ts";
 import type { Store } from "../store/store.ts";
-import { getUser } from "../users.ts";
+import { getUser } from "../users/service.ts";
 import { verifyAccessToken } from "./jwt.ts";
 import { hashToken, isApiTokenShape } from "./tokens.ts";
 

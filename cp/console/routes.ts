@@ -30,12 +30,17 @@ import type { RawData, WebSocket as WsSocket } from "ws";
 import { ConsoleQuerySchema, type ConsoleTicket } from "../../shared/api/console.ts";
 import { DEFAULT_CONSOLE_TOKEN_TTL_SECONDS } from "../../shared/constants.ts";
 import { ApiError } from "../../shared/errors.ts";
-import { queryOf } from "../../shared/http.ts";
 import { can } from "../../shared/rbac.ts";
 import { type AppEnv, authMiddleware, requirePermission } from "../auth/middleware.ts";
 import type { CpContext } from "../context.ts";
-import { keys, type NodeRecord, type VmRecord } from "../repo/records.ts";
-import { getUser } from "../users.ts";
+import { keys, type NodeRecord } from "../repo/records.ts";
+import { getUser } from "../users/service.ts";
+import { validate } from "../routes/validate.ts";
+import { getVm } from "../vms/service.ts";
+import { ResourceNameSchema } from "../../shared/api/common.ts";
+import { z } from "zod";
+
+const NameParam = z.object({ name: ResourceNameSchema });
 import { openAgentConsole } from "./agent_socket.ts";
 import { issueConsoleToken, redeemConsoleToken } from "./tickets.ts";
 
@@ -69,8 +74,9 @@ export function consoleRoutes(ctx: CpContext, opts: ConsoleRoutesOptions = {}): 
     "/:name/console",
     authMiddleware(ctx.store, ctx.jwtSecret, now),
     requirePermission("vm:console"),
+    validate("param", NameParam),
     async (c) => {
-      const vm = await vmNamed(ctx, c.req.param("name"));
+      const vm = await getVm(ctx, c.req.valid("param").name);
       if (NOT_ATTACHABLE.has(vm.status)) {
         throw new ApiError(
           "vm_invalid_state",
@@ -94,69 +100,71 @@ export function consoleRoutes(ctx: CpContext, opts: ConsoleRoutesOptions = {}): 
     },
   );
 
-  app.get("/:name/console", async (c) => {
-    const name = c.req.param("name");
-    if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
-      throw new ApiError("validation_failed", "this endpoint only serves WebSocket upgrades");
-    }
-    const { token } = queryOf(c, ConsoleQuerySchema);
-    const rec = await redeemConsoleToken(ctx.store, token, name, now());
-    const user = await getUser(ctx.store, rec.user_id);
-    if (!user || !can(user.role, "vm:console")) {
-      throw new ApiError(
-        "permission_denied",
-        `the console token's user may no longer use the console of vm "${name}"`,
-        { permission: "vm:console" },
+  app.get(
+    "/:name/console",
+    validate("param", NameParam),
+    validate("query", ConsoleQuerySchema),
+    async (c) => {
+      const { name } = c.req.valid("param");
+      if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
+        throw new ApiError("validation_failed", "this endpoint only serves WebSocket upgrades");
+      }
+      const { token } = c.req.valid("query");
+      const rec = await redeemConsoleToken(ctx.store, token, name, now());
+      const user = await getUser(ctx.store, rec.user_id);
+      if (!user || !can(user.role, "vm:console")) {
+        throw new ApiError(
+          "permission_denied",
+          `the console token's user may no longer use the console of vm "${name}"`,
+          { permission: "vm:console" },
+        );
+      }
+      const vm = await getVm(ctx, name);
+      if (vm.id !== rec.vm_id) throw new ApiError("vm_not_found", `vm "${name}" was re-created`);
+      const node = (await ctx.store.get<NodeRecord>(keys.node(vm.node)))?.value;
+      if (!node?.endpoint) {
+        throw new ApiError("agent_unreachable", `node ${vm.node} has no agent endpoint`);
+      }
+      const agent = await openAgentConsole(
+        { node: node.name, endpoint: node.endpoint, vmId: vm.id },
+        {
+          caPem: ctx.pki.ca.certPem,
+          certPem: ctx.pki.replica.certPem,
+          keyPem: ctx.pki.replica.keyPem,
+        },
       );
-    }
-    const vm = await vmNamed(ctx, name);
-    if (vm.id !== rec.vm_id) throw new ApiError("vm_not_found", `vm "${name}" was re-created`);
-    const node = (await ctx.store.get<NodeRecord>(keys.node(vm.node)))?.value;
-    if (!node?.endpoint) {
-      throw new ApiError("agent_unreachable", `node ${vm.node} has no agent endpoint`);
-    }
-    const agent = await openAgentConsole(
-      { node: node.name, endpoint: node.endpoint, vmId: vm.id },
-      {
-        caPem: ctx.pki.ca.certPem,
-        certPem: ctx.pki.replica.certPem,
-        keyPem: ctx.pki.replica.keyPem,
-      },
-    );
-    let upgrade: { socket: WebSocket; response: Response };
-    try {
-      upgrade = Deno.upgradeWebSocket(c.req.raw);
-    } catch (e) {
-      agent.terminate();
-      throw new ApiError("validation_failed", `invalid WebSocket upgrade: ${(e as Error).message}`);
-    }
-    const who = { vm: vm.name, vm_id: vm.id, user_id: user.id };
-    bridge(upgrade.socket, agent, {
-      attached: () => {
-        const n = (viewers.get(vm.name) ?? 0) + 1;
-        viewers.set(vm.name, n);
-        ctx.log.info("console attached", { ...who, viewers: n });
-      },
-      detached: (code) => {
-        const n = Math.max(0, (viewers.get(vm.name) ?? 1) - 1);
-        if (n === 0) viewers.delete(vm.name);
-        else viewers.set(vm.name, n);
-        ctx.log.info("console detached", { ...who, viewers: n, code });
-      },
-    });
-    return upgrade.response;
-  });
+      let upgrade: { socket: WebSocket; response: Response };
+      try {
+        upgrade = Deno.upgradeWebSocket(c.req.raw);
+      } catch (e) {
+        agent.terminate();
+        throw new ApiError(
+          "validation_failed",
+          `invalid WebSocket upgrade: ${(e as Error).message}`,
+        );
+      }
+      const who = { vm: vm.name, vm_id: vm.id, user_id: user.id };
+      bridge(upgrade.socket, agent, {
+        attached: () => {
+          const n = (viewers.get(vm.name) ?? 0) + 1;
+          viewers.set(vm.name, n);
+          ctx.log.info("console attached", { ...who, viewers: n });
+        },
+        detached: (code) => {
+          const n = Math.max(0, (viewers.get(vm.name) ?? 1) - 1);
+          if (n === 0) viewers.delete(vm.name);
+          else viewers.set(vm.name, n);
+          ctx.log.info("console detached", { ...who, viewers: n, code });
+        },
+      });
+      return upgrade.response;
+    },
+  );
 
   return app;
 }
 
 /** Reads VM `name`. @throws ApiError `vm_not_found` */
-async function vmNamed(ctx: CpContext, name: string): Promise<VmRecord> {
-  const kv = await ctx.store.get<VmRecord>(keys.vm(name));
-  if (!kv) throw new ApiError("vm_not_found", `vm "${name}" not found`);
-  return kv.value;
-}
-
 /**
  * Pipes the client socket (Deno's, not yet open) and the open agent socket into each other.
  * Agent output that arrives before the client is open is queued.

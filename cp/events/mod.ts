@@ -1,5 +1,5 @@
 /**
- * The resource event stream (`GET /v1/events`) and the reusable request validator.
+ * The resource event stream (`GET /v1/events`).
  *
  * @module
  */
@@ -10,4 +10,3 @@ export {
   DEFAULT_PAGE_SIZE,
   DEFAULT_PING_INTERVAL_MS,
 } from "./stream.ts";
-export { validate } from "./validate.ts";

@@ -31,7 +31,7 @@ import type { CpContext } from "../context.ts";
 import { compareRevisions } from "../store/store.ts";
 import { type EventSource, selectSources } from "./source.ts";
 import { runEventStream, type StreamLimits } from "./stream.ts";
-import { validate } from "./validate.ts";
+import { validate } from "../routes/validate.ts";
 
 /** Options of {@link eventRoutes}: the stream limits plus the server's shutdown signal. */
 export interface EventRoutesOptions extends StreamLimits {

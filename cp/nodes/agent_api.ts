@@ -20,7 +20,7 @@ import { BootstrapRequestSchema, type CaResponse } from "../../shared/api/nodes.
 import { HeartbeatRequestSchema, NodeReportSchema } from "../../shared/api/agent.ts";
 import { ApiError } from "../../shared/errors.ts";
 import { errorHandler, notFoundHandler, requestLogger } from "../../shared/http.ts";
-import { validate } from "../events/validate.ts";
+import { validate } from "../routes/validate.ts";
 import { peerOf, type TlsEnv } from "../../shared/tls.ts";
 import type { CpContext } from "../context.ts";
 import { applyHeartbeat, applyReport, bootstrapNode } from "./service.ts";

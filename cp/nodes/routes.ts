@@ -20,7 +20,7 @@ import { createJoinToken } from "../join_tokens.ts";
 import { getNode, nodeView, vmCounts } from "./service.ts";
 import { keys, type NodeRecord } from "../repo/records.ts";
 import { listPage } from "../routes/paging.ts";
-import { validate } from "../events/validate.ts";
+import { validate } from "../routes/validate.ts";
 
 /** VMs per node: from the VM informer's index when wired, else one scan. */
 async function vmCountOf(ctx: CpContext): Promise<(node: string) => number> {

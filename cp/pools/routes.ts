@@ -8,7 +8,7 @@ import { Hono } from "hono";
 import { ListQuerySchema, ResourceNameSchema } from "../../shared/api/common.ts";
 import { type AppEnv, authMiddleware, requirePermission } from "../auth/middleware.ts";
 import type { CpContext } from "../context.ts";
-import { validate } from "../events/validate.ts";
+import { validate } from "../routes/validate.ts";
 import { getSettings, poolView } from "../nodes/service.ts";
 import { keys, type PoolRecord } from "../repo/records.ts";
 import { listPage } from "../routes/paging.ts";

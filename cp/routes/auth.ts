@@ -7,10 +7,10 @@
  */
 import { Hono } from "hono";
 import { LoginRequestSchema, type LoginResponse } from "../../shared/api/auth.ts";
-import { validate } from "../events/validate.ts";
+import { validate } from "./validate.ts";
 import { issueAccessToken } from "../auth/jwt.ts";
 import type { CpContext } from "../context.ts";
-import { authenticate } from "../users.ts";
+import { authenticate } from "../users/service.ts";
 
 /** The login route. */
 export function authRoutes(ctx: CpContext): Hono {

@@ -27,7 +27,7 @@ import {
 } from "../../shared/api/vms.ts";
 import { type AppEnv, authMiddleware, requirePermission } from "../auth/middleware.ts";
 import type { CpContext } from "../context.ts";
-import { validate } from "../events/validate.ts";
+import { validate } from "../routes/validate.ts";
 import { keys, type VmRecord } from "../repo/records.ts";
 import { listPage } from "../routes/paging.ts";
 import { getTask, taskView } from "../tasks/queue.ts";

@@ -14,7 +14,7 @@ import { issueAccessToken } from "../../cp/auth/jwt.ts";
 import { parseApiConfig } from "../../cp/config.ts";
 import { keys, type TaskRecord, type VmRecord } from "../../cp/repo/records.ts";
 import type { Store } from "../../cp/store/store.ts";
-import { getUserByEmail } from "../../cp/users.ts";
+import { getUserByEmail } from "../../cp/users/service.ts";
 import { createLogger } from "../../shared/log.ts";
 import { runCli, spawnCli } from "./fixtures.ts";
 import { TcpProxy } from "./proxy.ts";

@@ -13,7 +13,7 @@ import { SignJWT, UnsecuredJWT } from "jose";
 import { errorHandler } from "../../shared/http.ts";
 import { openKvStore } from "../../cp/store/kv.ts";
 import { keys } from "../../cp/repo/records.ts";
-import { authenticate, createUser, ensureBootstrapAdmin } from "../../cp/users.ts";
+import { authenticate, createUser, ensureBootstrapAdmin } from "../../cp/users/service.ts";
 import { ApiError } from "../../shared/errors.ts";
 import { createLogger } from "../../shared/log.ts";
 

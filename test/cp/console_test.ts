@@ -27,7 +27,7 @@ import { ensureClusterPki } from "../../cp/pki.ts";
 import { keys, type UserRecord } from "../../cp/repo/records.ts";
 import { authRoutes } from "../../cp/routes/auth.ts";
 import { openKvStore } from "../../cp/store/kv.ts";
-import { createUser } from "../../cp/users.ts";
+import { createUser } from "../../cp/users/service.ts";
 import type { VmPhase } from "../../shared/api/vm_runtime.ts";
 import { ConsoleTicketSchema } from "../../shared/api/console.ts";
 import { AGENT_CERT_ORG } from "../../shared/constants.ts";

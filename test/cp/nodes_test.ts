@@ -25,7 +25,7 @@ import {
 } from "../../cp/repo/records.ts";
 import { openKvStore } from "../../cp/store/kv.ts";
 import type { Store, TxnRequest } from "../../cp/store/store.ts";
-import { createUser } from "../../cp/users.ts";
+import { createUser } from "../../cp/users/service.ts";
 import type { HeartbeatRequest } from "../../shared/api/agent.ts";
 import { ApiError } from "../../shared/errors.ts";
 import { createLogger } from "../../shared/log.ts";

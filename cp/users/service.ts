@@ -6,13 +6,13 @@
  * @module
  */
 import { z } from "zod";
-import { ApiError } from "../shared/errors.ts";
-import type { Logger } from "../shared/log.ts";
-import type { Role } from "../shared/rbac.ts";
-import type { User } from "../shared/api/auth.ts";
-import { dummyHash, hashPassword, verifyPassword } from "./auth/passwords.ts";
-import { keys, type UserRecord } from "./repo/records.ts";
-import { rangeAll, type Store } from "./store/store.ts";
+import { ApiError } from "../../shared/errors.ts";
+import type { Logger } from "../../shared/log.ts";
+import type { Role } from "../../shared/rbac.ts";
+import type { User } from "../../shared/api/auth.ts";
+import { dummyHash, hashPassword, verifyPassword } from "../auth/passwords.ts";
+import { keys, type UserRecord } from "../repo/records.ts";
+import { rangeAll, type Store } from "../store/store.ts";
 
 /** Env var naming the first-boot admin's email. */
 export const BOOTSTRAP_EMAIL_ENV = "OTHERIX_BOOTSTRAP_ADMIN_EMAIL";

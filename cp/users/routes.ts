@@ -19,13 +19,13 @@ import {
 } from "../../shared/api/auth.ts";
 import { ListQuerySchema } from "../../shared/api/common.ts";
 import { ApiError } from "../../shared/errors.ts";
-import { validate } from "../events/validate.ts";
+import { validate } from "../routes/validate.ts";
 import { type AppEnv, authMiddleware, requirePermission } from "../auth/middleware.ts";
 import { generateApiToken, hashToken } from "../auth/tokens.ts";
 import type { CpContext } from "../context.ts";
 import { type ApiTokenRecord, keys } from "../repo/records.ts";
-import { createUser, userView } from "../users.ts";
-import { listPage } from "./paging.ts";
+import { createUser, userView } from "./service.ts";
+import { listPage } from "../routes/paging.ts";
 
 function tokenView(t: ApiTokenRecord): ApiToken {
   return {

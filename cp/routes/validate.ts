@@ -12,8 +12,7 @@
  * });
  * ```
  *
- * Reusable by every route (the lead may move it next to `shared/http.ts`; it has no
- * dependency on the events stream).
+ * Every control-plane route takes its input through it (path, query, body).
  *
  * @module
  */
