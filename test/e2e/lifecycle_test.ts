@@ -5,8 +5,14 @@
  * agent's back restarted per its restart policy, and a guest that powers itself off staying
  * stopped. One VM carries the whole sequence, so the guest boots as few times as it must.
  */
-import { assert, assertEquals, assertNotEquals } from "../assert.ts";
-import { waitFor } from "../harness.ts";
+import {
+  assert,
+  assertEquals,
+  assertMatch,
+  assertNotEquals,
+  assertStringIncludes,
+} from "../assert.ts";
+import { runCli, waitFor } from "../harness.ts";
 import { TEST_IMAGE_LOGIN, TEST_IMAGE_SHELL_PROMPT } from "../test_image.ts";
 import { ConsoleSession, type Json, startCluster, vmBody } from "./cluster.ts";
 
@@ -75,8 +81,20 @@ Deno.test({
       });
 
       await t.step("pause, resume, reset: same QEMU, status follows", async () => {
-        v = await verb("pause");
+        // Through the real CLI, whose --wait follows the event stream.
+        const env = {
+          HOME: `${c.root}/home`,
+          OTHERIX_SERVER: c.api.url,
+          OTHERIX_API_TOKEN: c.token,
+        };
+        const paused = await runCli(["vm", "pause", "life", "--wait"], env);
+        assertEquals(paused.code, 0, paused.stderr);
+        assertMatch(paused.stdout, /^vm life paused task=[0-9a-f-]{36}$/m);
+        v = await vm();
         assertEquals([v.status, v.desired_phase], ["paused", "paused"]);
+        const again = await runCli(["vm", "pause", "life"], env);
+        assertEquals(again.code, 1);
+        assertStringIncludes(again.stderr, "api_error: vm_invalid_state");
         const r = await c.call("POST", "/v1/vms/life/pause");
         assertEquals([r.status, r.json.error.details.status], [409, "paused"]);
         v = await verb("resume");
@@ -173,6 +191,36 @@ Deno.test({
         v = await vm();
         assertEquals([v.status, v.last_task.id], ["stopped", before]);
         assertEquals(c.qemuPids("life"), []);
+      });
+
+      await t.step("delete during a create's download cancels it; nothing is left", async () => {
+        c.trickle = 64 * 1024;
+        const create = await c.call(
+          "POST",
+          "/v1/vms",
+          vmBody(c, "slow", { image_url: c.imageUrl(true, "slow.img") }),
+        );
+        await waitFor(
+          "downloading",
+          async () => {
+            const t = (await c.call("GET", `/v1/tasks/${create.json.id}`)).json;
+            return t.progress?.startsWith("downloading") ? t : null;
+          },
+          60_000,
+          50,
+        );
+        const del = await c.call("DELETE", "/v1/vms/slow");
+        assertEquals(del.status, 202);
+        const cancelled = await c.waitTask(create.json.id);
+        assertEquals([cancelled.status, cancelled.error?.code], ["failed", "task_cancelled"]);
+        assertEquals((await c.waitTask(del.json.id)).status, "succeeded");
+        await c.waitVm("slow", "absent");
+        const images = `${c.agent.stateDir}/pools/default/images`;
+        const cached = [...Deno.readDirSync(images)].map((e) => e.name);
+        assert(!cached.some((n) => n.includes("slow")), `no partial download left: ${cached}`);
+        const vmDirs = [...Deno.readDirSync(`${c.agent.stateDir}/vms`)].map((e) => e.name);
+        assert(!vmDirs.includes(create.json.resource.id), "no VM directory left");
+        assertEquals(c.qemuPids("slow"), []);
       });
 
       await t.step("delete leaves nothing", async () => {
