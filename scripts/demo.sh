@@ -33,12 +33,17 @@ die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 otx() { (cd "$REPO" && deno task -q otherix -- "$@"); }
 
 stop_demo() {
+  # QEMU runs daemonized and outlives the agent by design: stop the demo's VMs through their
+  # locked pidfiles (never a recycled pid), then the daemons.
+  local qpid
+  for qpid in "$ROOT"/run/otherix/vms/*/qemu.pid; do
+    [ -f "$qpid" ] && pkill -KILL -F "$qpid" -L 2>/dev/null || true
+  done
   for name in agent api images; do
     local pidfile="$DEMO/$name.pid"
     [ -f "$pidfile" ] || continue
     local pid; pid="$(cat "$pidfile")"
     if kill -0 "$pid" 2>/dev/null; then
-      # The agent stops its QEMU children on SIGTERM; give it time.
       kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
       for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
       kill -KILL -- "-$pid" 2>/dev/null || true
@@ -189,8 +194,13 @@ echo
 echo "OK: $VM is running and its serial console shows: $(otx vm logs "$VM" | grep -m1 "$MARKER" | tr -d '\r')"
 cat <<MSG
 
-The demo keeps running. Try:
-  OTHERIX_CONFIG=$OTHERIX_CONFIG deno task otherix -- vm get $VM
-  OTHERIX_CONFIG=$OTHERIX_CONFIG deno task otherix -- vm delete $VM --force --wait
+The demo keeps running. Try (with OTHERIX_CONFIG=$OTHERIX_CONFIG):
+  deno task otherix -- vm get $VM
+  deno task otherix -- vm console $VM            # log in as root; Ctrl+] detaches
+  deno task otherix -- vm stop $VM --wait        # ACPI power button
+  deno task otherix -- vm start $VM --wait
+  deno task otherix -- vm get $VM --watch        # follows changes; Ctrl+C ends it
+  deno task otherix -- vm delete $VM --force --wait
+Browser console: http://127.0.0.1:$API_PORT/console/$VM (log in as $ADMIN_EMAIL)
 Logs: $DEMO/{api,agent}.log    Stop everything: scripts/demo.sh down
 MSG
