@@ -128,6 +128,8 @@ async function benchCreates(c: Cluster) {
       "result visible after QMP running",
       tRunning - t0 - skew - (agentBase + t["agent.qmp_ready"]),
     );
+    add("  of which: agent report → worker", t.agent_done - (agentBase + t["agent.qmp_ready"]));
+    add("  of which: worker → event at client", tRunning - t0 - skew - t.agent_done);
     add("total: accept → QEMU exec", agentBase + t["agent.seed"]);
     add("total: accept → running visible (API)", tRunning - t0);
     const d = await c.call("DELETE", `/v1/vms/${name}`);

@@ -362,3 +362,20 @@ Deno.test("node monitor: VMs of an unreachable node become unknown until a heart
     assertEquals([back.status, back.desired_phase, back.last_exit], ["stopped", "stopped", exit]);
   });
 });
+
+Deno.test("node controller: after a control plane restart a node gets a full threshold", async () => {
+  await withCtx(async (ctx, _calls, dir) => {
+    await register(ctx, "node-a");
+    await applyHeartbeat(ctx, "node-a", heartbeat("node-a", dir));
+    const threshold = ctx.cfg.nodes.stale_threshold_seconds * 1000;
+    // The control plane was down for longer than the threshold and just started.
+    const startedAt = Date.now() + threshold + 5_000;
+    ctx.now = () => new Date(startedAt + 1_000);
+    const status = async () => (await ctx.store.get<NodeRecord>(keys.node("node-a")))!.value.status;
+    await markIfStale(ctx, "node-a", startedAt);
+    assertEquals(await status(), "ready", "judged from the control plane's start");
+    ctx.now = () => new Date(startedAt + threshold + 1_000);
+    await markIfStale(ctx, "node-a", startedAt);
+    assertEquals(await status(), "unreachable", "still no heartbeat a threshold later");
+  });
+});

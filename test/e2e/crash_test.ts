@@ -12,10 +12,22 @@ import { type Cluster, type Json, startCluster, vmBody } from "./cluster.ts";
 
 /** Restarts the control plane armed with `failpoint`, runs `action`, waits for the crash. */
 async function crashAt(c: Cluster, failpoint: string, action: () => Promise<unknown>) {
+  assert(pidAlive(c.agent.proc.pid), `the agent died:\n${c.agent.proc.output.slice(-8000)}`);
   await c.api.proc.stop();
   await c.startApi({ OTHERIX_FAILPOINTS: failpoint });
   const pending = action().catch(() => null); // the request itself may die with the process
-  const st = await c.api.proc.status();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const st = await Promise.race([
+    c.api.proc.status(),
+    new Promise<null>((r) => timer = setTimeout(() => r(null), 60_000)),
+  ]);
+  clearTimeout(timer);
+  if (st === null) {
+    throw new Error(
+      `the control plane did not reach ${failpoint} within 60 s\n--- api ---\n` +
+        `${c.api.proc.output.slice(-8000)}\n--- agent ---\n${c.agent.proc.output.slice(-8000)}`,
+    );
+  }
   assertEquals(st.code, 137, `control plane should crash at ${failpoint}:\n${c.api.proc.output}`);
   assert(c.api.proc.output.includes(`"failpoint":"${failpoint}"`), "crashed at the failpoint");
   await pending;

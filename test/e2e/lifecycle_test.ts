@@ -23,7 +23,7 @@ Deno.test({
   async fn(t) {
     const c = await startCluster({
       prefix: "otx-life",
-      apiConfig: { nodes: { heartbeat_interval_seconds: 1, stale_threshold_seconds: 4 } },
+      apiConfig: { nodes: { heartbeat_interval_seconds: 1, stale_threshold_seconds: 8 } },
     });
     const vmOf = async (name: string): Promise<Json> =>
       (await c.call("GET", `/v1/vms/${name}`)).json;
