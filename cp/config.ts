@@ -17,6 +17,7 @@ import {
   DEFAULT_ALLOWED_POOL_PREFIX,
   DEFAULT_API_PORT,
   DEFAULT_CONSOLE_TOKEN_TTL_SECONDS,
+  DEFAULT_GONE_GRACE_SECONDS,
   DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
   DEFAULT_JOIN_TOKEN_TTL_SECONDS,
   DEFAULT_JWT_TTL_SECONDS,
@@ -61,6 +62,9 @@ export const ApiConfigSchema = z.object({
     /** No heartbeat for this long → node `unreachable`, seconds. */
     stale_threshold_seconds: z.number().int().min(2).max(3600)
       .default(DEFAULT_STALE_THRESHOLD_SECONDS),
+    /** An `unreachable` node becomes `gone` this long after it went unreachable, seconds. */
+    gone_grace_seconds: z.number().int().min(1).max(7 * 24 * 3600)
+      .default(DEFAULT_GONE_GRACE_SECONDS),
     /** Default join-token lifetime, seconds. */
     join_token_ttl_seconds: z.number().int().min(1).max(7 * 24 * 3600)
       .default(DEFAULT_JOIN_TOKEN_TTL_SECONDS),

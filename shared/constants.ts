@@ -45,6 +45,8 @@ export const MAX_JOIN_TOKEN_TTL_SECONDS = 7 * 24 * 3600;
 export const DEFAULT_HEARTBEAT_INTERVAL_SECONDS = 15;
 /** No heartbeat for this long flips a node to `unreachable`, seconds (spec: default 90s). */
 export const DEFAULT_STALE_THRESHOLD_SECONDS = 90;
+/** An `unreachable` node becomes `gone` after this much longer, seconds (spec: 5 min). */
+export const DEFAULT_GONE_GRACE_SECONDS = 300;
 
 /** Prefix of long-lived API tokens (spec: `otx_…`). */
 export const API_TOKEN_PREFIX = "otx_";

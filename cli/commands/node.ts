@@ -1,12 +1,21 @@
 /**
- * `otherix node list|get` and `otherix node join-token create` (spec: "Nodes", "Step 1 — run
- * seed-dev").
+ * `otherix node list|get|cordon|uncordon|delete` and `otherix node join-token create` (spec:
+ * "Nodes", "Step 1 — run seed-dev").
  *
  * @module
  */
-import type { Command } from "commander";
-import { JoinTokenCreateResponseSchema, type Node, NodeSchema } from "../../shared/api/nodes.ts";
+import { type Command, Option } from "commander";
+import { z } from "zod";
+import { ArchitectureSchema } from "../../shared/api/common.ts";
+import {
+  JoinTokenCreateResponseSchema,
+  type Node,
+  NodeSchema,
+  NodeStatusSchema,
+} from "../../shared/api/nodes.ts";
 import { connect, outputOption, parseDurationArg, parseIntArg, seg } from "../common.ts";
+import { UsageError } from "../errors.ts";
+import { confirm } from "../prompt.ts";
 import { formatAge } from "../duration.ts";
 import type { Io } from "../io.ts";
 import {
@@ -25,19 +34,41 @@ function heartbeat(at: string | null, now: number): string {
   return at ? `${formatAge(at, now)} ago` : "never";
 }
 
-function nodeTable(nodes: Node[], now: number): string {
+/**
+ * `node list` columns (spec "Nodes": NAME ARCHITECTURE STATUS CORDONED LAST_HEARTBEAT AGE);
+ * `wide` adds ACCELERATOR, VMS and ENDPOINT; `showIds` puts ID first.
+ */
+function nodeTable(nodes: Node[], now: number, opts: { wide?: boolean; showIds?: boolean } = {}) {
+  const headers = ["name", "architecture", "status", "cordoned", "last_heartbeat", "age"];
+  if (opts.wide) headers.push("accelerator", "vms", "endpoint");
+  if (opts.showIds) headers.unshift("id");
   return renderTable(
-    ["name", "architecture", "status", "cordoned", "accelerator", "last_heartbeat", "age"],
-    nodes.map((n) => [
-      n.name,
-      n.architecture ?? "-",
-      n.status,
-      yesNo(n.cordoned),
-      n.accelerator ?? "-",
-      heartbeat(n.last_heartbeat_at, now),
-      formatAge(n.created_at, now),
-    ]),
+    headers,
+    nodes.map((n) => {
+      const row = [
+        n.name,
+        n.architecture ?? "-",
+        n.status,
+        yesNo(n.cordoned),
+        heartbeat(n.last_heartbeat_at, now),
+        formatAge(n.created_at, now),
+      ];
+      if (opts.wide) row.push(n.accelerator ?? "-", String(n.vm_count), n.endpoint ?? "-");
+      if (opts.showIds) row.unshift(n.id);
+      return row;
+    }),
   );
+}
+
+/** A `--flag` value checked against `schema` (a usage error names the allowed values). */
+function enumArg<T extends z.ZodEnum>(schema: T, flag: string) {
+  return (value: string): z.infer<T> => {
+    const r = schema.safeParse(value);
+    if (!r.success) {
+      throw new UsageError(`${flag}: must be one of ${schema.options.join(", ")}`);
+    }
+    return r.data;
+  };
 }
 
 /** `key: value` view of a node (unset fields omitted). */
@@ -83,12 +114,89 @@ export function registerNodeCommands(program: Command, io: Io): void {
 
   node.command("list")
     .description("list nodes")
-    .addOption(outputOption("table", ["table", "text", "json", "yaml"]))
+    .option(
+      "--architecture <arch>",
+      "only nodes of this architecture (amd64, arm64)",
+      enumArg(
+        ArchitectureSchema,
+        "--architecture",
+      ),
+    )
+    .option(
+      "--status <status>",
+      "only nodes in this status (pending, ready, unreachable, gone)",
+      enumArg(
+        NodeStatusSchema,
+        "--status",
+      ),
+    )
+    .option("--show-ids", "add an ID column")
+    .option("--limit <n>", "one page of at most N nodes (with --cursor for the next)", parseIntArg)
+    .option("--cursor <cursor>", "continue a paged listing")
+    .addOption(
+      new Option("-o, --output <format>", "output format")
+        .choices(["table", "wide", "text", "json", "yaml"]).default("table"),
+    )
     .action(async (opts, cmd: Command) => {
       const client = await connect(cmd, io);
-      const { items, raw } = await client.listAll("/v1/nodes", NodeSchema);
-      const format = opts.output as OutputFormat;
-      io.out(renderAs(format, listEnvelope(raw), () => nodeTable(items, io.now())));
+      const filters = { architecture: opts.architecture, status: opts.status };
+      const format = opts.output as OutputFormat | "wide";
+      const table = (items: Node[]) =>
+        nodeTable(items, io.now(), { wide: format === "wide", showIds: opts.showIds });
+      if (opts.limit !== undefined || opts.cursor !== undefined) {
+        const page = await client.json(
+          "GET",
+          "/v1/nodes",
+          z.object({ items: z.array(NodeSchema), next_cursor: z.string().nullable() }),
+          { query: { ...filters, limit: opts.limit, cursor: opts.cursor } },
+        );
+        if (format === "json" || format === "yaml") {
+          return io.out(renderAs(format, page.raw, String));
+        }
+        io.out(table(page.data.items));
+        if (page.data.next_cursor) io.err(`next page: --cursor ${page.data.next_cursor}\n`);
+        return;
+      }
+      const { items, raw } = await client.listAll("/v1/nodes", NodeSchema, filters);
+      io.out(renderAs(format === "wide" ? "table" : format, listEnvelope(raw), () => table(items)));
+    });
+
+  for (const [verb, what] of [["cordon", "take no new VMs"], ["uncordon", "take VMs again"]]) {
+    node.command(verb)
+      .description(`mark a node to ${what} (running VMs are not touched)`)
+      .argument("<name>", "node name")
+      .action(async (name: string, _opts, cmd: Command) => {
+        const client = await connect(cmd, io);
+        const { data } = await client.json("POST", `/v1/nodes/${seg(name)}/${verb}`, NodeSchema);
+        io.out(`node ${data.name} ${data.cordoned ? "cordoned" : "uncordoned"}\n`);
+      });
+  }
+
+  node.command("delete")
+    .description("remove a node from the cluster (refused while VMs live there)")
+    .argument("<name>", "node name")
+    .option(
+      "--force",
+      "delete even though VMs live there (they are marked lost); skips the confirmation",
+    )
+    .action(async (name: string, opts, cmd: Command) => {
+      const path = `/v1/nodes/${seg(name)}`; // a bad name fails before the prompt
+      if (!opts.force) {
+        if (!io.stdinIsTerminal()) {
+          throw new UsageError(
+            `refusing to delete node "${name}" without confirmation: stdin is not a terminal` +
+              ` (pass --force)`,
+          );
+        }
+        if (!(await confirm(io.prompter, `Delete node "${name}"?`))) {
+          throw new UsageError(`aborted: node "${name}" was not deleted`);
+        }
+      }
+      const client = await connect(cmd, io);
+      await client.text("DELETE", path, {
+        query: opts.force ? { force: "true" } : {},
+      });
+      io.out(`node ${name} deleted\n`);
     });
 
   node.command("get")

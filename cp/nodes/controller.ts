@@ -1,9 +1,11 @@
 /**
  * The node controller (on the controller scaffold, keyed by node name):
  * - a `ready` node whose last heartbeat is older than `nodes.stale_threshold_seconds` becomes
- *   `unreachable` (logged once per transition; spec: troubleshooting "Node flips ready ->
- *   unreachable"); otherwise the key is requeued for the moment it would become stale, so no
- *   periodic scan is needed. The next heartbeat makes it `ready` again. Age counts from the
+ *   `unreachable`, and `gone` after `nodes.gone_grace_seconds` more (each transition logged
+ *   once; spec: troubleshooting "Node flips ready -> unreachable", "Node advances to gone");
+ *   the key is requeued for the moment the next transition is due, so no periodic scan is
+ *   needed. The next heartbeat makes it `ready` again: the heartbeat handler records it and
+ *   this controller logs `node ready` (with the previous status) when it sees the change. Age counts from the
  *   later of the last heartbeat and this control plane's start (like Kubernetes' node
  *   lifecycle controller): agents cannot heartbeat while the control plane is down, so a
  *   restarted control plane gives every node a full threshold before judging it.
@@ -24,22 +26,31 @@ import { isTerminal } from "../../shared/api/tasks.ts";
 export function nodeController(ctx: CpContext): Controller {
   const orphanTasks = new Map<string, string>(); // vm id → cleanup task id
   const startedAt = ctx.now().getTime();
+  const lastSeen = new Map<string, NodeRecord["status"]>(); // for the "node ready" log line
   const controller: Controller = new Controller({
     name: "node",
     log: ctx.log,
     resyncMs: 0,
     reconcile: async (name) => {
       const node = await markIfStale(ctx, name, startedAt);
-      if (!node) return;
-      if (node.status === "ready") {
-        await cleanOrphans(ctx, node, orphanTasks);
-        const threshold = ctx.cfg.nodes.stale_threshold_seconds * 1000;
-        const last = node.last_heartbeat_at
-          ? Math.max(Date.parse(node.last_heartbeat_at), startedAt)
-          : null;
-        if (last !== null) {
-          return { requeueAfterMs: Math.max(10, last + threshold - ctx.now().getTime() + 10) };
-        }
+      if (!node) {
+        lastSeen.delete(name);
+        return;
+      }
+      const prev = lastSeen.get(name);
+      lastSeen.set(name, node.status);
+      if (prev !== undefined && prev !== "ready" && node.status === "ready") {
+        ctx.log.info("node ready", { node: name, from: prev });
+      }
+      if (node.status === "ready") await cleanOrphans(ctx, node, orphanTasks);
+      if ((node.status === "ready" || node.status === "unreachable") && node.last_heartbeat_at) {
+        // Requeue for the moment the next transition is due: no periodic scan.
+        const last = Math.max(Date.parse(node.last_heartbeat_at), startedAt);
+        const stale = ctx.cfg.nodes.stale_threshold_seconds * 1000;
+        const due = node.status === "ready"
+          ? last + stale
+          : last + stale + ctx.cfg.nodes.gone_grace_seconds * 1000;
+        return { requeueAfterMs: Math.max(10, due - ctx.now().getTime() + 10) };
       }
     },
   });
@@ -47,7 +58,32 @@ export function nodeController(ctx: CpContext): Controller {
 }
 
 /**
- * Flips a stale `ready` node to `unreachable`; returns the node as stored after.
+ * The liveness a node should have now from its heartbeat age: `ready` (fresh), `unreachable`
+ * (older than `nodes.stale_threshold_seconds`) or `gone` (older than the threshold plus
+ * `nodes.gone_grace_seconds`). Age counts from the later of the last heartbeat and
+ * `notBefore` (epoch ms). Only a heartbeat makes a node `ready` again.
+ */
+export function livenessOf(ctx: CpContext, n: NodeRecord, notBefore = 0): NodeRecord["status"] {
+  if (n.last_heartbeat_at === null) return n.status;
+  const age = ctx.now().getTime() - Math.max(Date.parse(n.last_heartbeat_at), notBefore);
+  const stale = ctx.cfg.nodes.stale_threshold_seconds * 1000;
+  if (age > stale + ctx.cfg.nodes.gone_grace_seconds * 1000) return "gone";
+  if (age > stale) return "unreachable";
+  return "ready";
+}
+
+const RANK: Record<NodeRecord["status"], number> = {
+  pending: 0,
+  ready: 1,
+  unreachable: 2,
+  gone: 3,
+};
+
+/**
+ * Moves a node down its liveness path (`ready → unreachable → gone`) when its heartbeats stopped
+ * (see {@link livenessOf}); every transition is logged once, with the spec's wording (spec 000
+ * "Node flips ready -> unreachable", "Node advances to gone"). Returns the node as stored
+ * after.
  *
  * @param notBefore epoch ms: a heartbeat older than this counts as made at this time (the
  *   control plane's start), default 0
@@ -57,23 +93,30 @@ export async function markIfStale(
   name: string,
   notBefore = 0,
 ): Promise<NodeRecord | null> {
-  const threshold = ctx.cfg.nodes.stale_threshold_seconds * 1000;
-  const stale = (n: NodeRecord) =>
-    n.status === "ready" && n.last_heartbeat_at !== null &&
-    ctx.now().getTime() - Math.max(Date.parse(n.last_heartbeat_at), notBefore) > threshold;
-  let flipped = null as NodeRecord | null; // decided by the committed attempt only
+  // updateKey may call `fn` again after losing a race (e.g. to a heartbeat): only the last
+  // call's decision is committed, so report the transition after the write.
+  let from = null as NodeRecord | null;
+  let to: NodeRecord["status"] | null = null;
   const node = await updateKey<NodeRecord>(ctx.store, keys.node(name), (cur) => {
-    flipped = cur && stale(cur) ? cur : null;
-    if (!cur || !flipped) return undefined;
-    return { ...cur, status: "unreachable", updated_at: ctx.now().toISOString() };
+    from = null;
+    if (!cur || cur.status === "pending") return undefined;
+    const target = livenessOf(ctx, cur, notBefore);
+    if (RANK[target] <= RANK[cur.status]) return undefined;
+    from = cur;
+    to = target;
+    return { ...cur, status: target, updated_at: ctx.now().toISOString() };
   });
-  if (flipped) {
-    ctx.log.warn("node unreachable", {
+  if (from) {
+    const f = from as NodeRecord;
+    const fields = {
       node: name,
-      from: flipped.status,
-      last_heartbeat_at: flipped.last_heartbeat_at,
+      from: f.status,
+      last_heartbeat_at: f.last_heartbeat_at,
       stale_threshold_seconds: ctx.cfg.nodes.stale_threshold_seconds,
-    });
+      gone_grace_seconds: ctx.cfg.nodes.gone_grace_seconds,
+    };
+    if (to === "gone") ctx.log.warn("node gone: unreachable past the gone-grace window", fields);
+    else ctx.log.warn("node unreachable", fields);
   }
   return node;
 }

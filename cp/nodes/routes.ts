@@ -1,8 +1,11 @@
 /**
  * Nodes and join tokens on the public API:
- * - `GET /v1/nodes` (`node:read`) → `{items: Node[], next_cursor}`
+ * - `GET /v1/nodes?architecture=&status=` (`node:read`) → `{items: Node[], next_cursor}`
  * - `GET /v1/nodes/{name}` (`node:read`) → Node, 404 `node_not_found`
  * - `POST /v1/nodes/join-tokens` (`node:manage`) → 201 JoinTokenCreateResponse
+ * - `POST /v1/nodes/{name}/cordon`, `/uncordon` (`node:manage`) → Node
+ * - `DELETE /v1/nodes/{name}?force=` (`node:manage`) → 204; 409 `conflict` while VMs live there
+ *   (without `force`)
  *
  * Callers without `node:manage` (developer, viewer) get the reduced node shape (no
  * `resources`; see `nodeView`).
@@ -17,7 +20,8 @@ import { can } from "../../shared/rbac.ts";
 import { type AppEnv, authMiddleware, requirePermission } from "../auth/middleware.ts";
 import type { CpContext } from "../context.ts";
 import { createJoinToken } from "../join_tokens.ts";
-import { getNode, nodeView, vmCounts } from "./service.ts";
+import { deleteNode, getNode, nodeView, setCordoned, vmCounts } from "./service.ts";
+import { NodeDeleteQuerySchema, NodeListFilterSchema } from "../../shared/api/nodes.ts";
 import { keys, type NodeRecord } from "../repo/records.ts";
 import { listPage } from "../routes/paging.ts";
 import { validate } from "../routes/validate.ts";
@@ -59,18 +63,51 @@ export function nodeRoutes(ctx: CpContext): Hono<AppEnv> {
     },
   );
 
-  r.get("/", requirePermission("node:read"), validate("query", ListQuerySchema), async (c) => {
-    const full = can(c.get("user").role, "node:manage");
-    const count = await vmCountOf(ctx);
-    return c.json(
-      await listPage<NodeRecord, ReturnType<typeof nodeView>>(
-        ctx.store,
-        keys.nodes,
-        c.req.valid("query"),
-        (n) => nodeView(n, count(n.name), full),
-      ),
+  r.get(
+    "/",
+    requirePermission("node:read"),
+    validate("query", ListQuerySchema.extend(NodeListFilterSchema.shape)),
+    async (c) => {
+      const q = c.req.valid("query");
+      const full = can(c.get("user").role, "node:manage");
+      const count = await vmCountOf(ctx);
+      const match = (n: NodeRecord) =>
+        (!q.architecture || n.architecture === q.architecture) &&
+        (!q.status || n.status === q.status);
+      return c.json(
+        await listPage<NodeRecord, ReturnType<typeof nodeView>>(
+          ctx.store,
+          keys.nodes,
+          q,
+          (n) => nodeView(n, count(n.name), full),
+          q.architecture || q.status ? match : undefined,
+        ),
+      );
+    },
+  );
+
+  for (const [verb, cordoned] of [["cordon", true], ["uncordon", false]] as const) {
+    r.post(
+      `/:name/${verb}`,
+      requirePermission("node:manage"),
+      validate("param", NameParam),
+      async (c) => {
+        const node = await setCordoned(ctx, c.req.valid("param").name, cordoned);
+        return c.json(nodeView(node, (await vmCountOf(ctx))(node.name), true));
+      },
     );
-  });
+  }
+
+  r.delete(
+    "/:name",
+    requirePermission("node:manage"),
+    validate("param", NameParam),
+    validate("query", NodeDeleteQuerySchema),
+    async (c) => {
+      await deleteNode(ctx, c.req.valid("param").name, c.req.valid("query").force);
+      return c.body(null, 204);
+    },
+  );
 
   r.get("/:name", requirePermission("node:read"), validate("param", NameParam), async (c) => {
     const { name } = c.req.valid("param");

@@ -162,8 +162,9 @@ export async function bootstrapNode(
 
 /**
  * Records a heartbeat from `node` (the verified certificate CN): capacity, endpoint and
- * observed VMs; `pending|unreachable → ready`; its pool instances' observed status; the
- * agent tasks it carries. Answers with the node's desired pools.
+ * observed VMs; `pending|unreachable|gone → ready` (logged by the node controller); its pool
+ * instances' observed status; the agent tasks it carries. Answers with the node's desired
+ * pools.
  *
  * @throws ApiError `permission_denied` when `hb.node_name` is not the certificate's node,
  *   `node_not_found` when the node is not registered
@@ -174,12 +175,10 @@ export async function applyHeartbeat(
   hb: HeartbeatRequest,
 ): Promise<HeartbeatResponse> {
   checkSender(certNode, hb.node_name, "heartbeat");
-  const { store, cfg, log } = ctx;
-  let previous: NodeRecord["status"] | null = null;
+  const { store, cfg } = ctx;
   const ts = ctx.now().toISOString();
   await updateKey<NodeRecord>(store, keys.node(certNode), (cur) => {
     if (!cur) throw new ApiError("node_not_found", `node "${certNode}" is not registered`);
-    previous = cur.status;
     return {
       ...cur,
       status: "ready",
@@ -194,7 +193,6 @@ export async function applyHeartbeat(
       updated_at: ts,
     };
   });
-  if (previous !== "ready") log.info("node ready", { node: certNode, from: previous });
   await recordAgentTasks(ctx, hb.tasks);
   const current = await observePools(ctx, certNode, hb, await nodePools(ctx, certNode));
   return {
@@ -351,4 +349,102 @@ async function observePools(
     }
   }
   return out;
+}
+
+/**
+ * Cordons (`true`) or uncordons a node: a cordoned node takes no new VMs (the scheduler skips
+ * it); its VMs keep running. Idempotent; a change is logged once.
+ *
+ * @throws ApiError `node_not_found`
+ */
+export async function setCordoned(
+  ctx: CpContext,
+  name: string,
+  cordoned: boolean,
+): Promise<NodeRecord> {
+  let changed = false;
+  const node = await updateKey<NodeRecord>(ctx.store, keys.node(name), (cur) => {
+    changed = false;
+    if (!cur) throw new ApiError("node_not_found", `node "${name}" not found`);
+    if (cur.cordoned === cordoned) return undefined;
+    changed = true;
+    return { ...cur, cordoned, updated_at: ctx.now().toISOString() };
+  });
+  if (changed) ctx.log.info(cordoned ? "node cordoned" : "node uncordoned", { node: name });
+  return node!;
+}
+
+/** The VMs placed on `node` (from the VM informer's index when wired, else one scan). */
+async function vmsOnNode(ctx: CpContext, node: string): Promise<KeyValue<VmRecord>[]> {
+  const cache = ctx.cache?.vms;
+  const keysOf = cache
+    ? cache.byIndex("node", node)
+    : (await rangeAll<VmRecord>(ctx.store, keys.vms)).filter((kv) => kv.value.node === node)
+      .map((kv) => kv.key);
+  const out: KeyValue<VmRecord>[] = [];
+  for (const key of keysOf) {
+    const kv = await ctx.store.get<VmRecord>(key);
+    if (kv && kv.value.node === node) out.push(kv);
+  }
+  return out;
+}
+
+/**
+ * Deletes a node record and its pool instances. Refused with 409 `conflict` while VMs live on
+ * the node (details: `vms` names, `count`) unless `force`, which marks those VMs `lost` (only
+ * `vm delete` applies to them; their disks stay on the host). The node's certificate is no
+ * longer accepted: heartbeats of a deleted node answer `node_not_found`, and a new bootstrap
+ * pins a new certificate.
+ *
+ * @throws ApiError `node_not_found`, `conflict`
+ */
+export async function deleteNode(ctx: CpContext, name: string, force: boolean): Promise<void> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const nodeKv = await ctx.store.get<NodeRecord>(keys.node(name));
+    if (!nodeKv) throw new ApiError("node_not_found", `node "${name}" not found`);
+    const vms = await vmsOnNode(ctx, name);
+    if (vms.length > 0 && !force) {
+      const names = vms.map((kv) => kv.value.name).sort();
+      throw new ApiError(
+        "conflict",
+        `node "${name}" hosts ${names.length} VM(s): ${names.join(", ")}; delete them first, ` +
+          "or pass --force to delete the node anyway (its VMs are marked lost)",
+        { vms: names, count: names.length },
+      );
+    }
+    const pools = await nodePools(ctx, name);
+    const ts = ctx.now().toISOString();
+    const res = await ctx.store.txn({
+      compare: [
+        { key: nodeKv.key, modRevision: nodeKv.modRevision },
+        ...vms.map((kv) => ({ key: kv.key, modRevision: kv.modRevision })),
+      ],
+      success: [
+        { type: "delete", key: nodeKv.key },
+        ...pools.map((p) => ({ type: "delete" as const, key: p.key })),
+        ...vms.map((kv) => ({
+          type: "put" as const,
+          key: kv.key,
+          value: {
+            ...kv.value,
+            status: "lost",
+            error: {
+              code: "node_not_found",
+              message: `node "${name}" was deleted with --force while this VM lived there`,
+            },
+            updated_at: ts,
+          } satisfies VmRecord,
+        })),
+      ],
+    });
+    if (!res.succeeded) continue;
+    ctx.log.warn("node deleted", {
+      node: name,
+      forced: force,
+      lost_vms: vms.map((kv) => kv.value.name),
+      pools: pools.length,
+    });
+    return;
+  }
+  throw new ApiError("internal_error", `node "${name}": too many concurrent updates`);
 }

@@ -14,7 +14,8 @@
  *     immediate, then initial·2^(n−2) up to max; the count resets after `reset` seconds of
  *     steady running); `never` records desired `stopped`.
  *   A restart is a `vm.start` task with a `reason` (`restart_policy: crashed`, …).
- * - the agent no longer has the VM at all: `failed` with a clear error.
+ * - the agent no longer has the VM at all: `failed` with a clear error;
+ * - `lost` VMs (their node was deleted with `--force`) are left alone until deleted.
  *
  * @module
  */
@@ -69,7 +70,7 @@ export async function reconcileVm(ctx: CpContext, name: string): Promise<Reconci
     if (t && !isTerminal(t.status)) return;
     next.active_task_id = null; // a stale marker (task gone or ended without projecting)
   }
-  if (vm.desired_phase === "deleted") return commit();
+  if (vm.desired_phase === "deleted" || vm.status === "lost") return commit();
   const node = (await store.get<NodeRecord>(keys.node(vm.node)))?.value;
   if (!node) return commit();
   if (node.status !== "ready") {

@@ -9,7 +9,8 @@
  * nothing is left on the agent) and queues a `vm.delete` that runs once the superseded task
  * has stopped; a second `DELETE` returns the same delete task. `DELETE ?force=true` on a VM
  * whose node is not `ready` removes the record at once; the agent deletes the leftovers when
- * it returns (orphan cleanup by the node controller).
+ * it returns (orphan cleanup by the node controller). A `lost` VM (its node was deleted) is
+ * removed at once, with or without `force`.
  *
  * @module
  */
@@ -163,7 +164,7 @@ export async function deleteVm(ctx: CpContext, name: string, force = false): Pro
     const active = await activeTask(ctx, vm);
     if (active?.value.type === "vm.delete") return taskView(active.value);
     const now = ctx.now();
-    if (force) {
+    if (force || vm.status === "lost") {
       const node = await findNode(ctx, vm.node);
       if (!node || node.status !== "ready") {
         // The agent is away: forget the VM now; its leftovers are removed if it returns.

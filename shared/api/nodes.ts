@@ -18,8 +18,12 @@ import {
   TimestampSchema,
 } from "./common.ts";
 
-/** Node lifecycle (spec: troubleshooting "node states"). */
-export const NodeStatusSchema = z.enum(["pending", "ready", "unreachable"]);
+/**
+ * Node lifecycle (spec: troubleshooting "node states"): `pending` after bootstrap → `ready` on
+ * a heartbeat → `unreachable` (no heartbeat for `nodes.stale_threshold_seconds`) → `gone`
+ * (unreachable past `nodes.gone_grace_seconds`); any heartbeat brings it back to `ready`.
+ */
+export const NodeStatusSchema = z.enum(["pending", "ready", "unreachable", "gone"]);
 /** Node lifecycle state. */
 export type NodeStatus = z.infer<typeof NodeStatusSchema>;
 
@@ -69,6 +73,59 @@ export const JoinTokenCreateRequestSchema = z.object({
 });
 /** Join token create body. */
 export type JoinTokenCreateRequest = z.infer<typeof JoinTokenCreateRequestSchema>;
+
+/** A join token as listed (`GET /v1/nodes/join-tokens`): metadata only, never the secret. */
+export const JoinTokenSchema = z.object({
+  id: z.string().uuid(),
+  node_name: z.string(),
+  max_uses: z.number().int(),
+  uses: z.number().int(),
+  uses_left: z.number().int().min(0),
+  expires_at: TimestampSchema,
+  /** True once expired or used up (kept listed until it is revoked or purged). */
+  expired: z.boolean(),
+  created_at: TimestampSchema,
+  /** User id of the creator. */
+  created_by: z.string(),
+});
+/** A listed join token. */
+export type JoinToken = z.infer<typeof JoinTokenSchema>;
+
+/** `GET /v1/nodes?architecture=&status=` filters (plus the list paging query). */
+export const NodeListFilterSchema = z.object({
+  architecture: ArchitectureSchema.optional(),
+  status: NodeStatusSchema.optional(),
+});
+
+/** `DELETE /v1/nodes/{name}?force=`: force removes a node that still hosts VMs (marked lost). */
+export const NodeDeleteQuerySchema = z.object({
+  force: z.enum(["true", "false"]).optional().transform((v) => v === "true"),
+});
+
+/** `POST /v1/nodes/{name}/ping` response: the control plane dialled the agent. */
+export const NodePingSchema = z.object({
+  node: z.string(),
+  endpoint: z.string(),
+  /** Round trip of `GET /healthz` over mTLS, milliseconds. */
+  rtt_ms: z.number().min(0),
+  agent_version: z.string().nullable(),
+});
+/** A ping result. */
+export type NodePing = z.infer<typeof NodePingSchema>;
+
+/**
+ * `POST /v1/nodes/renew` on the agent-facing port (mTLS with the node's current certificate):
+ * a CSR for the same node name; answered with a fresh certificate. The node record then pins
+ * the new certificate's fingerprint and the previous one is refused.
+ */
+export const RenewRequestSchema = z.object({ csr_pem: z.string().min(1).max(16 * 1024) });
+/** Renewal response. */
+export const RenewResponseSchema = z.object({
+  certificate_pem: z.string(),
+  ca_pem: z.string(),
+});
+/** A renewal response. */
+export type RenewResponse = z.infer<typeof RenewResponseSchema>;
 
 /** Join token create response; `token` is shown once and stored only as a hash. */
 export const JoinTokenCreateResponseSchema = z.object({

@@ -92,13 +92,15 @@ export type VmCreateRequest = z.infer<typeof VmCreateRequestSchema>;
  * those tasks run; `paused`; `stopped`; `failed` (the last create/start task failed; see
  * `error`); `unknown`: the VM's node stopped sending heartbeats (node `unreachable`), so its
  * state cannot be confirmed; the next heartbeat replaces it (like a Kubernetes pod on a lost
- * node).
+ * node); `lost`: its node was deleted with `--force` while the VM lived there (only `vm delete`
+ * applies).
  */
 export const VmStatusSchema = z.enum([
   "pending",
   ...VmPhaseSchema.options,
   "failed",
   "unknown",
+  "lost",
 ]);
 /** VM status. */
 export type VmStatus = z.infer<typeof VmStatusSchema>;
