@@ -19,6 +19,9 @@
  * fsync, rename). The certificate is written last, so a crash can leave a key without a
  * certificate (reported as partial state) but never a certificate without its key.
  *
+ * Renewal (agent/renew.ts) leaves `agent.key.next` / `agent.crt.next` when a crash interrupts
+ * it; every start first completes or discards them (`finishInterruptedRenewal`).
+ *
  * @module
  */
 import { request } from "node:https";
@@ -63,11 +66,24 @@ export interface AgentIdentity {
 }
 
 /** Paths of the cert material in `certDir`. */
-export function certFiles(certDir: string): { cert: string; key: string; ca: string } {
+export interface CertFiles {
+  cert: string;
+  key: string;
+  ca: string;
+  /** A renewed certificate not yet moved over `cert` (agent/renew.ts). */
+  nextCert: string;
+  /** A renewed key not yet moved over `key` (agent/renew.ts). */
+  nextKey: string;
+}
+
+/** Paths of the cert material in `certDir`. */
+export function certFiles(certDir: string): CertFiles {
   return {
     cert: join(certDir, "agent.crt"),
     key: join(certDir, "agent.key"),
     ca: join(certDir, "ca.crt"),
+    nextCert: join(certDir, "agent.crt.next"),
+    nextKey: join(certDir, "agent.key.next"),
   };
 }
 
@@ -111,6 +127,7 @@ export async function bootstrap(
 ): Promise<AgentIdentity> {
   const paths = agentPaths(cfg);
   const files = certFiles(paths.certDir);
+  await finishInterruptedRenewal(files, log);
   const [certPem, keyPem, caPem] = await Promise.all([
     readIfExists(files.cert),
     readIfExists(files.key),
@@ -132,8 +149,57 @@ export async function bootstrap(
   return await runBootstrap(cfg, files, log, opts);
 }
 
+/**
+ * Completes a certificate renewal that a crash interrupted (agent/renew.ts writes
+ * `agent.key.next` and `agent.crt.next`, then renames them over `agent.key` and `agent.crt`):
+ * when `agent.crt.next` is signed by the CA and matches `agent.key.next` (or `agent.key`, already
+ * renamed), the renames are finished; otherwise the leftovers are removed (the renewal never
+ * completed, the current pair is intact). Both cases are logged as warnings.
+ *
+ * @throws BootstrapError when the files cannot be read, renamed or removed
+ */
+async function finishInterruptedRenewal(files: CertFiles, log: Logger): Promise<void> {
+  const [nextCert, nextKey, key, ca] = await Promise.all(
+    [files.nextCert, files.nextKey, files.key, files.ca].map(readIfExists),
+  );
+  if (nextCert === null && nextKey === null) return;
+  const fits = async (k: string | null) => {
+    try {
+      return k !== null && ca !== null && nextCert !== null &&
+        await keyMatchesCert(k, nextCert) && await isSignedBy(nextCert, ca);
+    } catch {
+      return false;
+    }
+  };
+  try {
+    if (await fits(nextKey)) {
+      await Deno.rename(files.nextKey, files.key);
+      await Deno.rename(files.nextCert, files.cert);
+    } else if (nextKey === null && await fits(key)) {
+      await Deno.rename(files.nextCert, files.cert);
+    } else {
+      for (const f of [files.nextCert, files.nextKey]) {
+        await Deno.remove(f).catch((e) => {
+          if (!(e instanceof Deno.errors.NotFound)) throw e;
+        });
+      }
+      log.warn("bootstrap: removed leftovers of an interrupted certificate renewal", {
+        cert: files.cert,
+      });
+      return;
+    }
+  } catch (e) {
+    throw new BootstrapError(
+      `bootstrap: cannot complete an interrupted certificate renewal in ${files.cert}: ${
+        errorMessage(e)
+      }`,
+    );
+  }
+  log.warn("bootstrap: completed an interrupted certificate renewal", { cert: files.cert });
+}
+
 async function useExisting(
-  files: { cert: string; key: string; ca: string },
+  files: CertFiles,
   certPem: string,
   keyPem: string,
   caPem: string | null,
@@ -261,7 +327,7 @@ function concat(chunks: Uint8Array[]): Uint8Array {
 
 async function runBootstrap(
   cfg: AgentConfig,
-  files: { cert: string; key: string; ca: string },
+  files: CertFiles,
   log: Logger,
   opts: BootstrapOptions,
 ): Promise<AgentIdentity> {

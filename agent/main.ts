@@ -9,7 +9,9 @@
  * JSON line on stderr carrying the message, and the process exits with status 1.
  *
  * Background loops: the heartbeat, the report pusher (agent/report.ts: VM phase and task
- * changes pushed as they happen), and the serial log cap (every 2 s each VM's `serial.log`
+ * changes pushed as they happen), certificate renewal (agent/renew.ts: at 2/3 of the
+ * certificate's lifetime; heartbeats, reports and the mTLS server's new connections switch to
+ * the new certificate at once), and the serial log cap (every 2 s each VM's `serial.log`
  * over `qemu.serial_log_max_bytes` is cut to its newest half; agent/serial_log.ts).
  *
  * VMs outlive the agent (agent/qemu.ts: QEMU runs daemonized under PID 1). SIGINT / SIGTERM:
@@ -26,7 +28,7 @@ import { ConfigError } from "../shared/config.ts";
 import { DEFAULT_AGENT_CONFIG_FILE } from "../shared/constants.ts";
 import { createLogger, type Logger } from "../shared/log.ts";
 import { describeDecision, detectAccelerator, realHostProbe } from "./accel.ts";
-import { bootstrap, BootstrapError } from "./bootstrap.ts";
+import { type AgentIdentity, bootstrap, BootstrapError } from "./bootstrap.ts";
 import { type AgentConfig, agentPaths, loadAgentConfig } from "./config.ts";
 import { errorMessage } from "./fsutil.ts";
 import { createConsoleUpgrade } from "./console.ts";
@@ -34,6 +36,7 @@ import { startHeartbeat } from "./heartbeat.ts";
 import { ImageCache } from "./images.ts";
 import { PoolManager } from "./pools.ts";
 import { mtlsReportSender, startReporter } from "./report.ts";
+import { mtlsRenewRequester, startRenewer } from "./renew.ts";
 import { createAgentApp, startAgentServer } from "./server.ts";
 import { hostName } from "./sysinfo.ts";
 import { TaskManager } from "./tasks.ts";
@@ -95,7 +98,7 @@ export async function main(argv: string[]): Promise<void> {
   const paths = agentPaths(cfg);
   log.info("agent: starting", { version: AGENT_VERSION, config: args.config });
 
-  let identity;
+  let identity: AgentIdentity;
   try {
     identity = await bootstrap(cfg, log);
   } catch (e) {
@@ -170,9 +173,8 @@ export async function main(argv: string[]): Promise<void> {
     node: identity.nodeName,
   });
 
-  const heartbeat = startHeartbeat({
+  const heartbeatOptions = {
     cpUrl: cfg.bootstrap.cp_url ?? "",
-    identity,
     endpoint,
     accelerator: decision.accelerator,
     poolsDir: paths.poolsDir,
@@ -182,7 +184,8 @@ export async function main(argv: string[]): Promise<void> {
     recentTasks: () => tasks.recent(),
     initialIntervalSeconds: cfg.heartbeat.interval_seconds,
     log,
-  });
+  };
+  let heartbeat = startHeartbeat({ ...heartbeatOptions, identity });
   kickHeartbeat = () => heartbeat.kick();
   if (!cfg.bootstrap.cp_url) {
     log.warn("heartbeat: bootstrap.cp_url is not set; heartbeats cannot reach the control plane");
@@ -192,14 +195,34 @@ export async function main(argv: string[]): Promise<void> {
     vms,
     tasks,
     log,
-    send: mtlsReportSender(cfg.bootstrap.cp_url ?? "", identity),
+    // Per report: always the current identity (it changes on renewal).
+    send: (report, signal) =>
+      mtlsReportSender(cfg.bootstrap.cp_url ?? "", identity)(report, signal),
   });
+  // Certificate renewal at 2/3 of its lifetime (agent/renew.ts). Heartbeats, reports and the
+  // mTLS server (for new connections) switch to the new identity at once.
+  const renewer = cfg.bootstrap.cp_url
+    ? startRenewer({
+      certDir: paths.certDir,
+      identity: () => identity,
+      request: mtlsRenewRequester(cfg.bootstrap.cp_url),
+      log,
+      onRenewed: async (next) => {
+        identity = next;
+        server.setIdentity(next.certPem, next.keyPem, next.caPem);
+        const previous = heartbeat;
+        await previous.stop();
+        heartbeat = startHeartbeat({ ...heartbeatOptions, identity });
+      },
+    })
+    : null;
 
   let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) return;
     stopping = true;
     log.info("agent: shutting down", { signal });
+    await renewer?.stop();
     await heartbeat.stop();
     await reporter.stop();
     consoles.closeAll();

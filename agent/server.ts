@@ -12,7 +12,8 @@
  * - `GET /v1/vms/{id}/console-log?tail_bytes=N` → `text/plain`
  * - `GET /v1/vms/{id}/console` → WebSocket (agent/console.ts, through the server's
  *   `onUpgrade`)
- * - `GET /healthz` → `{status: "ok"}`
+ * - `GET /healthz` → `{status: "ok", version}` (agent/version.ts; any cluster certificate:
+ *   `otherix node ping` times it, cp/nodes/ping.ts)
  *
  * The TLS handshake requires a client certificate from the cluster CA; `/v1/` additionally
  * requires the control plane's organization (`CP_CERT_ORG`), so another agent's certificate
@@ -42,6 +43,7 @@ import { imageBasename } from "./images.ts";
 import type { PoolManager } from "./pools.ts";
 import type { TaskManager } from "./tasks.ts";
 import type { VmManager } from "./vms.ts";
+import { AGENT_VERSION } from "./version.ts";
 
 /** What the routes need. */
 export interface AgentAppDeps {
@@ -75,7 +77,7 @@ export function createAgentApp(deps: AgentAppDeps): Hono<TlsEnv> {
     await next();
   });
 
-  app.get("/healthz", (c) => c.json({ status: "ok" }));
+  app.get("/healthz", (c) => c.json({ status: "ok", version: AGENT_VERSION }));
 
   app.post("/v1/vms", async (c) => {
     const req = await jsonBody(c, AgentVmCreateRequestSchema);

@@ -18,6 +18,7 @@ import {
   type AgentVmCreateRequest,
   type DesiredPool,
 } from "../shared/api/agent.ts";
+import { z } from "zod";
 import { ErrorEnvelopeSchema, type ErrorInfo } from "../shared/errors.ts";
 import { AGENT_CERT_ORG } from "../shared/constants.ts";
 import { type ClientTlsMaterial, requestTls } from "../shared/tls.ts";
@@ -84,8 +85,25 @@ export interface AgentClient {
   getTask(agent: AgentTarget, taskId: string, signal?: AbortSignal): Promise<AgentTask | null>;
   /** `GET /v1/vms/{id}/console-log?tail_bytes=` → text. @throws AgentError */
   consoleLog(agent: AgentTarget, vmId: string, tailBytes: number): Promise<string>;
+  /**
+   * `GET /healthz` → `{status: "ok", version}` (`version` null from agents that do not send
+   * one). @throws AgentError (`api` for a non-2xx or malformed answer)
+   */
+  health(agent: AgentTarget, signal?: AbortSignal): Promise<AgentHealth>;
   close(): void;
 }
+
+/** An agent's `GET /healthz` answer. */
+export interface AgentHealth {
+  status: "ok";
+  /** The agent's version (agent/version.ts), null when it sends none. */
+  version: string | null;
+}
+
+const AgentHealthSchema = z.object({
+  status: z.literal("ok"),
+  version: z.string().max(128).optional(),
+});
 
 /** Per-request timeout of agent calls, milliseconds. */
 export const AGENT_REQUEST_TIMEOUT_MS = 15_000;
@@ -232,6 +250,22 @@ class HttpAgentClient implements AgentClient {
     const res = await this.#call("GET", agent, path);
     if (!res.ok) throw await this.#errorOf(res, "agent GET console-log");
     return await res.text();
+  }
+
+  async health(agent: AgentTarget, signal?: AbortSignal): Promise<AgentHealth> {
+    const res = await this.#call("GET", agent, "healthz", undefined, signal);
+    if (!res.ok) throw await this.#errorOf(res, "agent GET /healthz");
+    let raw: unknown;
+    try {
+      raw = await res.json();
+    } catch {
+      throw new AgentError("api", "agent GET /healthz: response is not JSON", res.status);
+    }
+    const parsed = AgentHealthSchema.safeParse(raw);
+    if (!parsed.success) {
+      throw new AgentError("api", 'agent GET /healthz: not {status: "ok"}', res.status);
+    }
+    return { status: "ok", version: parsed.data.version ?? null };
   }
 
   close() {

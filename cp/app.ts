@@ -30,7 +30,7 @@ import { agentApiApp } from "./nodes/agent_api.ts";
 import { nodeController } from "./nodes/controller.ts";
 import { nodeRoutes } from "./nodes/routes.ts";
 import { poolRoutes } from "./pools/routes.ts";
-import { nodeView, poolView, seedClusterSettings } from "./nodes/service.ts";
+import { type NodeUsage, nodeView, poolView, seedClusterSettings } from "./nodes/service.ts";
 import { poolProvisioner } from "./pools/controller.ts";
 import { vmController } from "./vms/controller.ts";
 import { taskRoutes, vmRoutes } from "./vms/routes.ts";
@@ -57,7 +57,15 @@ export const PUBLIC_BODY_LIMIT = 1024 * 1024;
 
 /** The resource kinds of the event stream (`GET /v1/events`), with the views GETs serve. */
 export function eventSources(ctx: CpContext): EventSource[] {
-  const vmCount = (node: string) => ctx.cache?.vms.byIndex("node", node).length ?? 0;
+  const usage = (node: string): NodeUsage => {
+    const cache = ctx.cache?.vms;
+    const vms = (cache?.byIndex("node", node) ?? []).map((k) => cache!.get(k)!).filter(Boolean);
+    return {
+      vms: vms.length,
+      vcpus: vms.reduce((a, v) => a + v.vcpus, 0),
+      memory_mib: vms.reduce((a, v) => a + v.memory_mb, 0),
+    };
+  };
   return [
     {
       kind: "vm",
@@ -78,7 +86,7 @@ export function eventSources(ctx: CpContext): EventSource[] {
       prefix: keys.nodes,
       permission: "node:read",
       view: (n, user) =>
-        nodeView(n as NodeRecord, vmCount((n as NodeRecord).name), can(user.role, "node:manage")),
+        nodeView(n as NodeRecord, usage((n as NodeRecord).name), can(user.role, "node:manage")),
       nameOf: (n) => (n as NodeRecord).name,
     },
     {

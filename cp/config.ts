@@ -28,6 +28,15 @@ import {
 } from "../shared/constants.ts";
 import { ResourceNameSchema } from "../shared/api/common.ts";
 
+/** One pressure condition's settings (`placement.pressure.<kind>`). */
+const PressureConfigSchema = z.object({
+  enabled: z.boolean().default(true),
+  /** Under this share free, percent, a heartbeat counts as low. */
+  threshold_percent: z.number().min(0).max(100).default(10),
+  /** Low heartbeats in a row that set the condition. */
+  consecutive_required: z.number().int().min(1).max(100).default(3),
+}).strict();
+
 /** The control-plane config schema (defaults applied). */
 export const ApiConfigSchema = z.object({
   server: z.object({
@@ -65,6 +74,12 @@ export const ApiConfigSchema = z.object({
     /** An `unreachable` node becomes `gone` this long after it went unreachable, seconds. */
     gone_grace_seconds: z.number().int().min(1).max(7 * 24 * 3600)
       .default(DEFAULT_GONE_GRACE_SECONDS),
+    /**
+     * Lifetime of the certificates issued to agents, seconds; agents renew at 2/3 of it over
+     * mTLS (`POST /v1/nodes/renew`), no join token needed.
+     */
+    agent_cert_validity_seconds: z.number().int().min(5).max(10 * 365 * 24 * 3600)
+      .default(365 * 24 * 3600),
     /** Default join-token lifetime, seconds. */
     join_token_ttl_seconds: z.number().int().min(1).max(7 * 24 * 3600)
       .default(DEFAULT_JOIN_TOKEN_TTL_SECONDS),
@@ -117,6 +132,11 @@ export const ApiConfigSchema = z.object({
   placement: z.object({
     /** Scheduler: `least_vm_count` (fewest VMs, ties by node name). */
     algorithm: z.enum(["least_vm_count"]).default("least_vm_count"),
+    /** Node-pressure detection (spec 001): pressured nodes take no new VMs. */
+    pressure: z.object({
+      memory: PressureConfigSchema.prefault({}),
+      system_disk: PressureConfigSchema.prefault({}),
+    }).strict().prefault({}),
   }).strict().prefault({}),
   log: z.object({
     level: z.enum(["debug", "info", "warn", "error"]).default("info"),

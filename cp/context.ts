@@ -35,4 +35,9 @@ export interface CpContext {
   now: () => Date;
   /** Informer caches, once started (absent in tests that do not wire them). */
   cache?: Caches;
+  /**
+   * When this process last received a heartbeat from each node, epoch ms. Liveness lives here
+   * between the persisted `last_heartbeat_at` refreshes (cp/nodes/service.ts applyHeartbeat).
+   */
+  liveness?: Map<string, number>;
 }

@@ -10,6 +10,7 @@
  * @module
  */
 import type { Architecture } from "../shared/api/common.ts";
+import { pressuredKinds } from "./nodes/pressure.ts";
 import { ApiError } from "../shared/errors.ts";
 import type { NodeRecord, PoolRecord } from "./repo/records.ts";
 
@@ -86,6 +87,9 @@ export function schedule(req: PlacementRequest, inputs: PlacementInputs): Placem
     else {
       if (node.status !== "ready") reasons.push(`node is ${node.status}`);
       if (node.cordoned) reasons.push("node is cordoned");
+      for (const kind of pressuredKinds(node.pressure)) {
+        reasons.push(`node is under ${kind.replace("_", " ")} pressure`);
+      }
       if (node.architecture !== req.architecture) {
         reasons.push(
           `architecture ${node.architecture ?? "unknown"} does not match ${req.architecture}`,

@@ -122,6 +122,11 @@ interface IssueOptions {
   validityDays: number;
 }
 
+/** Clock-skew allowance: how far `notBefore` is backdated, ms (5 min, at most validity/10). */
+export function backdateMs(validityDays: number): number {
+  return Math.min(5 * 60 * 1000, (validityDays * DAY_MS) / 10);
+}
+
 async function issue(opts: IssueOptions): Promise<string> {
   const caCert = new x509.X509Certificate(opts.ca.certPem);
   const caKey = await importPrivateKeyPem(opts.ca.keyPem);
@@ -130,7 +135,9 @@ async function issue(opts: IssueOptions): Promise<string> {
     serialNumber: randomSerial(),
     subject: `CN=${escapeDn(opts.commonName)}, O=${escapeDn(opts.organization)}`,
     issuer: caCert.subject,
-    notBefore: new Date(now - 5 * 60 * 1000),
+    // Backdated for clock skew, but never by most of a short (test) lifetime: an agent renews
+    // at 2/3 of notBefore..notAfter, which a 5-minute backdate would put in the past.
+    notBefore: new Date(now - backdateMs(opts.validityDays)),
     notAfter: new Date(now + opts.validityDays * DAY_MS),
     signingAlgorithm: SIGN_ALG,
     publicKey: opts.publicKey,
@@ -273,11 +280,13 @@ export async function signCsr(
 export interface CertInfo {
   commonName: string | null;
   organization: string | null;
+  /** Start of validity. */
+  notBefore: Date;
   notAfter: Date;
   sans: string[];
 }
 
-/** Reads CN, O, SANs and expiry of a PEM certificate. */
+/** Reads CN, O, SANs and validity of a PEM certificate. @throws on an unparseable PEM */
 export function certInfo(certPem: string): CertInfo {
   const cert = new x509.X509Certificate(certPem);
   const name = cert.subjectName;
@@ -285,9 +294,29 @@ export function certInfo(certPem: string): CertInfo {
   return {
     commonName: name.getField("CN")[0] ?? null,
     organization: name.getField("O")[0] ?? null,
+    notBefore: cert.notBefore,
     notAfter: cert.notAfter,
     sans: san?.names.items.map((n) => n.value) ?? [],
   };
+}
+
+/**
+ * The subject CN a PKCS#10 CSR asks for (null when it names none).
+ *
+ * @throws ApiError `validation_failed` when `csrPem` is not a CSR
+ */
+export function csrCommonName(csrPem: string): string | null {
+  try {
+    return new x509.Pkcs10CertificateRequest(csrPem).subjectName.getField("CN")[0] ?? null;
+  } catch (e) {
+    throw new ApiError("validation_failed", `csr_pem: not a PKCS#10 CSR: ${(e as Error).message}`);
+  }
+}
+
+/** `sha256:<hex>` of DER bytes (a TLS peer certificate's `raw`); see {@link certFingerprint}. */
+export async function derFingerprint(der: Uint8Array): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", new Uint8Array(der));
+  return "sha256:" + toHex(new Uint8Array(digest));
 }
 
 /** True when `certPem` was signed by the CA certificate `caPem`. */

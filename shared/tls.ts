@@ -84,6 +84,11 @@ export interface TlsServeOptions {
 export interface TlsServer {
   /** The bound port (useful when `port` was 0). */
   port: number;
+  /**
+   * Serves new connections with another certificate (e.g. after a renewal); connections
+   * already open keep theirs. Client certificates are still requested and verified.
+   */
+  setIdentity(certPem: string, keyPem: string, caPem: string): void;
   close(): Promise<void>;
 }
 
@@ -138,6 +143,8 @@ export async function serveTls(opts: TlsServeOptions): Promise<TlsServer> {
   const port = typeof addr === "object" && addr ? addr.port : opts.port;
   return {
     port,
+    setIdentity: (certPem, keyPem, caPem) =>
+      server.setSecureContext({ cert: certPem, key: keyPem, ca: caPem }),
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());

@@ -10,8 +10,10 @@ import { ArchitectureSchema } from "../../shared/api/common.ts";
 import {
   JoinTokenCreateResponseSchema,
   type Node,
+  NodePingSchema,
   NodeSchema,
   NodeStatusSchema,
+  type PressureCondition,
 } from "../../shared/api/nodes.ts";
 import { connect, outputOption, parseDurationArg, parseIntArg, seg } from "../common.ts";
 import { UsageError } from "../errors.ts";
@@ -48,7 +50,7 @@ function nodeTable(nodes: Node[], now: number, opts: { wide?: boolean; showIds?:
       const row = [
         n.name,
         n.architecture ?? "-",
-        n.status,
+        statusColumn(n),
         yesNo(n.cordoned),
         heartbeat(n.last_heartbeat_at, now),
         formatAge(n.created_at, now),
@@ -58,6 +60,23 @@ function nodeTable(nodes: Node[], now: number, opts: { wide?: boolean; showIds?:
       return row;
     }),
   );
+}
+
+/**
+ * The STATUS column (spec 001): a ready node under memory or system-disk pressure shows
+ * `under_pressure`, and `cordoned, under_pressure` when it is also cordoned; other statuses
+ * show as they are.
+ */
+export function statusColumn(n: Node): string {
+  const pressured = !!n.pressure &&
+    (n.pressure.memory.under_pressure || n.pressure.system_disk.under_pressure);
+  if (n.status !== "ready" || !pressured) return n.status;
+  return n.cordoned ? "cordoned, under_pressure" : "under_pressure";
+}
+
+function condition(c: PressureCondition): string {
+  const free = c.available_percent === null ? "" : ` (${c.available_percent}% free)`;
+  return c.under_pressure ? `under pressure since ${c.since}${free}` : `ok${free}`;
 }
 
 /** A `--flag` value checked against `schema` (a usage error names the allowed values). */
@@ -71,36 +90,67 @@ function enumArg<T extends z.ZodEnum>(schema: T, flag: string) {
   };
 }
 
-/** `key: value` view of a node (unset fields omitted). */
+/**
+ * `key: value` view of a node in the spec's layout (spec 001 "Nodes" / "VM placement"):
+ * identity and status first, then `hardware:` (CPU and memory used by VMs out of the totals,
+ * system disk), `agent:` (version, endpoint, last heartbeat with its age) and `pressure:`.
+ * Fields the server left out of the reduced projection (developer, viewer) are omitted.
+ */
 export function nodeKeyValues(n: Node, now: number): KvEntry[] {
   const r = n.resources;
+  const hardware: KvEntry[] | null = r
+    ? [
+      [
+        "cpu_cores",
+        n.allocated_vcpus !== null
+          ? `used ${n.allocated_vcpus}/${r.cpu_cores_total} cores`
+          : `${r.cpu_cores_total} cores`,
+      ],
+      [
+        "memory",
+        n.allocated_memory_mib !== null
+          ? `used ${n.allocated_memory_mib}/${r.memory_total_mib} MiB ` +
+            `(${r.memory_available_mib} MiB available)`
+          : `${r.memory_total_mib} MiB`,
+      ],
+      [
+        "system_disk",
+        `${formatBytes(r.system_disk_available_bytes)} free of ${
+          formatBytes(r.system_disk_total_bytes)
+        }`,
+      ],
+      ["load_average_1m", r.load_average_1m],
+      ["accelerator", n.accelerator],
+    ]
+    : null;
   return [
     ["name", n.name],
     ["id", n.id],
     ["architecture", n.architecture],
-    ["status", n.status],
+    ["status", statusColumn(n)],
     ["cordoned", yesNo(n.cordoned)],
-    ["endpoint", n.endpoint],
-    ["accelerator", n.accelerator],
-    ["agent_version", n.agent_version],
     ["vm_count", n.vm_count],
+    ["hardware", hardware],
     [
-      "resources",
-      r
-        ? [
-          ["cpu_cores_total", r.cpu_cores_total],
-          ["load_average_1m", r.load_average_1m],
-          ["memory_total_mib", r.memory_total_mib],
-          ["memory_available_mib", r.memory_available_mib],
-          ["system_disk_total", formatBytes(r.system_disk_total_bytes)],
-          ["system_disk_available", formatBytes(r.system_disk_available_bytes)],
-        ]
-        : null,
+      "agent",
+      [
+        ["version", n.agent_version],
+        ["endpoint", n.endpoint],
+        [
+          "last_heartbeat_at",
+          n.last_heartbeat_at
+            ? `${n.last_heartbeat_at} (${heartbeat(n.last_heartbeat_at, now)})`
+            : "never",
+        ],
+      ],
     ],
     [
-      "last_heartbeat_at",
-      n.last_heartbeat_at
-        ? `${n.last_heartbeat_at} (${heartbeat(n.last_heartbeat_at, now)})`
+      "pressure",
+      n.pressure
+        ? [
+          ["memory", condition(n.pressure.memory)],
+          ["system_disk", condition(n.pressure.system_disk)],
+        ]
         : null,
     ],
     ["created_at", n.created_at],
@@ -171,6 +221,25 @@ export function registerNodeCommands(program: Command, io: Io): void {
         io.out(`node ${data.name} ${data.cordoned ? "cordoned" : "uncordoned"}\n`);
       });
   }
+
+  node.command("ping")
+    .description("round trip from the control plane to the node's agent over mTLS")
+    .argument("<name>", "node name")
+    .addOption(outputOption("text", ["text", "json", "yaml"]))
+    .action(async (name: string, opts, cmd: Command) => {
+      const client = await connect(cmd, io);
+      const { data, raw } = await client.json(
+        "POST",
+        `/v1/nodes/${seg(name)}/ping`,
+        NodePingSchema,
+      );
+      const format = opts.output as OutputFormat;
+      if (format === "json" || format === "yaml") return io.out(renderAs(format, raw, String));
+      io.out(
+        `node ${data.node} answered in ${data.rtt_ms.toFixed(1)} ms ` +
+          `(agent ${data.agent_version ?? "unknown"}, ${data.endpoint})\n`,
+      );
+    });
 
   node.command("delete")
     .description("remove a node from the cluster (refused while VMs live there)")

@@ -11,23 +11,53 @@
  *   the certificate CN, else 403 `permission_denied`)
  * - `POST /v1/nodes/report` NodeReport → 204 (the same client-certificate rules): VM and task
  *   transitions pushed by the agent as they happen
+ * - `POST /v1/nodes/renew` RenewRequest → RenewResponse (the same client-certificate rules; a
+ *   CSR for the certificate's CN, else 403 `permission_denied`): a fresh certificate, pinned
+ *   (cp/nodes/certs.ts)
+ *
+ * Heartbeats, reports and renewals are also refused with 401 `unauthenticated` when the client
+ * certificate is not the one the node record pins (a re-bootstrapped or renewed node's
+ * previous certificate), and with 404 `node_not_found` when the node has no record (deleted);
+ * both before the body is read.
  *
  * @module
  */
+import type { TLSSocket } from "node:tls";
 import { Hono, type MiddlewareHandler } from "hono";
 import { AGENT_CERT_ORG } from "../../shared/constants.ts";
-import { BootstrapRequestSchema, type CaResponse } from "../../shared/api/nodes.ts";
+import {
+  BootstrapRequestSchema,
+  type CaResponse,
+  RenewRequestSchema,
+} from "../../shared/api/nodes.ts";
 import { HeartbeatRequestSchema, NodeReportSchema } from "../../shared/api/agent.ts";
 import { ApiError } from "../../shared/errors.ts";
 import { errorHandler, notFoundHandler, requestLogger } from "../../shared/http.ts";
 import { validate } from "../routes/validate.ts";
+import { derFingerprint } from "../../shared/pki.ts";
 import { peerOf, type TlsEnv } from "../../shared/tls.ts";
 import type { CpContext } from "../context.ts";
+import { authenticateNodeCert, renewNodeCert } from "./certs.ts";
 import { applyHeartbeat, applyReport, bootstrapNode } from "./service.ts";
 import { bodyLimit } from "../routes/body_limit.ts";
 
 /** Largest request body accepted on the agent port, bytes. */
 export const AGENT_BODY_LIMIT = 1024 * 1024;
+
+type Incoming = Parameters<typeof peerOf>[0];
+
+/** A verified agent client certificate: its node (CN) and `sha256:<hex>` of its DER. */
+interface AgentCert {
+  node: string;
+  fingerprint: string;
+}
+
+/** The DER of the request's TLS client certificate (null when none). */
+function peerDer(incoming: Incoming): Uint8Array | null {
+  const socket = incoming?.socket as TLSSocket | undefined;
+  const raw = socket?.getPeerCertificate?.()?.raw as Uint8Array | undefined;
+  return raw && raw.length > 0 ? raw : null;
+}
 
 /** Builds the agent-facing app. */
 export function agentApiApp(ctx: CpContext): Hono<TlsEnv> {
@@ -49,21 +79,37 @@ export function agentApiApp(ctx: CpContext): Hono<TlsEnv> {
     return c.json(await bootstrapNode(ctx, body.token, body.csr_pem));
   });
 
-  /** The node of a request's verified agent certificate. @throws ApiError unauthenticated */
-  const agentNode = (incoming: Parameters<typeof peerOf>[0], what: string): string => {
+  /**
+   * The node of a request's verified agent certificate, and that certificate's fingerprint.
+   * @throws ApiError unauthenticated
+   */
+  const agentCert = async (incoming: Incoming, what: string): Promise<AgentCert> => {
     const peer = peerOf(incoming);
-    if (!peer.authorized || peer.organization !== AGENT_CERT_ORG || !peer.commonName) {
+    const raw = peer.authorized ? peerDer(incoming) : null;
+    if (
+      !peer.authorized || peer.organization !== AGENT_CERT_ORG || !peer.commonName || !raw
+    ) {
       throw new ApiError(
         "unauthenticated",
         `${what} require a node client certificate issued by the cluster CA`,
       );
     }
-    return peer.commonName;
+    return { node: peer.commonName, fingerprint: await derFingerprint(raw) };
   };
 
-  // The certificate is checked before the body is read or validated.
+  /**
+   * The node of a request whose certificate is the node's pinned one.
+   * @throws ApiError unauthenticated, node_not_found
+   */
+  const agentNode = async (incoming: Incoming, what: string): Promise<AgentCert> => {
+    const cert = await agentCert(incoming, what);
+    await authenticateNodeCert(ctx, cert.node, cert.fingerprint);
+    return cert;
+  };
+
+  // The certificate (and its pin) is checked before the body is read or validated.
   const requireAgent = (what: string): MiddlewareHandler<TlsEnv> => async (c, next) => {
-    agentNode(c.env?.incoming, what);
+    await agentNode(c.env?.incoming, what);
     await next();
   };
 
@@ -72,7 +118,7 @@ export function agentApiApp(ctx: CpContext): Hono<TlsEnv> {
     requireAgent("heartbeats"),
     validate("json", HeartbeatRequestSchema),
     async (c) => {
-      const node = agentNode(c.env?.incoming, "heartbeats");
+      const { node } = await agentCert(c.env?.incoming, "heartbeats");
       const body = c.req.valid("json");
       return c.json(await applyHeartbeat(ctx, node, body));
     },
@@ -83,10 +129,21 @@ export function agentApiApp(ctx: CpContext): Hono<TlsEnv> {
     requireAgent("reports"),
     validate("json", NodeReportSchema),
     async (c) => {
-      const node = agentNode(c.env?.incoming, "reports");
+      const { node } = await agentCert(c.env?.incoming, "reports");
       const body = c.req.valid("json");
       await applyReport(ctx, node, body);
       return c.body(null, 204);
+    },
+  );
+
+  app.post(
+    "/v1/nodes/renew",
+    requireAgent("certificate renewals"),
+    validate("json", RenewRequestSchema),
+    async (c) => {
+      const { node, fingerprint } = await agentCert(c.env?.incoming, "certificate renewals");
+      const body = c.req.valid("json");
+      return c.json(await renewNodeCert(ctx, node, fingerprint, body.csr_pem));
     },
   );
 

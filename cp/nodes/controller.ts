@@ -21,18 +21,22 @@ import { keys, type NodeRecord, type VmRecord } from "../repo/records.ts";
 import { rangeAll, updateKey } from "../store/store.ts";
 import { enqueueOps, findTask, newTask } from "../tasks/queue.ts";
 import { isTerminal } from "../../shared/api/tasks.ts";
+import { pressuredKinds } from "./pressure.ts";
 
 /** Builds the node controller; the caller feeds it from the node informer and starts it. */
 export function nodeController(ctx: CpContext): Controller {
   const orphanTasks = new Map<string, string>(); // vm id → cleanup task id
   const startedAt = ctx.now().getTime();
   const lastSeen = new Map<string, NodeRecord["status"]>(); // for the "node ready" log line
+  const lastPressure = new Map<string, string[]>(); // for the pressure set/clear log lines
   const controller: Controller = new Controller({
     name: "node",
     log: ctx.log,
     resyncMs: 0,
     reconcile: async (name) => {
-      const node = await markIfStale(ctx, name, startedAt);
+      // The later of this process's start and the last heartbeat it received itself.
+      const floor = Math.max(startedAt, ctx.liveness?.get(name) ?? 0);
+      const node = await markIfStale(ctx, name, floor);
       if (!node) {
         lastSeen.delete(name);
         return;
@@ -42,10 +46,11 @@ export function nodeController(ctx: CpContext): Controller {
       if (prev !== undefined && prev !== "ready" && node.status === "ready") {
         ctx.log.info("node ready", { node: name, from: prev });
       }
+      logPressure(ctx, node, lastPressure);
       if (node.status === "ready") await cleanOrphans(ctx, node, orphanTasks);
       if ((node.status === "ready" || node.status === "unreachable") && node.last_heartbeat_at) {
         // Requeue for the moment the next transition is due: no periodic scan.
-        const last = Math.max(Date.parse(node.last_heartbeat_at), startedAt);
+        const last = Math.max(Date.parse(node.last_heartbeat_at), floor);
         const stale = ctx.cfg.nodes.stale_threshold_seconds * 1000;
         const due = node.status === "ready"
           ? last + stale
@@ -119,6 +124,34 @@ export async function markIfStale(
     else ctx.log.warn("node unreachable", fields);
   }
   return node;
+}
+
+/**
+ * Logs pressure transitions once per change (spec 001: Warn on set, Info on clear), e.g.
+ * `node under memory pressure` with the free share and the threshold.
+ */
+function logPressure(ctx: CpContext, node: NodeRecord, last: Map<string, string[]>): void {
+  const now = pressuredKinds(node.pressure);
+  const before = last.get(node.name);
+  last.set(node.name, now);
+  if (before === undefined) return; // first sight after start: nothing changed that we saw
+  for (const kind of now.filter((k) => !before.includes(k))) {
+    const c = node.pressure![kind];
+    ctx.log.warn(`node under ${kind.replace("_", " ")} pressure`, {
+      node: node.name,
+      condition: kind,
+      available_percent: c.available_percent,
+      threshold_percent: ctx.cfg.placement.pressure[kind].threshold_percent,
+      consecutive: c.consecutive,
+    });
+  }
+  for (const kind of before.filter((k) => !now.includes(k as never))) {
+    ctx.log.info(`node ${kind.replace("_", " ")} pressure cleared`, {
+      node: node.name,
+      condition: kind,
+      available_percent: node.pressure?.[kind as "memory"]?.available_percent ?? null,
+    });
+  }
 }
 
 async function cleanOrphans(

@@ -4,6 +4,8 @@
  * - `GET /v1/nodes/{name}` (`node:read`) → Node, 404 `node_not_found`
  * - `POST /v1/nodes/join-tokens` (`node:manage`) → 201 JoinTokenCreateResponse
  * - `POST /v1/nodes/{name}/cordon`, `/uncordon` (`node:manage`) → Node
+ * - `POST /v1/nodes/{name}/ping` (`node:manage`) → NodePing (round trip to the agent over
+ *   mTLS; 404 `node_not_found`, 409 `node_not_ready`, 502 `agent_unreachable`)
  * - `DELETE /v1/nodes/{name}?force=` (`node:manage`) → 204; 409 `conflict` while VMs live there
  *   (without `force`)
  *
@@ -20,19 +22,12 @@ import { can } from "../../shared/rbac.ts";
 import { type AppEnv, authMiddleware, requirePermission } from "../auth/middleware.ts";
 import type { CpContext } from "../context.ts";
 import { createJoinToken } from "../join_tokens.ts";
-import { deleteNode, getNode, nodeView, setCordoned, vmCounts } from "./service.ts";
+import { pingNode } from "./ping.ts";
+import { deleteNode, getNode, nodeUsageOf, nodeView, setCordoned } from "./service.ts";
 import { NodeDeleteQuerySchema, NodeListFilterSchema } from "../../shared/api/nodes.ts";
 import { keys, type NodeRecord } from "../repo/records.ts";
 import { listPage } from "../routes/paging.ts";
 import { validate } from "../routes/validate.ts";
-
-/** VMs per node: from the VM informer's index when wired, else one scan. */
-async function vmCountOf(ctx: CpContext): Promise<(node: string) => number> {
-  const cache = ctx.cache?.vms;
-  if (cache) return (node) => cache.byIndex("node", node).length;
-  const counts = await vmCounts(ctx);
-  return (node) => counts.get(node) ?? 0;
-}
 
 const NameParam = z.object({ name: ResourceNameSchema });
 
@@ -70,7 +65,7 @@ export function nodeRoutes(ctx: CpContext): Hono<AppEnv> {
     async (c) => {
       const q = c.req.valid("query");
       const full = can(c.get("user").role, "node:manage");
-      const count = await vmCountOf(ctx);
+      const usage = await nodeUsageOf(ctx);
       const match = (n: NodeRecord) =>
         (!q.architecture || n.architecture === q.architecture) &&
         (!q.status || n.status === q.status);
@@ -79,7 +74,7 @@ export function nodeRoutes(ctx: CpContext): Hono<AppEnv> {
           ctx.store,
           keys.nodes,
           q,
-          (n) => nodeView(n, count(n.name), full),
+          (n) => nodeView(n, usage(n.name), full),
           q.architecture || q.status ? match : undefined,
         ),
       );
@@ -93,10 +88,17 @@ export function nodeRoutes(ctx: CpContext): Hono<AppEnv> {
       validate("param", NameParam),
       async (c) => {
         const node = await setCordoned(ctx, c.req.valid("param").name, cordoned);
-        return c.json(nodeView(node, (await vmCountOf(ctx))(node.name), true));
+        return c.json(nodeView(node, (await nodeUsageOf(ctx))(node.name), true));
       },
     );
   }
+
+  r.post(
+    "/:name/ping",
+    requirePermission("node:manage"),
+    validate("param", NameParam),
+    async (c) => c.json(await pingNode(ctx, c.req.valid("param").name)),
+  );
 
   r.delete(
     "/:name",
@@ -113,7 +115,7 @@ export function nodeRoutes(ctx: CpContext): Hono<AppEnv> {
     const { name } = c.req.valid("param");
     const node = await getNode(ctx, name);
     const full = can(c.get("user").role, "node:manage");
-    return c.json(nodeView(node, (await vmCountOf(ctx))(name), full));
+    return c.json(nodeView(node, (await nodeUsageOf(ctx))(name), full));
   });
 
   return r;

@@ -14,7 +14,6 @@
  *
  * @module
  */
-import { AGENT_CERT_ORG } from "../../shared/constants.ts";
 import type { BootstrapResponse, Node, ObservedPool } from "../../shared/api/nodes.ts";
 import type {
   AgentTask,
@@ -24,9 +23,10 @@ import type {
 } from "../../shared/api/agent.ts";
 import type { PoolInstance } from "../../shared/api/pools.ts";
 import { ApiError } from "../../shared/errors.ts";
-import { signCsr } from "../../shared/pki.ts";
 import type { CpContext } from "../context.ts";
 import { peekJoinToken, redeemJoinToken } from "../join_tokens.ts";
+import { issueAgentCert } from "./certs.ts";
+import { nextPressure } from "./pressure.ts";
 import {
   type ClusterSettings,
   keys,
@@ -41,7 +41,7 @@ import { type KeyValue, rangeAll, updateKey } from "../store/store.ts";
  * shape served to roles without `node:manage` (spec: developer / viewer callers see no
  * hardware inventory): `resources` is null.
  */
-export function nodeView(n: NodeRecord, vmCount: number, full = true): Node {
+export function nodeView(n: NodeRecord, usage: NodeUsage, full = true): Node {
   return {
     id: n.id,
     name: n.name,
@@ -52,7 +52,10 @@ export function nodeView(n: NodeRecord, vmCount: number, full = true): Node {
     accelerator: n.accelerator,
     agent_version: n.agent_version,
     resources: full ? n.resources : null,
-    vm_count: vmCount,
+    vm_count: usage.vms,
+    allocated_vcpus: full ? usage.vcpus : null,
+    allocated_memory_mib: full ? usage.memory_mib : null,
+    pressure: full ? n.pressure ?? null : null,
     last_heartbeat_at: n.last_heartbeat_at,
     created_at: n.created_at,
     updated_at: n.updated_at,
@@ -76,6 +79,32 @@ export function poolView(p: PoolRecord, defaultPool: string | null): PoolInstanc
     created_at: p.created_at,
     updated_at: p.updated_at,
   };
+}
+
+/** What the VMs placed on a node take: count, vCPUs and memory (MiB). */
+export interface NodeUsage {
+  vms: number;
+  vcpus: number;
+  memory_mib: number;
+}
+
+/**
+ * The usage of each node by the VMs placed on it (from the VM informer's index when wired,
+ * else one scan of the VMs).
+ */
+export async function nodeUsageOf(ctx: CpContext): Promise<(node: string) => NodeUsage> {
+  const sum = (vms: VmRecord[]): NodeUsage => ({
+    vms: vms.length,
+    vcpus: vms.reduce((a, v) => a + v.vcpus, 0),
+    memory_mib: vms.reduce((a, v) => a + v.memory_mb, 0),
+  });
+  const cache = ctx.cache?.vms;
+  if (cache) {
+    return (node) =>
+      sum(cache.byIndex("node", node).map((k) => cache.get(k)).filter((v): v is VmRecord => !!v));
+  }
+  const all = (await rangeAll<VmRecord>(ctx.store, keys.vms)).map((kv) => kv.value);
+  return (node) => sum(all.filter((v) => v.node === node));
 }
 
 /** Number of VM records placed on each node, keyed by node name (nodes without VMs absent). */
@@ -118,29 +147,32 @@ export async function bootstrapNode(
   csrPem: string,
 ): Promise<BootstrapResponse> {
   const peek = await peekJoinToken(ctx.store, token, ctx.now());
-  const certificatePem = await signCsr(ctx.pki.ca, csrPem, peek.node_name, AGENT_CERT_ORG);
+  const issued = await issueAgentCert(ctx, csrPem, peek.node_name);
   let created = false;
   const rec = await redeemJoinToken(ctx.store, token, ctx.now, async (tok) => {
     const key = keys.node(tok.node_name);
     const cur = await ctx.store.get<NodeRecord>(key);
     const ts = ctx.now().toISOString();
     created = !cur;
-    const node: NodeRecord = cur ? { ...cur.value, status: "pending", updated_at: ts } : {
-      id: crypto.randomUUID(),
-      name: tok.node_name,
-      status: "pending",
-      architecture: null,
-      cordoned: false,
-      endpoint: null,
-      accelerator: null,
-      agent_version: null,
-      resources: null,
-      pools_dir: null,
-      observed_vms: [],
-      last_heartbeat_at: null,
-      created_at: ts,
-      updated_at: ts,
-    };
+    const node: NodeRecord = cur
+      ? { ...cur.value, status: "pending", cert_fingerprint: issued.fingerprint, updated_at: ts }
+      : {
+        id: crypto.randomUUID(),
+        name: tok.node_name,
+        status: "pending",
+        architecture: null,
+        cordoned: false,
+        endpoint: null,
+        accelerator: null,
+        agent_version: null,
+        resources: null,
+        pools_dir: null,
+        observed_vms: [],
+        last_heartbeat_at: null,
+        cert_fingerprint: issued.fingerprint,
+        created_at: ts,
+        updated_at: ts,
+      };
     return {
       ops: [{ type: "put", key, value: node }],
       guards: cur ? [cur] : [],
@@ -157,14 +189,26 @@ export async function bootstrapNode(
     max_uses: rec.max_uses,
     created,
   });
-  return { node_name: rec.node_name, certificate_pem: certificatePem, ca_pem: ctx.pki.ca.certPem };
+  return { node_name: rec.node_name, certificate_pem: issued.certPem, ca_pem: ctx.pki.ca.certPem };
 }
+
+/** Readings that change on every heartbeat; alone they do not warrant a store write. */
+const VOLATILE_RESOURCES = {
+  load_average_1m: 0,
+  memory_available_mib: 0,
+  system_disk_available_bytes: 0,
+};
 
 /**
  * Records a heartbeat from `node` (the verified certificate CN): capacity, endpoint and
  * observed VMs; `pending|unreachable|gone → ready` (logged by the node controller); its pool
- * instances' observed status; the agent tasks it carries. Answers with the node's desired
- * pools.
+ * instances' observed status; the agent tasks it carries; its pressure conditions
+ * (cp/nodes/pressure.ts). Answers with the node's desired pools.
+ *
+ * Writes: a heartbeat that changes nothing but its timestamp and volatile readings (load,
+ * free memory and disk) writes nothing; liveness is kept in `ctx.liveness` and persisted at
+ * most every third of `nodes.stale_threshold_seconds`, so thousands of idle nodes cost no
+ * steady stream of store writes (Kubernetes' node leases solve the same problem).
  *
  * @throws ApiError `permission_denied` when `hb.node_name` is not the certificate's node,
  *   `node_not_found` when the node is not registered
@@ -177,10 +221,13 @@ export async function applyHeartbeat(
   checkSender(certNode, hb.node_name, "heartbeat");
   const { store, cfg } = ctx;
   const ts = ctx.now().toISOString();
+  const nowMs = ctx.now().getTime();
+  (ctx.liveness ??= new Map()).set(certNode, nowMs);
   await updateKey<NodeRecord>(store, keys.node(certNode), (cur) => {
     if (!cur) throw new ApiError("node_not_found", `node "${certNode}" is not registered`);
-    return {
+    const next: NodeRecord = {
       ...cur,
+      pressure: nextPressure(cur.pressure, hb.resources, cfg.placement.pressure, ts),
       status: "ready",
       architecture: hb.architecture,
       accelerator: hb.accelerator,
@@ -192,6 +239,23 @@ export async function applyHeartbeat(
       last_heartbeat_at: ts,
       updated_at: ts,
     };
+    // A heartbeat that changes nothing but readings and its timestamp is not written: liveness
+    // stays in memory and is persisted at most every third of the stale threshold.
+    const persistedAt = cur.last_heartbeat_at ? Date.parse(cur.last_heartbeat_at) : 0;
+    const persistEveryMs = (cfg.nodes.stale_threshold_seconds * 1000) / 3;
+    const stable = (n: NodeRecord) =>
+      JSON.stringify({
+        ...n,
+        last_heartbeat_at: null,
+        updated_at: null,
+        resources: n.resources && { ...n.resources, ...VOLATILE_RESOURCES },
+        pressure: n.pressure && {
+          memory: { ...n.pressure.memory, available_percent: null },
+          system_disk: { ...n.pressure.system_disk, available_percent: null },
+        },
+      });
+    if (nowMs - persistedAt < persistEveryMs && stable(cur) === stable(next)) return undefined;
+    return next;
   });
   await recordAgentTasks(ctx, hb.tasks);
   const current = await observePools(ctx, certNode, hb, await nodePools(ctx, certNode));

@@ -25,7 +25,12 @@
  */
 import type { Role } from "../../shared/rbac.ts";
 import type { Architecture } from "../../shared/api/common.ts";
-import type { CachedImage, NodeResources, NodeStatus } from "../../shared/api/nodes.ts";
+import type {
+  CachedImage,
+  NodePressure,
+  NodeResources,
+  NodeStatus,
+} from "../../shared/api/nodes.ts";
 import type { ObservedVm } from "../../shared/api/vm_runtime.ts";
 import type { Vm } from "../../shared/api/vms.ts";
 import type { Task } from "../../shared/api/tasks.ts";
@@ -123,7 +128,16 @@ export interface NodeRecord {
   pools_dir: string | null;
   /** VMs the agent reported in its last heartbeat. */
   observed_vms: ObservedVm[];
+  /** Pressure conditions from heartbeats (cp/nodes/pressure.ts); absent before the first. */
+  pressure?: NodePressure;
   last_heartbeat_at: string | null;
+  /**
+   * `sha256:<hex>` of the DER of the newest certificate issued to the node (bootstrap or
+   * renewal, cp/nodes/certs.ts): the only one its agent may use on the agent-facing port.
+   * Absent or null (records written before pinning): any CA-signed certificate for the node's
+   * name is accepted until the next renewal pins one.
+   */
+  cert_fingerprint?: string | null;
   created_at: string;
   updated_at: string;
 }

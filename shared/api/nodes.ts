@@ -41,6 +41,31 @@ export const NodeResourcesSchema = z.object({
 /** Node capacity figures. */
 export type NodeResources = z.infer<typeof NodeResourcesSchema>;
 
+/**
+ * One node-pressure condition (spec 001 "Node-pressure detection"): set after
+ * `consecutive_required` heartbeats in a row with less than `threshold_percent` free, cleared
+ * by the first healthy heartbeat.
+ */
+export const PressureConditionSchema = z.object({
+  under_pressure: z.boolean(),
+  /** Low readings in a row so far (0 after a healthy one). */
+  consecutive: z.number().int().min(0),
+  /** When the condition was set (null while clear). */
+  since: TimestampSchema.nullable(),
+  /** Free share at the last heartbeat, percent (null when unknown). */
+  available_percent: z.number().min(0).max(100).nullable(),
+});
+/** A pressure condition. */
+export type PressureCondition = z.infer<typeof PressureConditionSchema>;
+
+/** A node's pressure conditions. */
+export const NodePressureSchema = z.object({
+  memory: PressureConditionSchema,
+  system_disk: PressureConditionSchema,
+});
+/** A node's pressure conditions. */
+export type NodePressure = z.infer<typeof NodePressureSchema>;
+
 /** A node as the public API serves it. */
 export const NodeSchema = z.object({
   id: z.string().uuid(),
@@ -55,6 +80,12 @@ export const NodeSchema = z.object({
   agent_version: z.string().nullable(),
   resources: NodeResourcesSchema.nullable(),
   vm_count: z.number().int().min(0),
+  /** vCPUs of the VMs placed on the node (null in the reduced view). */
+  allocated_vcpus: z.number().int().min(0).nullable(),
+  /** Memory of the VMs placed on the node, MiB (null in the reduced view). */
+  allocated_memory_mib: z.number().int().min(0).nullable(),
+  /** Pressure conditions (null in the reduced view or before the first heartbeat). */
+  pressure: NodePressureSchema.nullable(),
   last_heartbeat_at: TimestampSchema.nullable(),
   created_at: TimestampSchema,
   updated_at: TimestampSchema,

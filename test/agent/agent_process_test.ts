@@ -5,6 +5,7 @@
  * WebSocket, delete), reports pushed as things change, and VMs that outlive the agent (SIGTERM
  * and SIGKILL, then re-adoption by the next agent process), one tiny QEMU guest throughout.
  */
+import { AGENT_VERSION } from "../../agent/version.ts";
 import { assert, assertEquals, assertStringIncludes } from "../assert.ts";
 import { denoRunArgs } from "../../scripts/permissions.ts";
 import { createTlsClient } from "../../shared/tls.ts";
@@ -256,7 +257,7 @@ Deno.test("agent process: bootstrap, pools, mTLS API, verbs, reports, VMs outliv
 
     await t.step("authz and validation", async () => {
       const health = await api.call("GET", "/healthz");
-      assertEquals([health.status, health.json], [200, { status: "ok" }]);
+      assertEquals([health.status, health.json], [200, { status: "ok", version: AGENT_VERSION }]);
       const denied = await fetch(`${base}/v1/vms`, { client: otherAgent });
       assertEquals(denied.status, 403);
       assertEquals((await denied.json()).error.code, "permission_denied");

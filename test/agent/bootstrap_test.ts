@@ -6,7 +6,15 @@ import {
   MAX_CA_RESPONSE_BYTES,
 } from "../../agent/bootstrap.ts";
 import { agentPaths, parseAgentConfig } from "../../agent/config.ts";
-import { certInfo, createCa, isSignedBy } from "../../shared/pki.ts";
+import {
+  type CertAndKey,
+  certInfo,
+  createCa,
+  createCsr,
+  isSignedBy,
+  signCsr,
+  splitSans,
+} from "../../shared/pki.ts";
 import { AGENT_CERT_ORG } from "../../shared/constants.ts";
 import { startFakeCp } from "./fake_cp.ts";
 import { listDir, memoryLogger } from "./helpers.ts";
@@ -203,4 +211,71 @@ Deno.test("bootstrap: missing settings and token are reported", async () => {
   } finally {
     await Deno.remove(root, { recursive: true });
   }
+});
+
+Deno.test("bootstrap: an interrupted certificate renewal is completed or discarded", async (t) => {
+  const ca = await createCa();
+  const pair = async () => {
+    const csr = await createCsr("node-a", splitSans(["127.0.0.1"]));
+    return {
+      keyPem: csr.keyPem,
+      certPem: await signCsr(ca, csr.csrPem, "node-a", AGENT_CERT_ORG, 30),
+    };
+  };
+  const scenario = async (
+    layout: (f: ReturnType<typeof certFiles>, old: CertAndKey, next: CertAndKey) => Promise<void>,
+  ) => {
+    const s = await setup("https://127.0.0.1:1", "sha256:" + "0".repeat(64));
+    const f = s.files;
+    await Deno.mkdir(`${s.root}/state/certs`, { recursive: true });
+    const [old, next] = [await pair(), await pair()];
+    await Deno.writeTextFile(f.ca, ca.certPem);
+    await Deno.writeTextFile(f.key, old.keyPem, { mode: 0o600 });
+    await Deno.writeTextFile(f.cert, old.certPem);
+    await layout(f, old, next);
+    const { log, lines } = memoryLogger();
+    try {
+      const id = await bootstrap(s.cfg, log);
+      return { id, lines, old, next, dir: await listDir(`${s.root}/state/certs`) };
+    } finally {
+      await Deno.remove(s.root, { recursive: true });
+    }
+  };
+  const done = ["agent.crt", "agent.key", "ca.crt"];
+
+  await t.step("both .next files written: promoted", async () => {
+    const r = await scenario(async (f, _old, next) => {
+      await Deno.writeTextFile(f.nextKey, next.keyPem, { mode: 0o600 });
+      await Deno.writeTextFile(f.nextCert, next.certPem);
+    });
+    assertEquals([r.id.certPem, r.id.keyPem], [r.next.certPem, r.next.keyPem]);
+    assertEquals(r.dir, done);
+    assert(r.lines.some((l) => l.includes("completed an interrupted certificate renewal")));
+  });
+
+  await t.step("key already moved, certificate not: promoted", async () => {
+    const r = await scenario(async (f, _old, next) => {
+      await Deno.writeTextFile(f.key, next.keyPem, { mode: 0o600 });
+      await Deno.writeTextFile(f.nextCert, next.certPem);
+    });
+    assertEquals([r.id.certPem, r.id.keyPem], [r.next.certPem, r.next.keyPem]);
+    assertEquals(r.dir, done);
+  });
+
+  await t.step("a lone .next key (no certificate came): removed, old pair kept", async () => {
+    const r = await scenario(async (f, _old, next) => {
+      await Deno.writeTextFile(f.nextKey, next.keyPem, { mode: 0o600 });
+    });
+    assertEquals([r.id.certPem, r.id.keyPem], [r.old.certPem, r.old.keyPem]);
+    assertEquals(r.dir, done);
+    assert(r.lines.some((l) => l.includes("removed leftovers of an interrupted")));
+  });
+
+  await t.step("a .next certificate for no key we hold: removed, old pair kept", async () => {
+    const r = await scenario(async (f, _old, next) => {
+      await Deno.writeTextFile(f.nextCert, next.certPem);
+    });
+    assertEquals([r.id.certPem, r.id.keyPem], [r.old.certPem, r.old.keyPem]);
+    assertEquals(r.dir, done);
+  });
 });

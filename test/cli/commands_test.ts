@@ -270,8 +270,12 @@ Deno.test("node list and get render tables and sections", async () => {
   io.stdout = "";
   assertEquals(await run(["node", "get", "node-a"], io), 0, io.stderr);
   assertStringIncludes(io.stdout, "name: node-a\n");
-  assertStringIncludes(io.stdout, "resources:\n  cpu_cores_total: 2\n");
-  assertStringIncludes(io.stdout, "last_heartbeat_at: 2026-05-12T19:59:52.000Z (8s ago)\n");
+  // The spec's layout (developer guide "VM placement": hardware / agent sections).
+  assertStringIncludes(io.stdout, "hardware:\n  cpu_cores: used 2/2 cores\n");
+  assertStringIncludes(io.stdout, "  memory: used 1024/4096 MiB (2048 MiB available)\n");
+  assertStringIncludes(io.stdout, "agent:\n");
+  assertStringIncludes(io.stdout, "  last_heartbeat_at: 2026-05-12T19:59:52.000Z (8s ago)\n");
+  assertStringIncludes(io.stdout, "pressure:\n  memory: ok (50% free)\n");
   io.stdout = "";
   assertEquals(await run(["node", "get", "node-a", "-o", "yaml"], io), 0, io.stderr);
   assertStringIncludes(io.stdout, "name: node-a\n");

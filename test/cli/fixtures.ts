@@ -87,6 +87,12 @@ export function nodeFixture(over: Partial<Node> = {}): Node {
       system_disk_available_bytes: 10 * 1024 ** 3,
     },
     vm_count: 1,
+    allocated_vcpus: 2,
+    allocated_memory_mib: 1024,
+    pressure: {
+      memory: { under_pressure: false, consecutive: 0, since: null, available_percent: 50 },
+      system_disk: { under_pressure: false, consecutive: 0, since: null, available_percent: 50 },
+    },
     last_heartbeat_at: "2026-05-12T19:59:52.000Z",
     created_at: "2026-05-05T20:00:00.000Z",
     updated_at: "2026-05-12T19:59:52.000Z",

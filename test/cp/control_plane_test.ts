@@ -377,3 +377,33 @@ Deno.test("cp: public API over TLS when configured; /readyz 503 store_unavailabl
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("cp: node pressure from heartbeats: set after 3 low ones (warn), cleared by a healthy one (info); placement skips it", async () => {
+  await withCp(async (_cp, agent, api, logs) => {
+    await agent.heartbeat();
+    const resources = (memFree: number) => ({
+      cpu_cores_total: 2,
+      load_average_1m: 0.1,
+      memory_total_mib: 4096,
+      memory_available_mib: memFree,
+      system_disk_total_bytes: 1e10,
+      system_disk_available_bytes: 5e9,
+    });
+    for (let i = 0; i < 2; i++) await agent.heartbeat({ resources: resources(100) });
+    assertEquals((await api("GET", "/v1/nodes/node-a")).json.pressure.memory.consecutive, 2);
+    assert(!logs.has("node under memory pressure"));
+    await agent.heartbeat({ resources: resources(100) });
+    const n = (await api("GET", "/v1/nodes/node-a")).json;
+    assertEquals([n.status, n.pressure.memory.under_pressure], ["ready", true]);
+    await until("warn logged", () => logs.has("node under memory pressure", { node: "node-a" }));
+    const refused = await api("POST", "/v1/vms", VM("vm-p"));
+    assertEquals([refused.status, refused.json.error.code], [409, "no_eligible_nodes"]);
+    assertEquals(refused.json.error.details.candidates[0].reasons, [
+      "node is under memory pressure",
+    ]);
+    await agent.heartbeat({ resources: resources(3000) });
+    assertEquals((await api("GET", "/v1/nodes/node-a")).json.pressure.memory.under_pressure, false);
+    await until("info logged", () => logs.has("node memory pressure cleared", { node: "node-a" }));
+    assertEquals((await api("POST", "/v1/vms", VM("vm-p"))).status, 202);
+  });
+});

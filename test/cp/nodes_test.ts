@@ -6,7 +6,7 @@
  */
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
-import { assert, assertEquals, assertRejects } from "../assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "../assert.ts";
 import type { AgentClient } from "../../cp/agent_client.ts";
 import { publicApp } from "../../cp/app.ts";
 import { issueAccessToken } from "../../cp/auth/jwt.ts";
@@ -16,11 +16,14 @@ import { createJoinToken } from "../../cp/join_tokens.ts";
 import { applyHeartbeat, bootstrapNode } from "../../cp/nodes/service.ts";
 import { markIfStale } from "../../cp/nodes/controller.ts";
 import { reconcileVm } from "../../cp/vms/controller.ts";
+import { nextPressure, pressuredKinds } from "../../cp/nodes/pressure.ts";
+import { schedule } from "../../cp/scheduler.ts";
 import { hashToken } from "../../cp/auth/tokens.ts";
 import {
   type JoinTokenRecord,
   keys,
   type NodeRecord,
+  type PoolRecord,
   type VmRecord,
 } from "../../cp/repo/records.ts";
 import { openKvStore } from "../../cp/store/kv.ts";
@@ -180,7 +183,7 @@ async function flipped(ctx: CpContext, name: string): Promise<boolean> {
   return before !== after;
 }
 
-Deno.test("heartbeat: records only; one read of the node's pools, no VM scan, no rewrite when nothing changed", async () => {
+Deno.test("heartbeat: records only; one read of the node's pools, no VM scan, no write when nothing changed", async () => {
   await withCtx(async (ctx, calls, dir) => {
     await register(ctx, "node-a");
     await provisionDefaultPool(ctx, "node-a", dir);
@@ -189,8 +192,15 @@ Deno.test("heartbeat: records only; one read of the node's pools, no VM scan, no
     const pool = (await ctx.store.get<{ status: string }>(keys.pool("default", "node-a")))!;
     assertEquals(pool.value.status, "ready");
 
+    const nodeBefore = (await ctx.store.get(keys.node("node-a")))!.modRevision;
     calls.length = 0;
     const second = await applyHeartbeat(ctx, "node-a", heartbeat("node-a", dir));
+    assertEquals(
+      (await ctx.store.get(keys.node("node-a")))!.modRevision,
+      nodeBefore,
+      "a heartbeat that changes nothing is not written",
+    );
+    assert(!calls.some((c) => c.startsWith("txn")), `no store write: ${calls}`);
     assertEquals(second.desired_pools, first.desired_pools);
     const poolCalls = calls.filter((c) => / \/pools\//.test(c));
     assertEquals(poolCalls, ["range /pools/"], "pools are read once per heartbeat");
@@ -377,5 +387,96 @@ Deno.test("node controller: after a control plane restart a node gets a full thr
     ctx.now = () => new Date(startedAt + threshold + 1_000);
     await markIfStale(ctx, "node-a", startedAt);
     assertEquals(await status(), "unreachable", "still no heartbeat a threshold later");
+  });
+});
+
+Deno.test("pressure: set after N low heartbeats, cleared by the first healthy one; scheduler skips it", async (t) => {
+  const cfg = parseApiConfig(
+    "placement:\n  pressure:\n    memory:\n      consecutive_required: 2\n",
+  );
+  const r = (memFree: number, diskFree: number) => ({
+    cpu_cores_total: 2,
+    load_average_1m: 0,
+    memory_total_mib: 1000,
+    memory_available_mib: memFree,
+    system_disk_total_bytes: 1000,
+    system_disk_available_bytes: diskFree,
+  });
+  await t.step("memory: 2 low readings set it, one healthy clears it", () => {
+    let p = nextPressure(undefined, r(50, 500), cfg.placement.pressure, "t1");
+    assertEquals([p.memory.under_pressure, p.memory.consecutive, p.memory.available_percent], [
+      false,
+      1,
+      5,
+    ]);
+    p = nextPressure(p, r(50, 500), cfg.placement.pressure, "t2");
+    assertEquals([p.memory.under_pressure, p.memory.since], [true, "t2"]);
+    p = nextPressure(p, r(40, 500), cfg.placement.pressure, "t3");
+    assertEquals([p.memory.under_pressure, p.memory.since], [true, "t2"], "since stays");
+    assertEquals(pressuredKinds(p), ["memory"]);
+    p = nextPressure(p, r(500, 500), cfg.placement.pressure, "t4");
+    assertEquals(p.memory, {
+      under_pressure: false,
+      consecutive: 0,
+      since: null,
+      available_percent: 50,
+    });
+  });
+  await t.step("system_disk uses its own default (3 in a row); disabled never sets", () => {
+    let p = nextPressure(undefined, r(500, 50), cfg.placement.pressure, "t");
+    p = nextPressure(p, r(500, 50), cfg.placement.pressure, "t");
+    assertEquals(p.system_disk.under_pressure, false);
+    p = nextPressure(p, r(500, 50), cfg.placement.pressure, "t");
+    assertEquals(p.system_disk.under_pressure, true);
+    const off = parseApiConfig("placement:\n  pressure:\n    system_disk:\n      enabled: false\n");
+    let q = nextPressure(undefined, r(500, 0), off.placement.pressure, "t");
+    for (let i = 0; i < 5; i++) q = nextPressure(q, r(500, 0), off.placement.pressure, "t");
+    assertEquals(q.system_disk.under_pressure, false);
+  });
+  await t.step("a pressured node is not eligible for placement", () => {
+    const ts = new Date().toISOString();
+    const node = {
+      id: "n",
+      name: "node-a",
+      status: "ready",
+      architecture: "amd64",
+      cordoned: false,
+      endpoint: "https://x",
+      accelerator: "tcg",
+      agent_version: "t",
+      resources: r(10, 500),
+      pools_dir: "/p",
+      observed_vms: [],
+      pressure: {
+        memory: { under_pressure: true, consecutive: 3, since: ts, available_percent: 1 },
+        system_disk: { under_pressure: false, consecutive: 0, since: null, available_percent: 50 },
+      },
+      last_heartbeat_at: ts,
+      created_at: ts,
+      updated_at: ts,
+    } as NodeRecord;
+    const pool = {
+      id: "p",
+      name: "default",
+      node: "node-a",
+      type: "local_dir",
+      path: "/p/default",
+      status: "ready",
+      message: null,
+      total_bytes: 1,
+      available_bytes: 1,
+      images: [],
+      created_at: ts,
+      updated_at: ts,
+    } as PoolRecord;
+    const e = assertThrows(() =>
+      schedule({ pool: "default", architecture: "amd64" }, {
+        nodes: [node],
+        poolInstances: [pool],
+        vmCounts: new Map(),
+      })
+    ) as ApiError;
+    assertEquals(e.code, "no_eligible_nodes");
+    assertEquals((e.details as any).candidates[0].reasons, ["node is under memory pressure"]);
   });
 });
