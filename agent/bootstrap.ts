@@ -117,7 +117,7 @@ async function readIfExists(path: string): Promise<string | null> {
  * @throws BootstrapError (fatal) on partial cert state, missing bootstrap settings, an
  *   unreachable CP (`bootstrap: fetch /v1/ca: …`), a CA fingerprint mismatch
  *   (`bootstrap: CA fingerprint mismatch (expected sha256:… got sha256:…)`), a rejected CSR
- *   (`bootstrap protocol: CSR submission rejected by CP: HTTP <status> <code>`), or
+ *   (`bootstrap: CSR submission rejected by CP: HTTP <status> <code>`), or
  *   unwritable cert files
  */
 export async function bootstrap(
@@ -310,7 +310,7 @@ export function fetchCaUnverified(cpUrl: string, timeoutMs = 15_000): Promise<Ca
       },
     );
     req.on("timeout", () => req.destroy(new Error(`timed out after ${timeoutMs} ms`)));
-    req.on("error", (e: Error) => reject(fail(e.message)));
+    req.on("error", (e: Error) => reject(fail(dialError(e))));
     req.end();
   });
 }
@@ -409,7 +409,7 @@ async function runBootstrap(
     const code = env.success ? env.data.error.code : "unknown_error";
     const detail = env.success ? ` (${env.data.error.message})` : "";
     throw new BootstrapError(
-      `bootstrap protocol: CSR submission rejected by CP: HTTP ${res.status} ${code}${detail}`,
+      `bootstrap: CSR submission rejected by CP: HTTP ${res.status} ${code}${detail}`,
     );
   }
   const parsed = BootstrapResponseSchema.safeParse(body);
@@ -448,4 +448,17 @@ async function runBootstrap(
   }
   log.info("agent: bootstrap complete", { node: nodeName, cert: files.cert });
   return { nodeName, certPem, keyPem: csr.keyPem, caPem: ca.ca_pem, bootstrapped: true };
+}
+
+/**
+ * A transport error worded like Go's dialer, as the spec's bootstrap table quotes it: a refused
+ * connection is `dial tcp <addr>:<port>: connection refused`; other errors keep their message.
+ */
+function dialError(e: Error): string {
+  const err = e as Error & { code?: string; address?: string; port?: number };
+  if (err.code === "ECONNREFUSED" && err.address && err.port) {
+    const host = err.address.includes(":") ? `[${err.address}]` : err.address;
+    return `dial tcp ${host}:${err.port}: connection refused`;
+  }
+  return e.message;
 }

@@ -29,6 +29,7 @@ import { ensureBootstrapAdmin } from "./users/service.ts";
 import { agentApiApp } from "./nodes/agent_api.ts";
 import { nodeController } from "./nodes/controller.ts";
 import { nodeRoutes } from "./nodes/routes.ts";
+import { joinTokenRoutes } from "./nodes/join_token_routes.ts";
 import { poolRoutes } from "./pools/routes.ts";
 import { type NodeUsage, nodeView, poolView, seedClusterSettings } from "./nodes/service.ts";
 import { poolProvisioner } from "./pools/controller.ts";
@@ -86,7 +87,12 @@ export function eventSources(ctx: CpContext): EventSource[] {
       prefix: keys.nodes,
       permission: "node:read",
       view: (n, user) =>
-        nodeView(n as NodeRecord, usage((n as NodeRecord).name), can(user.role, "node:manage")),
+        nodeView(
+          n as NodeRecord,
+          usage((n as NodeRecord).name),
+          can(user.role, "node:manage"),
+          ctx.liveness?.get((n as NodeRecord).name),
+        ),
       nameOf: (n) => (n as NodeRecord).name,
     },
     {
@@ -152,6 +158,7 @@ export function publicApp(ctx: CpContext, signal?: AbortSignal): Hono<AppEnv> {
   app.route("/", healthRoutes(ctx.store));
   app.route("/v1/auth", authRoutes(ctx));
   app.route("/v1/users", userRoutes(ctx));
+  app.route("/v1/nodes/join-tokens", joinTokenRoutes(ctx));
   app.route("/v1/nodes", nodeRoutes(ctx));
   app.route("/v1/pools", poolRoutes(ctx));
   app.route("/", consolePageRoutes(ctx));

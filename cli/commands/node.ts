@@ -8,14 +8,14 @@ import { type Command, Option } from "commander";
 import { z } from "zod";
 import { ArchitectureSchema } from "../../shared/api/common.ts";
 import {
-  JoinTokenCreateResponseSchema,
   type Node,
   NodePingSchema,
   NodeSchema,
   NodeStatusSchema,
   type PressureCondition,
 } from "../../shared/api/nodes.ts";
-import { connect, outputOption, parseDurationArg, parseIntArg, seg } from "../common.ts";
+import { connect, outputOption, parseIntArg, seg } from "../common.ts";
+import { registerJoinTokenCommands } from "./join_token.ts";
 import { UsageError } from "../errors.ts";
 import { confirm } from "../prompt.ts";
 import { formatAge } from "../duration.ts";
@@ -284,37 +284,5 @@ export function registerNodeCommands(program: Command, io: Io): void {
       ));
     });
 
-  const joinToken = node.command("join-token").description("manage node join tokens");
-  joinToken.command("create")
-    .description("mint a join token an agent redeems to register as a node")
-    .requiredOption("--node-name <name>", "the node name the token may register")
-    .option(
-      "--ttl <duration>",
-      "token lifetime, e.g. 10m, 1h (server default 10m)",
-      parseDurationArg,
-    )
-    .option("--max-uses <n>", "how many agents may redeem it (server default 1)", parseIntArg)
-    .addOption(outputOption("text", ["text", "json", "yaml"]))
-    .action(async (opts, cmd: Command) => {
-      const client = await connect(cmd, io);
-      const body: Record<string, unknown> = { node_name: opts.nodeName };
-      if (opts.ttl !== undefined) body.ttl_seconds = opts.ttl;
-      if (opts.maxUses !== undefined) body.max_uses = opts.maxUses;
-      const { data, raw } = await client.json(
-        "POST",
-        "/v1/nodes/join-tokens",
-        JoinTokenCreateResponseSchema,
-        { body },
-      );
-      const format = opts.output as OutputFormat;
-      if (format === "json" || format === "yaml") return io.out(renderAs(format, raw, String));
-      io.out(renderKeyValues([
-        ["token", data.token],
-        ["node", data.node_name],
-        ["expires_at", data.expires_at],
-        ["max_uses", data.max_uses],
-        ["ca_fingerprint", data.ca_fingerprint],
-      ]));
-      io.out("note: the token is shown once and cannot be retrieved again; store it now\n");
-    });
+  registerJoinTokenCommands(node, io);
 }

@@ -2,7 +2,6 @@
  * Nodes and join tokens on the public API:
  * - `GET /v1/nodes?architecture=&status=` (`node:read`) → `{items: Node[], next_cursor}`
  * - `GET /v1/nodes/{name}` (`node:read`) → Node, 404 `node_not_found`
- * - `POST /v1/nodes/join-tokens` (`node:manage`) → 201 JoinTokenCreateResponse
  * - `POST /v1/nodes/{name}/cordon`, `/uncordon` (`node:manage`) → Node
  * - `POST /v1/nodes/{name}/ping` (`node:manage`) → NodePing (round trip to the agent over
  *   mTLS; 404 `node_not_found`, 409 `node_not_ready`, 502 `agent_unreachable`)
@@ -17,11 +16,9 @@
 import { Hono } from "hono";
 import { z } from "zod";
 import { ListQuerySchema, ResourceNameSchema } from "../../shared/api/common.ts";
-import { JoinTokenCreateRequestSchema } from "../../shared/api/nodes.ts";
 import { can } from "../../shared/rbac.ts";
 import { type AppEnv, authMiddleware, requirePermission } from "../auth/middleware.ts";
 import type { CpContext } from "../context.ts";
-import { createJoinToken } from "../join_tokens.ts";
 import { pingNode } from "./ping.ts";
 import { deleteNode, getNode, nodeUsageOf, nodeView, setCordoned } from "./service.ts";
 import { NodeDeleteQuerySchema, NodeListFilterSchema } from "../../shared/api/nodes.ts";
@@ -35,28 +32,6 @@ const NameParam = z.object({ name: ResourceNameSchema });
 export function nodeRoutes(ctx: CpContext): Hono<AppEnv> {
   const r = new Hono<AppEnv>();
   r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now));
-
-  r.post(
-    "/join-tokens",
-    requirePermission("node:manage"),
-    validate("json", JoinTokenCreateRequestSchema),
-    async (c) => {
-      const body = c.req.valid("json");
-      const res = await createJoinToken(ctx.store, body, {
-        defaultTtlSeconds: ctx.cfg.nodes.join_token_ttl_seconds,
-        createdBy: c.get("user").id,
-        caFingerprint: ctx.pki.caFingerprint,
-        now: ctx.now(),
-      });
-      ctx.log.info("join token created", {
-        token_id: res.id,
-        node: res.node_name,
-        max_uses: res.max_uses,
-        expires_at: res.expires_at,
-      });
-      return c.json(res, 201);
-    },
-  );
 
   r.get(
     "/",
@@ -74,7 +49,7 @@ export function nodeRoutes(ctx: CpContext): Hono<AppEnv> {
           ctx.store,
           keys.nodes,
           q,
-          (n) => nodeView(n, usage(n.name), full),
+          (n) => nodeView(n, usage(n.name), full, ctx.liveness?.get(n.name)),
           q.architecture || q.status ? match : undefined,
         ),
       );
@@ -88,7 +63,9 @@ export function nodeRoutes(ctx: CpContext): Hono<AppEnv> {
       validate("param", NameParam),
       async (c) => {
         const node = await setCordoned(ctx, c.req.valid("param").name, cordoned);
-        return c.json(nodeView(node, (await nodeUsageOf(ctx))(node.name), true));
+        return c.json(
+          nodeView(node, (await nodeUsageOf(ctx))(node.name), true, ctx.liveness?.get(node.name)),
+        );
       },
     );
   }
@@ -115,7 +92,7 @@ export function nodeRoutes(ctx: CpContext): Hono<AppEnv> {
     const { name } = c.req.valid("param");
     const node = await getNode(ctx, name);
     const full = can(c.get("user").role, "node:manage");
-    return c.json(nodeView(node, (await nodeUsageOf(ctx))(name), full));
+    return c.json(nodeView(node, (await nodeUsageOf(ctx))(name), full, ctx.liveness?.get(name)));
   });
 
   return r;

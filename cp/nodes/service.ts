@@ -37,11 +37,22 @@ import {
 import { type KeyValue, rangeAll, updateKey } from "../store/store.ts";
 
 /**
- * The public view of a node with `vmCount` VMs placed on it. `full` false is the reduced
- * shape served to roles without `node:manage` (spec: developer / viewer callers see no
- * hardware inventory): `resources` is null.
+ * The public view of a node with the `usage` of the VMs placed on it. `full` false is the
+ * reduced shape served to roles without `node:manage` (spec: developer / viewer callers see no
+ * hardware inventory): `resources`, allocations and pressure are null. `lastHeartbeatMs`: the
+ * last heartbeat this process received (epoch ms; liveness is not persisted on every
+ * heartbeat), shown when newer than the stored one.
  */
-export function nodeView(n: NodeRecord, usage: NodeUsage, full = true): Node {
+export function nodeView(
+  n: NodeRecord,
+  usage: NodeUsage,
+  full = true,
+  lastHeartbeatMs?: number,
+): Node {
+  const persisted = n.last_heartbeat_at ? Date.parse(n.last_heartbeat_at) : 0;
+  const lastHeartbeat = lastHeartbeatMs !== undefined && lastHeartbeatMs > persisted
+    ? new Date(lastHeartbeatMs).toISOString()
+    : n.last_heartbeat_at;
   return {
     id: n.id,
     name: n.name,
@@ -56,7 +67,7 @@ export function nodeView(n: NodeRecord, usage: NodeUsage, full = true): Node {
     allocated_vcpus: full ? usage.vcpus : null,
     allocated_memory_mib: full ? usage.memory_mib : null,
     pressure: full ? n.pressure ?? null : null,
-    last_heartbeat_at: n.last_heartbeat_at,
+    last_heartbeat_at: lastHeartbeat,
     created_at: n.created_at,
     updated_at: n.updated_at,
   };
@@ -206,9 +217,10 @@ const VOLATILE_RESOURCES = {
  * (cp/nodes/pressure.ts). Answers with the node's desired pools.
  *
  * Writes: a heartbeat that changes nothing but its timestamp and volatile readings (load,
- * free memory and disk) writes nothing; liveness is kept in `ctx.liveness` and persisted at
- * most every third of `nodes.stale_threshold_seconds`, so thousands of idle nodes cost no
- * steady stream of store writes (Kubernetes' node leases solve the same problem).
+ * free memory and disk) writes nothing; liveness is kept in `ctx.liveness` (this process's
+ * memory), which the node controller and the node views read, so thousands of idle nodes cost
+ * no stream of store writes (Kubernetes moved node liveness to leases for the same reason).
+ * After a restart the node controller gives every node a full stale threshold.
  *
  * @throws ApiError `permission_denied` when `hb.node_name` is not the certificate's node,
  *   `node_not_found` when the node is not registered
@@ -240,9 +252,7 @@ export async function applyHeartbeat(
       updated_at: ts,
     };
     // A heartbeat that changes nothing but readings and its timestamp is not written: liveness
-    // stays in memory and is persisted at most every third of the stale threshold.
-    const persistedAt = cur.last_heartbeat_at ? Date.parse(cur.last_heartbeat_at) : 0;
-    const persistEveryMs = (cfg.nodes.stale_threshold_seconds * 1000) / 3;
+    // stays in memory (`ctx.liveness`); the record changes only when something else does.
     const stable = (n: NodeRecord) =>
       JSON.stringify({
         ...n,
@@ -254,7 +264,7 @@ export async function applyHeartbeat(
           system_disk: { ...n.pressure.system_disk, available_percent: null },
         },
       });
-    if (nowMs - persistedAt < persistEveryMs && stable(cur) === stable(next)) return undefined;
+    if (stable(cur) === stable(next)) return undefined;
     return next;
   });
   await recordAgentTasks(ctx, hb.tasks);

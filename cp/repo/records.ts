@@ -12,6 +12,7 @@
  * | `/api-tokens/<sha256 hex of token>` | {@link ApiTokenRecord} (lookup by hash) |
  * | `/user-api-tokens/<user id>/<token id>` | `{token_hash}` (per-user listing) |
  * | `/join-tokens/<sha256 hex of token>` | {@link JoinTokenRecord} |
+ * | `/join-tokens-by-id/<id>` | `{token_hash}` (id index: listing and revoking) |
  * | `/nodes/<name>` | {@link NodeRecord} |
  * | `/pools/<pool name>/<node name>` | {@link PoolRecord} (one per instance) |
  * | `/vms/<name>` | {@link VmRecord} |

@@ -82,8 +82,11 @@ export async function reconcileVm(ctx: CpContext, name: string): Promise<Reconci
     // Only after two heartbeats newer than the VM's last change left it out (a heartbeat
     // built before a create finished may arrive after it).
     const margin = 2 * ctx.cfg.nodes.heartbeat_interval_seconds * 1000;
-    const settledLong = node.last_heartbeat_at !== null &&
-      Date.parse(node.last_heartbeat_at) - Date.parse(vm.updated_at) > margin;
+    const lastHeartbeat = Math.max(
+      node.last_heartbeat_at ? Date.parse(node.last_heartbeat_at) : 0,
+      ctx.liveness?.get(node.name) ?? 0,
+    );
+    const settledLong = lastHeartbeat - Date.parse(vm.updated_at) > margin;
     if (settledLong && ["running", "paused", "stopped", "unknown"].includes(vm.status)) {
       next.status = "failed";
       next.error = {

@@ -1,0 +1,184 @@
+/**
+ * Heartbeat fan-in for `deno task bench`: N simulated agents — real mTLS clients, each with
+ * its own certificate issued by the cluster CA through the real join-token bootstrap — send
+ * heartbeats every `intervalS` seconds (spread evenly) to one `otherix-api` process. Reports
+ * the control plane's CPU (% of one core, from `/proc/<pid>/stat`), heartbeat latency
+ * (p50/p99) and durable store writes per second (store revisions per second, read from the
+ * store file) over a measurement window after one warm-up interval.
+ *
+ * The goal (issue "Nodes"): at 2,000 agents under 25 % of one core, p99 under 50 ms, and no
+ * durable write for a heartbeat that changes nothing but its timestamp.
+ *
+ * @module
+ */
+import { join } from "node:path";
+import { openKvStore } from "../cp/store/kv.ts";
+import { createCsr, splitSans } from "../shared/pki.ts";
+import { createTlsClient } from "../shared/tls.ts";
+import { startApi, tempRoot, TEST_ADMIN } from "../test/harness.ts";
+
+/** One fan-in measurement. */
+export interface FanInResult {
+  agents: number;
+  cpuPercent: number;
+  p50Ms: number;
+  p99Ms: number;
+  heartbeatsPerSecond: number;
+  writesPerSecond: number;
+  failures: number;
+}
+
+function pct(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)] : NaN;
+}
+
+/** CPU seconds (user + system) of process `pid` so far. */
+async function cpuSeconds(pid: number): Promise<number> {
+  const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // fields 14 and 15 (utime, stime) → indexes 11 and 12 after the state field; clock ticks.
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
+/** Runs one fan-in measurement with `agents` simulated agents. */
+export async function fanIn(agents: number, intervalS = 15, windowS = 45): Promise<FanInResult> {
+  const root = await tempRoot("otx-fanin");
+  const api = await startApi({
+    root,
+    config: {
+      nodes: {
+        heartbeat_interval_seconds: intervalS,
+        stale_threshold_seconds: intervalS * 6,
+        join_token_ttl_seconds: 3600,
+      },
+      storage_pools: { allowed_path_prefixes: ["/var/lib/otherix/pools/"] },
+      log: { level: "warn" },
+    },
+  });
+  const clients: Deno.HttpClient[] = [];
+  let stop = false;
+  try {
+    const login = await (await fetch(`${api.url}/v1/auth/login`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ email: TEST_ADMIN.email, password: TEST_ADMIN.password }),
+    })).json();
+    const auth = { authorization: `Bearer ${login.access_token}` };
+    // Register every simulated agent through the real bootstrap (token → CSR → certificate).
+    const ids: { name: string; client: Deno.HttpClient }[] = [];
+    const register = async (i: number) => {
+      const name = `sim-${String(i).padStart(5, "0")}`;
+      const tok = await (await fetch(`${api.url}/v1/nodes/join-tokens`, {
+        method: "POST",
+        headers: { ...auth, "content-type": "application/json" },
+        body: JSON.stringify({ node_name: name }),
+      })).json();
+      const csr = await createCsr(name, splitSans([]));
+      const boot = await fetch(`${api.agentUrl}/v1/nodes/bootstrap`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ token: tok.token, csr_pem: csr.csrPem }),
+        client: bootstrapClient,
+      });
+      const b = await boot.json();
+      const client = createTlsClient({
+        caPem: b.ca_pem,
+        certPem: b.certificate_pem,
+        keyPem: csr.keyPem,
+      });
+      clients.push(client);
+      ids.push({ name, client });
+    };
+    const caPem = await Deno.readTextFile(join(api.dataDir, "pki/ca.crt"));
+    const bootstrapClient = createTlsClient({ caPem });
+    clients.push(bootstrapClient);
+    for (let i = 0; i < agents; i += 20) {
+      await Promise.all(
+        Array.from({ length: Math.min(20, agents - i) }, (_, k) => register(i + k)),
+      );
+    }
+    const latencies: number[] = [];
+    let failures = 0;
+    let measuring = false;
+    let sent = 0;
+    const body = (name: string) =>
+      JSON.stringify({
+        node_name: name,
+        endpoint: "https://127.0.0.1:1",
+        architecture: "amd64",
+        accelerator: "tcg",
+        agent_version: "bench",
+        pools_dir: "/var/lib/otherix/pools",
+        resources: {
+          cpu_cores_total: 8,
+          load_average_1m: Math.round(Math.random() * 100) / 100,
+          memory_total_mib: 32768,
+          memory_available_mib: 16000 + Math.floor(Math.random() * 100),
+          system_disk_total_bytes: 1e12,
+          system_disk_available_bytes: 5e11 + Math.floor(Math.random() * 1e6),
+        },
+        pools: [{
+          name: "default",
+          path: "/var/lib/otherix/pools/default",
+          status: "ready",
+          message: null,
+          total_bytes: 1e12,
+          available_bytes: 5e11,
+          images: [],
+        }],
+        vms: [],
+        tasks: [],
+      });
+    const loops = ids.map(async ({ name, client }, i) => {
+      await new Promise((r) => setTimeout(r, (i / ids.length) * intervalS * 1000));
+      while (!stop) {
+        const t0 = performance.now();
+        try {
+          const res = await fetch(`${api.agentUrl}/v1/nodes/heartbeat`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: body(name),
+            client,
+          });
+          await res.body?.cancel();
+          if (!res.ok) failures += measuring ? 1 : 0;
+          else if (measuring) {
+            latencies.push(performance.now() - t0);
+            sent++;
+          }
+        } catch {
+          if (measuring) failures++;
+        }
+        await new Promise((r) => setTimeout(r, intervalS * 1000));
+      }
+    });
+    // Warm-up: one interval (first heartbeats make nodes ready and provision pools).
+    await new Promise((r) => setTimeout(r, intervalS * 1000 + 2000));
+    const store = await openKvStore(join(api.dataDir, "store.kv"));
+    const rev0 = Number(await store.currentRevision());
+    const cpu0 = await cpuSeconds(api.proc.pid);
+    measuring = true;
+    await new Promise((r) => setTimeout(r, windowS * 1000));
+    measuring = false;
+    const cpu1 = await cpuSeconds(api.proc.pid);
+    const rev1 = Number(await store.currentRevision());
+    await store.close();
+    stop = true;
+    await Promise.race([Promise.all(loops), new Promise((r) => setTimeout(r, 100))]);
+    return {
+      agents,
+      cpuPercent: ((cpu1 - cpu0) / windowS) * 100,
+      p50Ms: pct(latencies, 50),
+      p99Ms: pct(latencies, 99),
+      heartbeatsPerSecond: sent / windowS,
+      writesPerSecond: (rev1 - rev0) / windowS,
+      failures,
+    };
+  } finally {
+    stop = true;
+    await api.proc.stop();
+    for (const c of clients) c.close();
+    await Deno.remove(root, { recursive: true }).catch(() => {});
+  }
+}
