@@ -12,6 +12,7 @@
  */
 import { join } from "node:path";
 import { z } from "zod";
+import { HeartbeatRequestSchema } from "../shared/api/agent.ts";
 import {
   AbsolutePathSchema,
   ConfigError,
@@ -46,7 +47,7 @@ export const AgentConfigSchema = z.object({
     /** mTLS listen address the control plane calls. */
     listen: ListenAddressSchema.prefault(`0.0.0.0:${DEFAULT_AGENT_PORT}`),
     /** URL the control plane dials; default `https://<hostname>:<listen port>`. */
-    advertise_url: z.string().url().optional(),
+    advertise_url: HeartbeatRequestSchema.shape.endpoint.optional(),
   }).strict().prefault({}),
   bootstrap: z.object({
     /** Control plane's agent-facing URL, e.g. `https://cp.lan:8443`. */

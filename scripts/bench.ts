@@ -315,7 +315,7 @@ async function benchFloor(c: Cluster, accel: "kvm" | "tcg") {
 
 if (values.only !== "fanin") await benchVms();
 if (values.only !== "vm" && values.fanin) {
-  console.log("\nheartbeat fan-in (interval 15 s, 45 s window after a warm-up interval)");
+  console.log("\nheartbeat fan-in (interval 15 s, 45 s window after two warm-up intervals)");
   console.log(
     "agents  cp_cpu_%_of_one_core  p50_ms  p99_ms  heartbeats/s  store_writes/s  failures",
   );

@@ -4,7 +4,7 @@
  * heartbeats every `intervalS` seconds (spread evenly) to one `otherix-api` process. Reports
  * the control plane's CPU (% of one core, from `/proc/<pid>/stat`), heartbeat latency
  * (p50/p99) and durable store writes per second (store revisions per second, read from the
- * store file) over a measurement window after one warm-up interval.
+ * store file) over a measurement window after two warm-up intervals.
  *
  * The goal (issue "Nodes"): at 2,000 agents under 25 % of one core, p99 under 50 ms, and no
  * durable write for a heartbeat that changes nothing but its timestamp.
@@ -153,8 +153,9 @@ export async function fanIn(agents: number, intervalS = 15, windowS = 45): Promi
         await new Promise((r) => setTimeout(r, intervalS * 1000));
       }
     });
-    // Warm-up: one interval (first heartbeats make nodes ready and provision pools).
-    await new Promise((r) => setTimeout(r, intervalS * 1000 + 2000));
+    // Warm-up: two intervals (the first heartbeats make nodes ready and get their default pool
+    // provisioned, the second reports it ready); then every heartbeat is a steady-state one.
+    await new Promise((r) => setTimeout(r, 2 * intervalS * 1000 + 2000));
     const store = await openKvStore(join(api.dataDir, "store.kv"));
     const rev0 = Number(await store.currentRevision());
     const cpu0 = await cpuSeconds(api.proc.pid);

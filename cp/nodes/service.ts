@@ -203,6 +203,45 @@ export async function bootstrapNode(
   return { node_name: rec.node_name, certificate_pem: issued.certPem, ca_pem: ctx.pki.ca.certPem };
 }
 
+/**
+ * The node record after heartbeat `hb` at `ts`, or undefined when the heartbeat changes
+ * nothing but its timestamp and volatile readings (then it is not written: liveness stays in
+ * memory, `ctx.liveness`).
+ */
+function heartbeatUpdate(
+  cur: NodeRecord,
+  hb: HeartbeatRequest,
+  cfg: CpContext["cfg"],
+  ts: string,
+): NodeRecord | undefined {
+  const next: NodeRecord = {
+    ...cur,
+    pressure: nextPressure(cur.pressure, hb.resources, cfg.placement.pressure, ts),
+    status: "ready",
+    architecture: hb.architecture,
+    accelerator: hb.accelerator,
+    endpoint: hb.endpoint,
+    agent_version: hb.agent_version,
+    resources: hb.resources,
+    pools_dir: hb.pools_dir,
+    observed_vms: hb.vms,
+    last_heartbeat_at: ts,
+    updated_at: ts,
+  };
+  const stable = (n: NodeRecord) =>
+    JSON.stringify({
+      ...n,
+      last_heartbeat_at: null,
+      updated_at: null,
+      resources: n.resources && { ...n.resources, ...VOLATILE_RESOURCES },
+      pressure: n.pressure && {
+        memory: { ...n.pressure.memory, available_percent: null },
+        system_disk: { ...n.pressure.system_disk, available_percent: null },
+      },
+    });
+  return stable(cur) === stable(next) ? undefined : next;
+}
+
 /** Readings that change on every heartbeat; alone they do not warrant a store write. */
 const VOLATILE_RESOURCES = {
   load_average_1m: 0,
@@ -235,38 +274,15 @@ export async function applyHeartbeat(
   const ts = ctx.now().toISOString();
   const nowMs = ctx.now().getTime();
   (ctx.liveness ??= new Map()).set(certNode, nowMs);
-  await updateKey<NodeRecord>(store, keys.node(certNode), (cur) => {
-    if (!cur) throw new ApiError("node_not_found", `node "${certNode}" is not registered`);
-    const next: NodeRecord = {
-      ...cur,
-      pressure: nextPressure(cur.pressure, hb.resources, cfg.placement.pressure, ts),
-      status: "ready",
-      architecture: hb.architecture,
-      accelerator: hb.accelerator,
-      endpoint: hb.endpoint,
-      agent_version: hb.agent_version,
-      resources: hb.resources,
-      pools_dir: hb.pools_dir,
-      observed_vms: hb.vms,
-      last_heartbeat_at: ts,
-      updated_at: ts,
-    };
-    // A heartbeat that changes nothing but readings and its timestamp is not written: liveness
-    // stays in memory (`ctx.liveness`); the record changes only when something else does.
-    const stable = (n: NodeRecord) =>
-      JSON.stringify({
-        ...n,
-        last_heartbeat_at: null,
-        updated_at: null,
-        resources: n.resources && { ...n.resources, ...VOLATILE_RESOURCES },
-        pressure: n.pressure && {
-          memory: { ...n.pressure.memory, available_percent: null },
-          system_disk: { ...n.pressure.system_disk, available_percent: null },
-        },
-      });
-    if (stable(cur) === stable(next)) return undefined;
-    return next;
-  });
+  // Steady state: the informer cache already holds what this heartbeat says, so neither a
+  // store read nor a write is needed (a lagging cache only delays the write to the next one).
+  const cached = ctx.cache?.nodes.get(keys.node(certNode));
+  if (!cached || heartbeatUpdate(cached, hb, cfg, ts) !== undefined) {
+    await updateKey<NodeRecord>(store, keys.node(certNode), (cur) => {
+      if (!cur) throw new ApiError("node_not_found", `node "${certNode}" is not registered`);
+      return heartbeatUpdate(cur, hb, cfg, ts);
+    });
+  }
   await recordAgentTasks(ctx, hb.tasks);
   const current = await observePools(ctx, certNode, hb, await nodePools(ctx, certNode));
   return {
@@ -328,18 +344,17 @@ async function recordAgentTasks(ctx: CpContext, tasks: AgentTask[]): Promise<voi
 }
 
 /** The pool instances of `node` (from the pool informer's index when wired). */
-export async function nodePools(ctx: CpContext, node: string): Promise<KeyValue<PoolRecord>[]> {
+export async function nodePools(ctx: CpContext, node: string): Promise<PoolEntry[]> {
   const cache = ctx.cache?.pools;
   if (cache) {
-    const out: KeyValue<PoolRecord>[] = [];
-    for (const key of cache.byIndex("node", node)) {
-      const kv = await ctx.store.get<PoolRecord>(key);
-      if (kv) out.push(kv);
-    }
-    return out;
+    return cache.byIndex("node", node).map((key) => ({ key, value: cache.get(key)! }))
+      .filter((e) => e.value);
   }
   return (await rangeAll<PoolRecord>(ctx.store, keys.pools)).filter((kv) => kv.value.node === node);
 }
+
+/** A pool instance's key and (possibly cached) value. */
+export type PoolEntry = { key: string; value: PoolRecord };
 
 /**
  * Seeds the cluster settings on boot when they were never set: the default pool is
@@ -392,7 +407,7 @@ async function observePools(
   ctx: CpContext,
   nodeName: string,
   hb: HeartbeatRequest,
-  pools: KeyValue<PoolRecord>[],
+  pools: PoolEntry[],
 ): Promise<PoolRecord[]> {
   const out: PoolRecord[] = [];
   for (const kv of pools) {

@@ -134,7 +134,10 @@ export const MAX_REPORTED_TASKS = 1000;
 export const HeartbeatRequestSchema = z.object({
   node_name: ResourceNameSchema,
   /** The agent's advertised mTLS endpoint (`https://host:port`). */
-  endpoint: z.string().url(),
+  endpoint: z.string().url().refine(
+    (u) => u.startsWith("https://"),
+    "must be an https:// URL (the control plane talks to agents over mTLS only)",
+  ),
   architecture: ArchitectureSchema,
   accelerator: z.enum(["kvm", "tcg"]),
   agent_version: z.string().max(100),

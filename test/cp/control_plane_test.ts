@@ -269,7 +269,11 @@ Deno.test("cp: node monitor flips ready→unreachable; heartbeat brings it back;
     agent.vms.set(vm.id, { id: vm.id, name: "vm-r", phase: "stopped", pid: null, exit });
     const hb = await agent.heartbeat();
     assertEquals(hb.body.node_status, "ready");
-    assert(logs.has("node ready", { node: "node-a", from: "unreachable" }));
+    // Logged by the node controller when it sees the change (not by the heartbeat handler).
+    await until(
+      "node ready logged",
+      () => logs.has("node ready", { node: "node-a", from: "unreachable" }),
+    );
     const after = await until("vm-r stopped", async () => {
       const v = (await api("GET", "/v1/vms/vm-r")).json;
       return v.status === "stopped" ? v : null;
@@ -405,5 +409,15 @@ Deno.test("cp: node pressure from heartbeats: set after 3 low ones (warn), clear
     assertEquals((await api("GET", "/v1/nodes/node-a")).json.pressure.memory.under_pressure, false);
     await until("info logged", () => logs.has("node memory pressure cleared", { node: "node-a" }));
     assertEquals((await api("POST", "/v1/vms", VM("vm-p"))).status, 202);
+  });
+});
+
+Deno.test("cp: a heartbeat advertising a non-https endpoint is refused and changes nothing", async () => {
+  await withCp(async (cp, agent) => {
+    await agent.heartbeat();
+    const before = (await cp.ctx.store.get(keys.node("node-a")))!.modRevision;
+    const bad = await agent.heartbeat({ endpoint: "http://127.0.0.1:9443" });
+    assertEquals([bad.status, bad.body.error?.code], [400, "validation_failed"]);
+    assertEquals((await cp.ctx.store.get(keys.node("node-a")))!.modRevision, before);
   });
 });
