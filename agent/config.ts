@@ -12,7 +12,7 @@
  */
 import { join } from "node:path";
 import { z } from "zod";
-import { HeartbeatRequestSchema } from "../shared/api/agent.ts";
+import { HeartbeatRequestSchema, MigrationPortRangeSchema } from "../shared/api/agent.ts";
 import {
   AbsolutePathSchema,
   ConfigError,
@@ -60,6 +60,12 @@ export const AgentConfigSchema = z.object({
     token_file: AbsolutePathSchema.optional(),
     /** Env file of `OTHERIX_BOOTSTRAP__*` overrides; default `<config_dir>/bootstrap.env`. */
     env_file: AbsolutePathSchema.optional(),
+  }).strict().prefault({}),
+  migration: z.object({
+    /** Host other nodes dial for live migration; default the advertised endpoint's host. */
+    host: z.string().min(1).max(253).optional(),
+    /** Ports QEMU may listen on for incoming migrations. */
+    port_range: MigrationPortRangeSchema.default("49152-49251"),
   }).strict().prefault({}),
   heartbeat: z.object({
     /** Initial heartbeat interval, seconds (the control plane's answer overrides it). */

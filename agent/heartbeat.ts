@@ -45,6 +45,8 @@ export interface HeartbeatOptions {
   pools: PoolManager;
   vms: VmManager;
   /** The tasks a heartbeat carries (agent/tasks.ts `TaskManager.recent`); default none. */
+  /** Where this node takes live migrations (agent config `migration.*`); null: unset. */
+  migration?: { host: string; port_range: string } | null;
   recentTasks?: () => AgentTask[];
   /** Interval until the control plane names one, seconds. */
   initialIntervalSeconds: number;
@@ -73,6 +75,7 @@ export async function buildHeartbeat(o: HeartbeatOptions): Promise<HeartbeatRequ
     resources: nodeResources(o.stateDir),
     pools: await o.pools.observe(),
     vms: o.vms.list(),
+    migration: o.migration ?? null,
     tasks: o.recentTasks?.() ?? [],
   };
 }

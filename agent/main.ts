@@ -182,6 +182,10 @@ export async function main(argv: string[]): Promise<void> {
     pools,
     vms,
     recentTasks: () => tasks.recent(),
+    migration: {
+      host: cfg.migration.host ?? new URL(endpoint).hostname.replace(/^\[|\]$/g, ""),
+      port_range: cfg.migration.port_range,
+    },
     initialIntervalSeconds: cfg.heartbeat.interval_seconds,
     log,
   };

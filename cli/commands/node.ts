@@ -129,6 +129,8 @@ export function nodeKeyValues(n: Node, now: number): KvEntry[] {
     ["architecture", n.architecture],
     ["status", statusColumn(n)],
     ["cordoned", yesNo(n.cordoned)],
+    ["migration_host", n.migration_host],
+    ["migration_port_range", n.migration_port_range],
     ["vm_count", n.vm_count],
     ["hardware", hardware],
     [

@@ -63,6 +63,8 @@ export function nodeView(
     accelerator: n.accelerator,
     agent_version: n.agent_version,
     resources: full ? n.resources : null,
+    migration_host: full ? n.migration?.host ?? null : null,
+    migration_port_range: full ? n.migration?.port_range ?? null : null,
     vm_count: usage.vms,
     allocated_vcpus: full ? usage.vcpus : null,
     allocated_memory_mib: full ? usage.memory_mib : null,
@@ -225,6 +227,7 @@ function heartbeatUpdate(
     resources: hb.resources,
     pools_dir: hb.pools_dir,
     observed_vms: hb.vms,
+    migration: hb.migration ?? null,
     last_heartbeat_at: ts,
     updated_at: ts,
   };

@@ -129,6 +129,8 @@ export interface NodeRecord {
   pools_dir: string | null;
   /** VMs the agent reported in its last heartbeat. */
   observed_vms: ObservedVm[];
+  /** Live-migration endpoint the agent advertises (absent/null: not reported). */
+  migration?: { host: string; port_range: string } | null;
   /** Pressure conditions from heartbeats (cp/nodes/pressure.ts); absent before the first. */
   pressure?: NodePressure;
   last_heartbeat_at: string | null;

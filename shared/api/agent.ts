@@ -127,6 +127,13 @@ export type DesiredPool = z.infer<typeof DesiredPoolSchema>;
 export const AgentPoolsRequestSchema = z.object({ pools: z.array(DesiredPoolSchema).max(1000) })
   .strict();
 
+/** A port range `"<lo>-<hi>"` (1024 ≤ lo ≤ hi ≤ 65535). */
+export const MigrationPortRangeSchema = z.string().regex(/^\d{4,5}-\d{4,5}$/, "must be <lo>-<hi>")
+  .refine((r) => {
+    const [lo, hi] = r.split("-").map(Number);
+    return lo >= 1024 && hi <= 65535 && lo <= hi;
+  }, "ports must satisfy 1024 <= lo <= hi <= 65535");
+
 /** Most tasks one heartbeat or report may carry. */
 export const MAX_REPORTED_TASKS = 1000;
 
@@ -147,6 +154,14 @@ export const HeartbeatRequestSchema = z.object({
   pools: z.array(ObservedPoolSchema),
   /** Every VM the agent hosts. */
   vms: z.array(ObservedVmSchema),
+  /**
+   * Where this node accepts live-migration streams (agent config `migration.*`, for the
+   * migration work to come): the host other nodes dial and the port range, `"<lo>-<hi>"`.
+   */
+  migration: z.object({
+    host: z.string().min(1).max(253),
+    port_range: MigrationPortRangeSchema,
+  }).nullable().optional(),
   /** Tasks in flight and those that ended recently (recovers a lost report). */
   tasks: z.array(AgentTaskSchema).max(MAX_REPORTED_TASKS).default([]),
 });

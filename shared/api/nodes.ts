@@ -79,6 +79,10 @@ export const NodeSchema = z.object({
   accelerator: z.enum(["kvm", "tcg"]).nullable(),
   agent_version: z.string().nullable(),
   resources: NodeResourcesSchema.nullable(),
+  /** Host other nodes dial for live migration (null in the reduced view or unreported). */
+  migration_host: z.string().nullable(),
+  /** Ports open for incoming migrations, `"<lo>-<hi>"` (null like `migration_host`). */
+  migration_port_range: z.string().nullable(),
   vm_count: z.number().int().min(0),
   /** vCPUs of the VMs placed on the node (null in the reduced view). */
   allocated_vcpus: z.number().int().min(0).nullable(),

@@ -1,4 +1,4 @@
-import { assertEquals, assertStringIncludes, assertThrows } from "../assert.ts";
+import { assert, assertEquals, assertStringIncludes, assertThrows } from "../assert.ts";
 import { agentPaths, parseAgentConfig, parseEnvFile } from "../../agent/config.ts";
 
 Deno.test("config: env file parse handles comments, export, quotes", () => {
@@ -54,4 +54,16 @@ Deno.test("config: serial log cap and image download cap", () => {
   const e = assertThrows(() => parseAgentConfig("qemu:\n  serial_log_max_bytes: 65535\n"));
   assertStringIncludes(e.message, "qemu.serial_log_max_bytes");
   assertThrows(() => parseAgentConfig("images:\n  max_download_bytes: 0\n"));
+});
+
+Deno.test("config: migration port range and advertise_url are checked at load", () => {
+  assertEquals(parseAgentConfig("").migration.port_range, "49152-49251");
+  for (const bad of ["80-90", "50000-40000", "49152", "49152-70000"]) {
+    const e = assertThrows(() => parseAgentConfig(`migration:\n  port_range: "${bad}"\n`));
+    assert(String(e).includes("migration.port_range"), String(e));
+  }
+  const http = assertThrows(() =>
+    parseAgentConfig("server:\n  advertise_url: http://10.0.0.5:9443\n")
+  );
+  assert(String(http).includes("https://"), String(http));
 });

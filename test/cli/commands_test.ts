@@ -270,6 +270,7 @@ Deno.test("node list and get render tables and sections", async () => {
   io.stdout = "";
   assertEquals(await run(["node", "get", "node-a"], io), 0, io.stderr);
   assertStringIncludes(io.stdout, "name: node-a\n");
+  assertStringIncludes(io.stdout, "migration_host: 10.0.0.5\nmigration_port_range: 49152-49251\n");
   // The spec's layout (developer guide "VM placement": hardware / agent sections).
   assertStringIncludes(io.stdout, "hardware:\n  cpu_cores: used 2/2 cores\n");
   assertStringIncludes(io.stdout, "  memory: used 1024/4096 MiB (2048 MiB available)\n");

@@ -86,6 +86,8 @@ export function nodeFixture(over: Partial<Node> = {}): Node {
       system_disk_total_bytes: 20 * 1024 ** 3,
       system_disk_available_bytes: 10 * 1024 ** 3,
     },
+    migration_host: "10.0.0.5",
+    migration_port_range: "49152-49251",
     vm_count: 1,
     allocated_vcpus: 2,
     allocated_memory_mib: 1024,

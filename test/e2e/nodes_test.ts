@@ -91,6 +91,8 @@ Deno.test({
         const table = await ok("node", "list");
         assertMatch(table, /^NAME\s+ARCHITECTURE\s+STATUS\s+CORDONED\s+LAST_HEARTBEAT\s+AGE$/m);
         assertMatch(table, /^node-a\s+amd64\s+ready\s+no\s+/m);
+        const a = await node("node-a");
+        assertEquals([a.migration_host, a.migration_port_range], ["127.0.0.1", "49152-49251"]);
         const ids = await ok("node", "list", "--show-ids");
         assertMatch(ids, /^ID\s+NAME/m);
         assertEquals(
