@@ -31,7 +31,7 @@ import { nodeController } from "./nodes/controller.ts";
 import { nodeRoutes } from "./nodes/routes.ts";
 import { joinTokenRoutes } from "./nodes/join_token_routes.ts";
 import { poolRoutes } from "./pools/routes.ts";
-import { type NodeUsage, nodeView, poolView, seedClusterSettings } from "./nodes/service.ts";
+import { cachedNodeUsage, nodeView, poolView, seedClusterSettings } from "./nodes/service.ts";
 import { poolProvisioner } from "./pools/controller.ts";
 import { vmController } from "./vms/controller.ts";
 import { taskRoutes, vmRoutes } from "./vms/routes.ts";
@@ -58,15 +58,6 @@ export const PUBLIC_BODY_LIMIT = 1024 * 1024;
 
 /** The resource kinds of the event stream (`GET /v1/events`), with the views GETs serve. */
 export function eventSources(ctx: CpContext): EventSource[] {
-  const usage = (node: string): NodeUsage => {
-    const cache = ctx.cache?.vms;
-    const vms = (cache?.byIndex("node", node) ?? []).map((k) => cache!.get(k)!).filter(Boolean);
-    return {
-      vms: vms.length,
-      vcpus: vms.reduce((a, v) => a + v.vcpus, 0),
-      memory_mib: vms.reduce((a, v) => a + v.memory_mb, 0),
-    };
-  };
   return [
     {
       kind: "vm",
@@ -89,7 +80,7 @@ export function eventSources(ctx: CpContext): EventSource[] {
       view: (n, user) =>
         nodeView(
           n as NodeRecord,
-          usage((n as NodeRecord).name),
+          cachedNodeUsage(ctx, (n as NodeRecord).name),
           can(user.role, "node:manage"),
           ctx.liveness?.get((n as NodeRecord).name),
         ),

@@ -106,18 +106,26 @@ export interface NodeUsage {
  * else one scan of the VMs).
  */
 export async function nodeUsageOf(ctx: CpContext): Promise<(node: string) => NodeUsage> {
-  const sum = (vms: VmRecord[]): NodeUsage => ({
+  if (ctx.cache) return (node) => cachedNodeUsage(ctx, node);
+  const all = (await rangeAll<VmRecord>(ctx.store, keys.vms)).map((kv) => kv.value);
+  return (node) => usageOf(all.filter((v) => v.node === node));
+}
+
+/** What `vms` take together. */
+function usageOf(vms: VmRecord[]): NodeUsage {
+  return {
     vms: vms.length,
     vcpus: vms.reduce((a, v) => a + v.vcpus, 0),
     memory_mib: vms.reduce((a, v) => a + v.memory_mb, 0),
-  });
+  };
+}
+
+/** The usage of `node` from the VM informer's index (zero when the caches are not wired). */
+export function cachedNodeUsage(ctx: CpContext, node: string): NodeUsage {
   const cache = ctx.cache?.vms;
-  if (cache) {
-    return (node) =>
-      sum(cache.byIndex("node", node).map((k) => cache.get(k)).filter((v): v is VmRecord => !!v));
-  }
-  const all = (await rangeAll<VmRecord>(ctx.store, keys.vms)).map((kv) => kv.value);
-  return (node) => sum(all.filter((v) => v.node === node));
+  const vms = (cache?.byIndex("node", node) ?? []).map((k) => cache!.get(k))
+    .filter((v): v is VmRecord => !!v);
+  return usageOf(vms);
 }
 
 /** Number of VM records placed on each node, keyed by node name (nodes without VMs absent). */

@@ -363,21 +363,9 @@ async function waitTaskEnded(rt: TaskRuntime, id: string): Promise<void> {
     for (;;) {
       const t = (await ctx.store.get<TaskRecord>(keys.task(id)))?.value;
       if (!t || isTerminal(t.status)) return;
-      await new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(done, ctx.cfg.workers.poll_interval_ms);
-        function done() {
-          clearTimeout(timer);
-          rt.signal.removeEventListener("abort", onAbort);
-          resolve();
-        }
-        function onAbort() {
-          clearTimeout(timer);
-          reject(new ClaimLostError(rt.task.id));
-        }
-        if (rt.signal.aborted) return onAbort();
-        rt.signal.addEventListener("abort", onAbort, { once: true });
-        wake = done;
-      });
+      // (A vm.delete is never cancelled itself, so only the claim can cut this wait short.)
+      await delay(ctx.cfg.workers.poll_interval_ms, rt, (w) => (wake = w));
+      wake = null;
     }
   } finally {
     cancel();
