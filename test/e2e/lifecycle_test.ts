@@ -252,14 +252,14 @@ Deno.test({
           assertEquals((await c.call("GET", "/v1/vms/away")).status, 404);
           assertEquals(c.qemuPids("away"), awayPid, "nothing touched the node meanwhile");
           await c.restartAgent("SIGTERM");
+          // The agent's delete stops QEMU first, then removes the files: wait for both.
+          const filesOf = () => [...Deno.readDirSync(`${c.agent.stateDir}/vms`)].map((e) => e.name);
           await waitFor(
-            "orphan QEMU removed",
-            () => Promise.resolve(c.qemuPids("away").length === 0),
+            "orphan QEMU and files removed",
+            () => Promise.resolve(c.qemuPids("away").length === 0 && !filesOf().includes(away.id)),
             60_000,
             100,
           );
-          const left = [...Deno.readDirSync(`${c.agent.stateDir}/vms`)].map((e) => e.name);
-          assert(!left.includes(away.id), "the orphan's files are gone");
         },
       );
     } finally {
