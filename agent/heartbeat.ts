@@ -19,6 +19,7 @@ import {
   HeartbeatResponseSchema,
 } from "../shared/api/agent.ts";
 import { architectureOf } from "../shared/api/common.ts";
+import { MAX_REPORTED_IMAGES, type ObservedPool } from "../shared/api/nodes.ts";
 import type { Logger } from "../shared/log.ts";
 import type { ClientTlsMaterial } from "../shared/tls.ts";
 import type { Accelerator } from "./accel.ts";
@@ -26,7 +27,7 @@ import type { AgentIdentity } from "./bootstrap.ts";
 import { cpTls, postToCp } from "./cp_client.ts";
 import { errorMessage } from "./fsutil.ts";
 import type { PoolManager } from "./pools.ts";
-import { nodeResources } from "./sysinfo.ts";
+import type { SystemInfo } from "./sysinfo.ts";
 import { AGENT_VERSION } from "./version.ts";
 import type { VmManager } from "./vms.ts";
 
@@ -40,8 +41,8 @@ export interface HeartbeatOptions {
   accelerator: Accelerator;
   /** `<state>/pools`. */
   poolsDir: string;
-  /** The state root (system-disk fallback). */
-  stateDir: string;
+  /** Reads the node's resources (agent/sysinfo.ts). */
+  system: SystemInfo;
   pools: PoolManager;
   vms: VmManager;
   /** The tasks a heartbeat carries (agent/tasks.ts `TaskManager.recent`); default none. */
@@ -63,8 +64,48 @@ export interface Heartbeat {
   kick(): void;
 }
 
+/**
+ * `pools` with each image list capped at {@link MAX_REPORTED_IMAGES} (first by basename) and
+ * `images_total` set where capped. `capped`: the pools already logged as capped (a Warn line
+ * when a pool starts being capped, an Info line when it no longer is).
+ */
+export function capPoolImages(
+  pools: ObservedPool[],
+  log: Logger,
+  capped: Set<string>,
+): ObservedPool[] {
+  return pools.map((p) => {
+    const key = `${p.name}\0${p.path}`;
+    if (p.images.length <= MAX_REPORTED_IMAGES) {
+      if (capped.delete(key)) {
+        log.info("heartbeat: pool image list no longer capped", {
+          pool: p.name,
+          images: p.images.length,
+        });
+      }
+      return p;
+    }
+    if (!capped.has(key)) {
+      capped.add(key);
+      log.warn(
+        `heartbeat: pool caches more than ${MAX_REPORTED_IMAGES} images; reporting the first ` +
+          `${MAX_REPORTED_IMAGES} by name`,
+        { pool: p.name, path: p.path, images: p.images.length },
+      );
+    }
+    const images = [...p.images].sort((a, b) => a.basename < b.basename ? -1 : 1)
+      .slice(0, MAX_REPORTED_IMAGES);
+    return { ...p, images, images_total: p.images.length };
+  });
+}
+
+/** Pools already logged as capped, per heartbeat loop options object. */
+const cappedPools = new WeakMap<HeartbeatOptions, Set<string>>();
+
 /** Builds one heartbeat body. */
 export async function buildHeartbeat(o: HeartbeatOptions): Promise<HeartbeatRequest> {
+  let capped = cappedPools.get(o);
+  if (!capped) cappedPools.set(o, capped = new Set());
   return {
     node_name: o.identity.nodeName,
     endpoint: o.endpoint,
@@ -72,8 +113,8 @@ export async function buildHeartbeat(o: HeartbeatOptions): Promise<HeartbeatRequ
     accelerator: o.accelerator,
     agent_version: AGENT_VERSION,
     pools_dir: o.poolsDir,
-    resources: nodeResources(o.stateDir),
-    pools: await o.pools.observe(),
+    resources: await o.system.read(),
+    pools: capPoolImages(await o.pools.observe(), o.log, capped),
     vms: o.vms.list(),
     migration: o.migration ?? null,
     tasks: o.recentTasks?.() ?? [],

@@ -38,7 +38,7 @@ import { PoolManager } from "./pools.ts";
 import { mtlsReportSender, startReporter } from "./report.ts";
 import { mtlsRenewRequester, startRenewer } from "./renew.ts";
 import { createAgentApp, startAgentServer } from "./server.ts";
-import { hostName } from "./sysinfo.ts";
+import { hostName, SystemInfo } from "./sysinfo.ts";
 import { TaskManager } from "./tasks.ts";
 import { AGENT_VERSION } from "./version.ts";
 import { VmManager } from "./vms.ts";
@@ -178,7 +178,7 @@ export async function main(argv: string[]): Promise<void> {
     endpoint,
     accelerator: decision.accelerator,
     poolsDir: paths.poolsDir,
-    stateDir: paths.stateDir,
+    system: new SystemInfo(paths.stateDir, log),
     pools,
     vms,
     recentTasks: () => tasks.recent(),

@@ -37,6 +37,7 @@ import { vmController } from "./vms/controller.ts";
 import { taskRoutes, vmRoutes } from "./vms/routes.ts";
 import { vmView } from "./vms/service.ts";
 import { vmTaskHandler } from "./vms/tasks.ts";
+import type { ObservedVm } from "../shared/api/vm_runtime.ts";
 import { TaskRegistry } from "./tasks/registry.ts";
 import { taskView } from "./tasks/queue.ts";
 import { Informer } from "./controllers/informer.ts";
@@ -113,6 +114,12 @@ export function startCaches(ctx: CpContext): Caches {
       indexers: { node: (p) => [p.node] },
       onError,
     }),
+    observed: new Informer<ObservedVm>({
+      store: ctx.store,
+      prefix: keys.observedVms,
+      indexers: { node: (_v, key) => [key.slice(keys.observedVms.length).split("/")[0]] },
+      onError,
+    }),
   };
   return caches;
 }
@@ -132,7 +139,19 @@ export async function startControllers(ctx: CpContext, caches: Caches): Promise<
     return caches.vms.byIndex("node", nodeName(k)).map((vk) => vk.slice(keys.vms.length));
   }));
   caches.vms.addHandlers(vms.enqueueOnChange((k) => k.slice(keys.vms.length)));
-  await Promise.all([caches.vms.start(), caches.nodes.start(), caches.pools.start()]);
+  // An observed VM changed: its VM (when the control plane knows it) and its node (orphans).
+  const observedNode = (k: string) => k.slice(keys.observedVms.length).split("/")[0];
+  caches.observed.addHandlers(nodes.enqueueOnChange(observedNode));
+  caches.observed.addHandlers(vms.enqueueOnChange((k) => {
+    const id = k.slice(k.lastIndexOf("/") + 1);
+    return caches.vms.byIndex("id", id).map((vk) => vk.slice(keys.vms.length));
+  }));
+  await Promise.all([
+    caches.vms.start(),
+    caches.nodes.start(),
+    caches.pools.start(),
+    caches.observed.start(),
+  ]);
   nodes.start(() => caches.nodes.keys().map(nodeName));
   pools.start(() => caches.nodes.keys().map(nodeName));
   vms.start(() => caches.vms.keys().map((k) => k.slice(keys.vms.length)));
@@ -264,7 +283,7 @@ export async function startControlPlane(
     const controllers = await startControllers(ctx, caches);
     cleanups.push(async () => {
       await Promise.all(controllers.map((c) => c.stop()));
-      for (const i of [caches.vms, caches.nodes, caches.pools]) i.stop();
+      for (const i of [caches.vms, caches.nodes, caches.pools, caches.observed]) i.stop();
     });
     let worker: Worker | null = null;
     if (cfg.workers.enabled) {

@@ -10,15 +10,18 @@ import type { ClusterPki } from "./pki.ts";
 import type { Store } from "./store/store.ts";
 import type { Informer } from "./controllers/informer.ts";
 import type { NodeRecord, PoolRecord, VmRecord } from "./repo/records.ts";
+import type { ObservedVm } from "../shared/api/vm_runtime.ts";
 
 /**
  * The shared informer caches (cp/controllers/informer.ts) of this process, with indexes:
- * `vms` by `node` and `id`, `pools` by `node`.
+ * `vms` by `node` and `id`, `pools` by `node`, `observed` (the VMs agents report,
+ * `/observed-vms/<node>/<id>`) by `node`.
  */
 export interface Caches {
   vms: Informer<VmRecord>;
   nodes: Informer<NodeRecord>;
   pools: Informer<PoolRecord>;
+  observed: Informer<ObservedVm>;
 }
 
 /** Everything a control-plane component needs. */

@@ -6,9 +6,10 @@
  *
  * What each binary may do:
  * - `otherix-agent`: read its three roots, write its state and run roots, run only QEMU,
- *   `qemu-img`, the ISO builder, and `pgrep` / `pkill` (which it calls only with
- *   `-F <pidfile> -L`: QEMU outlives the agent, so it is no child the agent could signal, and
- *   the sandbox has no `Deno.kill`; see agent/qemu.ts), use the network, read `OTHERIX_*`
+ *   `qemu-img`, the ISO builder, `df` (the root filesystem's figures), and `pgrep` / `pkill`
+ *   (which it calls only with `-F <pidfile> -L`: QEMU outlives the agent, so it is no child
+ *   the agent could signal, and the sandbox has no `Deno.kill`; see agent/qemu.ts), use the
+ *   network, read `OTHERIX_*`
  *   env vars and a few system figures. No shell, no other files. (Deno refuses `/dev`,
  *   `/proc` and `/sys` to anything short of `--allow-all`, so accelerator detection probes
  *   through QEMU and `qemu-img`, which run outside the sandbox; see `agent/accel.ts`.)
@@ -33,6 +34,9 @@ export const AGENT_RUN_ALLOWLIST = [
   // Liveness and force-stop of a daemonized QEMU through its locked pidfile.
   "pgrep",
   "pkill",
+  // The root filesystem's size and free space: Deno's statfs would need read access to `/`
+  // (every file); see agent/sysinfo.ts.
+  "df",
 ] as const;
 
 /** System information the agent reads (heartbeat figures, accelerator detection). */

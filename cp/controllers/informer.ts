@@ -20,8 +20,11 @@ export interface InformerHandlers<T> {
   onDelete?(key: string, oldValue: T): void;
 }
 
-/** An index: the index values an object is filed under (e.g. a VM's node name). */
-export type Indexer<T> = (value: T) => string[];
+/**
+ * An index: the index values an object is filed under (e.g. a VM's node name), from its value
+ * and its store key.
+ */
+export type Indexer<T> = (value: T, key: string) => string[];
 
 /** Options of {@link Informer}. */
 export interface InformerOptions<T> {
@@ -169,12 +172,12 @@ export class Informer<T> {
   #reindex(key: string, oldValue: T | undefined, newValue: T | undefined): void {
     for (const [name, fn] of Object.entries(this.#o.indexers ?? {})) {
       const idx = this.#indexes.get(name)!;
-      for (const v of oldValue === undefined ? [] : fn(oldValue)) {
+      for (const v of oldValue === undefined ? [] : fn(oldValue, key)) {
         const set = idx.get(v);
         set?.delete(key);
         if (set?.size === 0) idx.delete(v);
       }
-      for (const v of newValue === undefined ? [] : fn(newValue)) {
+      for (const v of newValue === undefined ? [] : fn(newValue, key)) {
         let set = idx.get(v);
         if (!set) idx.set(v, set = new Set());
         set.add(key);

@@ -11,7 +11,8 @@
  *   restarted control plane gives every node a full threshold before judging it.
  * - orphan cleanup: a VM the node's agent reports but the cluster no longer has (deleted with
  *   `--force` while the node was away, or a crash between the agent's work and the record)
- *   gets a `vm.delete` task (reason `orphan cleanup`), once.
+ *   gets a `vm.delete` task (reason `orphan cleanup`), once; at most
+ *   {@link MAX_ORPHAN_CLEANUPS_IN_FLIGHT} per node at a time.
  *
  * @module
  */
@@ -22,10 +23,12 @@ import { rangeAll, updateKey } from "../store/store.ts";
 import { enqueueOps, findTask, newTask } from "../tasks/queue.ts";
 import { isTerminal } from "../../shared/api/tasks.ts";
 import { pressuredKinds } from "./pressure.ts";
+import { observedVmsOf } from "./observed.ts";
 
 /** Builds the node controller; the caller feeds it from the node informer and starts it. */
 export function nodeController(ctx: CpContext): Controller {
   const orphanTasks = new Map<string, string>(); // vm id → cleanup task id
+  const throttledOrphans = new Set<string>(); // nodes whose orphan cleanup is throttled (logged)
   const startedAt = ctx.now().getTime();
   const lastSeen = new Map<string, NodeRecord["status"]>(); // for the "node ready" log line
   const lastPressure = new Map<string, string[]>(); // for the pressure set/clear log lines
@@ -47,7 +50,7 @@ export function nodeController(ctx: CpContext): Controller {
         ctx.log.info("node ready", { node: name, from: prev });
       }
       logPressure(ctx, node, lastPressure);
-      if (node.status === "ready") await cleanOrphans(ctx, node, orphanTasks);
+      if (node.status === "ready") await cleanOrphans(ctx, node, orphanTasks, throttledOrphans);
       if ((node.status === "ready" || node.status === "unreachable") && node.last_heartbeat_at) {
         // Requeue for the moment the next transition is due: no periodic scan.
         const last = Math.max(Date.parse(node.last_heartbeat_at), floor);
@@ -154,29 +157,49 @@ function logPressure(ctx: CpContext, node: NodeRecord, last: Map<string, string[
   }
 }
 
+/**
+ * Most orphan cleanups in flight per node: a node reporting thousands of VMs the cluster does
+ * not know (say, a control plane restored from an old backup) gets them deleted a few at a
+ * time, not in one burst of tasks; an operator who notices has time to act.
+ */
+export const MAX_ORPHAN_CLEANUPS_IN_FLIGHT = 10;
+
 async function cleanOrphans(
   ctx: CpContext,
   node: NodeRecord,
   orphanTasks: Map<string, string>,
+  throttled: Set<string>,
 ): Promise<void> {
   const known = (id: string) => {
     const cache = ctx.cache?.vms;
     return cache ? cache.byIndex("id", id).length > 0 : null;
   };
-  const candidates = node.observed_vms.filter((o) => known(o.id) !== true);
-  if (candidates.length === 0) return;
-  // Rare: confirm against the store (the cache may lag a just-created VM).
-  const ids = new Set(
-    (await rangeAll<VmRecord>(ctx.store, keys.vms)).map((kv) => kv.value.id),
-  );
+  const candidates = [...(await observedVmsOf(ctx, node.name)).values()]
+    .filter((o) => known(o.id) !== true);
+  if (candidates.length === 0) return void throttled.delete(node.name);
+  let inFlight = 0;
+  const fresh = [];
   for (const o of candidates) {
-    if (ids.has(o.id)) continue;
     const prev = orphanTasks.get(o.id);
-    if (prev) {
-      const t = await findTask(ctx.store, prev);
-      if (t && !isTerminal(t.status)) continue;
-      if (t?.status === "succeeded") continue; // the next report drops it
-    }
+    const t = prev ? await findTask(ctx.store, prev) : null;
+    if (t && !isTerminal(t.status)) inFlight++;
+    else if (t?.status !== "succeeded") fresh.push(o); // succeeded: the next report drops it
+  }
+  const room = Math.max(0, MAX_ORPHAN_CLEANUPS_IN_FLIGHT - inFlight);
+  if (fresh.length > room && !throttled.has(node.name)) {
+    throttled.add(node.name);
+    ctx.log.warn("many orphan VMs on node; deleting them a few at a time", {
+      node: node.name,
+      orphans: fresh.length + inFlight,
+      in_flight_max: MAX_ORPHAN_CLEANUPS_IN_FLIGHT,
+    });
+  } else if (fresh.length <= room) throttled.delete(node.name);
+  let queued = 0;
+  for (const o of fresh) {
+    if (queued >= room) break;
+    // Confirm against the store: the cache may lag a just-created VM.
+    if ((await ctx.store.get<VmRecord>(keys.vm(o.name)))?.value.id === o.id) continue;
+    queued++;
     const task = newTask("vm.delete", { name: o.name, id: o.id }, ctx.now(), {
       reason: "orphan cleanup",
       params: { node: node.name },

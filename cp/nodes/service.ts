@@ -14,7 +14,12 @@
  *
  * @module
  */
-import type { BootstrapResponse, Node, ObservedPool } from "../../shared/api/nodes.ts";
+import {
+  type BootstrapResponse,
+  MAX_REPORTED_IMAGES,
+  type Node,
+  type ObservedPool,
+} from "../../shared/api/nodes.ts";
 import type {
   AgentTask,
   HeartbeatRequest,
@@ -27,6 +32,7 @@ import type { CpContext } from "../context.ts";
 import { peekJoinToken, redeemJoinToken } from "../join_tokens.ts";
 import { issueAgentCert } from "./certs.ts";
 import { nextPressure } from "./pressure.ts";
+import { forgetObservedVms, recordObservedVms } from "./observed.ts";
 import {
   type ClusterSettings,
   keys,
@@ -188,7 +194,6 @@ export async function bootstrapNode(
         agent_version: null,
         resources: null,
         pools_dir: null,
-        observed_vms: [],
         last_heartbeat_at: null,
         cert_fingerprint: issued.fingerprint,
         created_at: ts,
@@ -224,8 +229,10 @@ function heartbeatUpdate(
   cfg: CpContext["cfg"],
   ts: string,
 ): NodeRecord | undefined {
+  // Records written before observed VMs moved to their own keys carry the list: drop it.
+  const { observed_vms: _moved, ...rest } = cur as NodeRecord & { observed_vms?: unknown };
   const next: NodeRecord = {
-    ...cur,
+    ...rest,
     pressure: nextPressure(cur.pressure, hb.resources, cfg.placement.pressure, ts),
     status: "ready",
     architecture: hb.architecture,
@@ -234,7 +241,6 @@ function heartbeatUpdate(
     agent_version: hb.agent_version,
     resources: hb.resources,
     pools_dir: hb.pools_dir,
-    observed_vms: hb.vms,
     migration: hb.migration ?? null,
     last_heartbeat_at: ts,
     updated_at: ts,
@@ -250,7 +256,7 @@ function heartbeatUpdate(
         system_disk: { ...n.pressure.system_disk, available_percent: null },
       },
     });
-  return stable(cur) === stable(next) ? undefined : next;
+  return stable(cur) === stable(next) && !_moved ? undefined : next;
 }
 
 /** Readings that change on every heartbeat; alone they do not warrant a store write. */
@@ -294,6 +300,7 @@ export async function applyHeartbeat(
       return heartbeatUpdate(cur, hb, cfg, ts);
     });
   }
+  await recordObservedVms(ctx, certNode, hb.vms);
   await recordAgentTasks(ctx, hb.tasks);
   const current = await observePools(ctx, certNode, hb, await nodePools(ctx, certNode));
   return {
@@ -317,11 +324,8 @@ export async function applyReport(
 ): Promise<void> {
   checkSender(certNode, report.node_name, "report");
   // VMs first: a worker woken by a task transition must find the VMs as new as the task.
-  await updateKey<NodeRecord>(ctx.store, keys.node(certNode), (cur) => {
-    if (!cur) throw new ApiError("node_not_found", `node "${certNode}" is not registered`);
-    if (JSON.stringify(cur.observed_vms) === JSON.stringify(report.vms)) return undefined;
-    return { ...cur, observed_vms: report.vms, updated_at: ctx.now().toISOString() };
-  });
+  // (The node's existence and certificate pin were checked before the body was read.)
+  await recordObservedVms(ctx, certNode, report.vms);
   await recordAgentTasks(ctx, report.tasks);
 }
 
@@ -388,24 +392,33 @@ export async function seedClusterSettings(ctx: CpContext): Promise<void> {
   if (res.succeeded) ctx.log.info("cluster default pool set", { pool: name });
 }
 
-/** `cur` updated with what the agent observes of it (`seen`: absent = not reported). */
+/**
+ * `cur` updated with what the agent observes of it (`seen`: absent = not reported). The image
+ * list is capped at MAX_REPORTED_IMAGES here too (an agent that does not cap cannot push the
+ * record past the store's value limit).
+ */
 function observedPool(cur: PoolRecord, seen: ObservedPool | undefined): PoolRecord {
-  return seen
-    ? {
-      ...cur,
-      status: seen.status,
-      message: seen.message,
-      total_bytes: seen.total_bytes,
-      available_bytes: seen.available_bytes,
-      images: seen.images,
-    }
-    : { ...cur, status: cur.status === "ready" ? "pending" : cur.status };
+  if (!seen) return { ...cur, status: cur.status === "ready" ? "pending" : cur.status };
+  const total = Math.max(seen.images_total ?? 0, seen.images.length);
+  const { images_total: _old, ...rest } = cur;
+  return {
+    ...rest,
+    status: seen.status,
+    message: seen.message,
+    total_bytes: seen.total_bytes,
+    available_bytes: seen.available_bytes,
+    images: seen.images.length > MAX_REPORTED_IMAGES
+      ? [...seen.images].sort((a, b) => a.basename < b.basename ? -1 : 1)
+        .slice(0, MAX_REPORTED_IMAGES)
+      : seen.images,
+    ...(total > MAX_REPORTED_IMAGES ? { images_total: total } : {}),
+  };
 }
 
 function samePoolState(a: PoolRecord, b: PoolRecord): boolean {
   return a.status === b.status && a.message === b.message &&
     a.total_bytes === b.total_bytes && a.available_bytes === b.available_bytes &&
-    JSON.stringify(a.images) === JSON.stringify(b.images);
+    a.images_total === b.images_total && JSON.stringify(a.images) === JSON.stringify(b.images);
 }
 
 /**
@@ -438,6 +451,13 @@ async function observePools(
       return { ...next, updated_at: ctx.now().toISOString() };
     });
     if (stored) out.push(stored);
+    if (stored?.images_total !== undefined && kv.value.images_total === undefined) {
+      ctx.log.warn(
+        `pool caches more than ${MAX_REPORTED_IMAGES} images; only the first ` +
+          `${MAX_REPORTED_IMAGES} by name are recorded`,
+        { node: nodeName, pool: stored.name, images: stored.images_total },
+      );
+    }
     if (stored && from !== null && from !== stored.status) {
       ctx.log.info("pool status changed", {
         node: nodeName,
@@ -538,6 +558,7 @@ export async function deleteNode(ctx: CpContext, name: string, force: boolean): 
       ],
     });
     if (!res.succeeded) continue;
+    await forgetObservedVms(ctx, name);
     ctx.log.warn("node deleted", {
       node: name,
       forced: force,

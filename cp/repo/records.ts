@@ -14,6 +14,7 @@
  * | `/join-tokens/<sha256 hex of token>` | {@link JoinTokenRecord} |
  * | `/join-tokens-by-id/<id>` | `{token_hash}` (id index: listing and revoking) |
  * | `/nodes/<name>` | {@link NodeRecord} |
+ * | `/observed-vms/<node>/<vm id>` | ObservedVm: what the node's agent reports of the VM |
  * | `/pools/<pool name>/<node name>` | {@link PoolRecord} (one per instance) |
  * | `/vms/<name>` | {@link VmRecord} |
  * | `/tasks/<id>` | {@link TaskRecord} |
@@ -32,7 +33,6 @@ import type {
   NodeResources,
   NodeStatus,
 } from "../../shared/api/nodes.ts";
-import type { ObservedVm } from "../../shared/api/vm_runtime.ts";
 import type { Vm } from "../../shared/api/vms.ts";
 import type { Task } from "../../shared/api/tasks.ts";
 
@@ -50,6 +50,9 @@ export const keys = {
   joinToken: (hash: string) => `/join-tokens/${hash}`,
   nodes: "/nodes/",
   node: (name: string) => `/nodes/${name}`,
+  observedVms: "/observed-vms/",
+  observedVmsOf: (node: string) => `/observed-vms/${node}/`,
+  observedVm: (node: string, id: string) => `/observed-vms/${node}/${id}`,
   pools: "/pools/",
   poolsNamed: (name: string) => `/pools/${name}/`,
   pool: (name: string, node: string) => `/pools/${name}/${node}`,
@@ -127,8 +130,6 @@ export interface NodeRecord {
   resources: NodeResources | null;
   /** Where the agent keeps pools (from heartbeats). */
   pools_dir: string | null;
-  /** VMs the agent reported in its last heartbeat. */
-  observed_vms: ObservedVm[];
   /** Live-migration endpoint the agent advertises (absent/null: not reported). */
   migration?: { host: string; port_range: string } | null;
   /** Pressure conditions from heartbeats (cp/nodes/pressure.ts); absent before the first. */
@@ -157,6 +158,8 @@ export interface PoolRecord {
   total_bytes: number | null;
   available_bytes: number | null;
   images: CachedImage[];
+  /** Images cached in all, when `images` is capped (MAX_REPORTED_IMAGES); absent: not capped. */
+  images_total?: number;
   created_at: string;
   updated_at: string;
 }

@@ -35,6 +35,7 @@ export function newTask(
     reason: opts.reason ?? null,
     attempts: 0,
     progress: null,
+    progress_bytes: null,
     error: null,
     created_at: ts,
     updated_at: ts,
@@ -73,6 +74,7 @@ export function taskView(t: TaskRecord): Task {
     reason: t.reason,
     attempts: t.attempts,
     progress: t.progress,
+    progress_bytes: t.progress_bytes ?? null,
     error: t.error,
     created_at: t.created_at,
     updated_at: t.updated_at,
@@ -101,6 +103,7 @@ export function terminal(task: TaskRecord, error: ErrorInfo | null, now: Date): 
     status: error ? "failed" : "succeeded",
     error,
     progress: error ? task.progress : null,
+    progress_bytes: null,
     updated_at: ts,
     finished_at: ts,
   };

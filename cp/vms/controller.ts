@@ -28,6 +28,7 @@ import type { Op } from "../store/store.ts";
 import { isTerminal } from "../../shared/api/tasks.ts";
 import { lastTaskOf } from "./service.ts";
 import { statusOfPhase } from "./transitions.ts";
+import { observedVm } from "../nodes/observed.ts";
 
 /** Builds the VM controller; the caller feeds it from the informers and starts it. */
 export function vmController(ctx: CpContext): Controller {
@@ -77,7 +78,7 @@ export async function reconcileVm(ctx: CpContext, name: string): Promise<Reconci
     if (["running", "paused", "stopped"].includes(vm.status)) next.status = "unknown";
     return commit();
   }
-  const seen = node.observed_vms.find((o) => o.id === vm.id);
+  const seen = await observedVm(ctx, node.name, vm.id);
   if (!seen) {
     // Only after two heartbeats newer than the VM's last change left it out (a heartbeat
     // built before a create finished may arrive after it).

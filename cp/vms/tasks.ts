@@ -35,6 +35,7 @@ import type { ErrorInfo } from "../../shared/errors.ts";
 import { AgentError, type AgentTarget } from "../agent_client.ts";
 import { failpoint } from "../failpoints.ts";
 import { findNode } from "../nodes/service.ts";
+import { observedVm } from "../nodes/observed.ts";
 import { keys, type TaskRecord, type VmRecord } from "../repo/records.ts";
 import type { KeyValue } from "../store/store.ts";
 import { ClaimLostError, type TaskHandler, type TaskRuntime } from "../tasks/registry.ts";
@@ -403,8 +404,7 @@ async function finishProjected(
         if (type === "vm.create" || type === "vm.delete") next.status = "failed";
         else {
           // The verb failed: show what the agent last observed, not the busy status.
-          const node = await findNode(rt.ctx, vm.node);
-          const seen = node?.observed_vms.find((o) => o.id === vm.id);
+          const seen = await observedVm(rt.ctx, vm.node, vm.id);
           const busy = ["starting", "stopping"].includes(vm.status);
           next.status = (seen && statusOfPhase(seen.phase)) ?? (busy ? "unknown" : vm.status);
         }

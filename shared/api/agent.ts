@@ -37,7 +37,12 @@ import { ErrorInfoSchema } from "../errors.ts";
 import { ArchitectureSchema, ResourceNameSchema, TimestampSchema } from "./common.ts";
 import { ObservedVmSchema, VmPhaseSchema } from "./vm_runtime.ts";
 import { NodeResourcesSchema, NodeStatusSchema, ObservedPoolSchema } from "./nodes.ts";
-import { TaskStatusSchema, TaskTypeSchema, VmActionSchema } from "./tasks.ts";
+import {
+  ProgressBytesSchema,
+  TaskStatusSchema,
+  TaskTypeSchema,
+  VmActionSchema,
+} from "./tasks.ts";
 import { VmCreateRequestSchema } from "./vms.ts";
 import { STOP_TIMEOUT_LIMITS } from "../constants.ts";
 
@@ -100,6 +105,8 @@ export const AgentTaskSchema = z.object({
   error: ErrorInfoSchema.nullable(),
   /** Human-readable progress, e.g. `downloading image (12.5 MiB)`. */
   progress: z.string().nullable(),
+  /** Byte progress of the current step (an image download); null or absent: none. */
+  progress_bytes: ProgressBytesSchema.nullable().optional(),
   /** Set on success. */
   result: AgentTaskResultSchema.nullable(),
   /**

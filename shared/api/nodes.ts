@@ -215,6 +215,13 @@ export const CachedImageSchema = z.object({
 /** A cached image. */
 export type CachedImage = z.infer<typeof CachedImageSchema>;
 
+/**
+ * Most cached images of one pool a heartbeat lists (and the control plane stores): a pool
+ * caching more is reported with the first this many (by basename) and `images_total`, so a
+ * node's heartbeat and its pool records stay far below the store's value limit.
+ */
+export const MAX_REPORTED_IMAGES = 500;
+
 /** A pool instance as the agent observes it. */
 export const ObservedPoolSchema = z.object({
   name: z.string(),
@@ -225,6 +232,8 @@ export const ObservedPoolSchema = z.object({
   total_bytes: z.number().int().min(0),
   available_bytes: z.number().int().min(0),
   images: z.array(CachedImageSchema),
+  /** How many images the pool caches when `images` was capped at MAX_REPORTED_IMAGES. */
+  images_total: z.number().int().min(0).optional(),
 });
 /** An observed pool. */
 export type ObservedPool = z.infer<typeof ObservedPoolSchema>;

@@ -76,6 +76,14 @@ export const TaskResourceSchema = z.object({
 /** A task's resource. */
 export type TaskResource = z.infer<typeof TaskResourceSchema>;
 
+/** Byte progress of a step: bytes done and the total (null when the size is unknown). */
+export const ProgressBytesSchema = z.object({
+  done_bytes: z.number().int().min(0),
+  total_bytes: z.number().int().min(0).nullable(),
+});
+/** Byte progress. */
+export type ProgressBytes = z.infer<typeof ProgressBytesSchema>;
+
 /** A control-plane task as served by `GET /v1/tasks/{id}`. */
 export const TaskSchema = z.object({
   id: z.string().uuid(),
@@ -91,6 +99,8 @@ export const TaskSchema = z.object({
   attempts: z.number().int().min(0),
   /** Human-readable progress, e.g. `downloading image (12.5 MiB of 300.0 MiB)`. */
   progress: z.string().nullable(),
+  /** Byte progress of the current step (an image download), for progress bars; null: none. */
+  progress_bytes: ProgressBytesSchema.nullable().default(null),
   /** Set when `status` is `failed`. */
   error: ErrorInfoSchema.nullable(),
   created_at: TimestampSchema,

@@ -7,6 +7,7 @@ import { agentPaths } from "../../agent/config.ts";
 import { startHeartbeat } from "../../agent/heartbeat.ts";
 import { ImageCache } from "../../agent/images.ts";
 import { PoolManager } from "../../agent/pools.ts";
+import { parseDfOutput, SystemInfo, TEST_READINGS_ENV } from "../../agent/sysinfo.ts";
 import { VmManager } from "../../agent/vms.ts";
 import { startFakeCp } from "./fake_cp.ts";
 import { memoryLogger, tempRoot } from "./helpers.ts";
@@ -72,7 +73,7 @@ Deno.test("heartbeat: survives a control plane outage and resumes by itself", as
     endpoint: "https://127.0.0.1:9443",
     accelerator: "tcg",
     poolsDir: paths.poolsDir,
-    stateDir: paths.stateDir,
+    system: new SystemInfo(paths.stateDir, log),
     pools: new PoolManager(paths.poolsDir, `${paths.stateDir}/desired-pools.json`, log),
     vms: new VmManager({
       paths,
@@ -108,4 +109,40 @@ Deno.test("heartbeat: survives a control plane outage and resumes by itself", as
     await cp.close();
     await t.cleanup();
   }
+});
+
+Deno.test("system info: readings for heartbeats", async (t) => {
+  await t.step("df output parses into bytes; anything else is an error", () => {
+    assertEquals(
+      parseDfOutput("     1B-blocks        Avail\n270553174016 120000000000\n"),
+      { total_bytes: 270553174016, available_bytes: 120000000000 },
+    );
+    let threw = false;
+    try {
+      parseDfOutput("df: /: No such file or directory\n");
+    } catch {
+      threw = true;
+    }
+    assert(threw, "garbage is refused");
+  });
+
+  await t.step("the test hook replaces the named readings, and says so once", async () => {
+    const dir = await Deno.makeTempDir({ prefix: "otx-sysinfo-" });
+    try {
+      const file = `${dir}/readings.json`;
+      const { log, lines } = memoryLogger();
+      const info = new SystemInfo(dir, log, (n) => n === TEST_READINGS_ENV ? file : undefined);
+      const real = await info.read();
+      assert(real.memory_total_mib > 0 && real.system_disk_total_bytes > 0, "real figures");
+      await Deno.writeTextFile(file, JSON.stringify({ memory_available_mib: 7 }));
+      const low = await info.read();
+      assertEquals(low.memory_available_mib, 7);
+      assertEquals(low.memory_total_mib, real.memory_total_mib, "others untouched");
+      await Deno.writeTextFile(file, JSON.stringify({ memory_available_mib: -1 }));
+      assert((await info.read()).memory_available_mib >= 0, "an invalid file is ignored");
+      assertEquals(lines.filter((l) => l.includes("readings come from a test file")).length, 1);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
 });

@@ -10,6 +10,8 @@ import { statfsSync } from "node:fs";
 import { describeDecision, detectAccelerator, realHostProbe } from "../../agent/accel.ts";
 import { filesystemSpace } from "../../agent/images.ts";
 import { trimSerialLog } from "../../agent/serial_log.ts";
+import { SystemInfo } from "../../agent/sysinfo.ts";
+import { createLogger } from "../../shared/log.ts";
 import { killQemu, launchQemu, lockedPid } from "../../agent/qemu.ts";
 
 const [stateRoot, configRoot, outsideFile] = Deno.args;
@@ -80,6 +82,9 @@ await probe("sys figures", () => {
   Deno.systemMemoryInfo();
 });
 await probe("statfs state", () => statfsSync(stateRoot));
+results["system disk"] = JSON.stringify(
+  await new SystemInfo(stateRoot, createLogger("probe", "error")).systemDisk(),
+);
 await probe("statfs /", () => statfsSync("/"));
 await probe("pool free space", async () => {
   await Deno.mkdir(`${stateRoot}/pools/default/images`, { recursive: true });

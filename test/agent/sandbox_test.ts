@@ -1,6 +1,7 @@
 import { assert, assertEquals, assertMatch } from "../assert.ts";
 import { waitGone } from "./helpers.ts";
 import { permissionFlags } from "../../scripts/permissions.ts";
+import { statfsSync } from "node:fs";
 
 Deno.test("sandbox: the agent's exact permission flags confine it to its roots", async () => {
   const base = await Deno.makeTempDir({ prefix: "otx-sandbox-" });
@@ -52,11 +53,18 @@ Deno.test("sandbox: the agent's exact permission flags confine it to its roots",
     assert(qemuPid > 0);
     await waitGone(qemuPid, 5000);
     // Deno grants /sys and /dev only with --allow-all, which the agent never has: accelerator
-    // detection goes through qemu-img / a QEMU smoke test, system-disk figures through the
-    // state dir.
+    // detection goes through qemu-img / a QEMU smoke test. statfs("/") needs read access to
+    // all of `/`: the root filesystem's figures come from `df` instead, and are statfs("/")'s.
     assertMatch(r["stat /sys/module"], denied);
     assertMatch(r["open /dev/kvm rw"], denied);
     assertMatch(r["statfs /"], denied);
+    const disk = JSON.parse(r["system disk"]);
+    const root = statfsSync("/");
+    assertEquals(disk.total_bytes, root.blocks * root.bsize, "the size of /, not of the state dir");
+    assert(
+      Math.abs(disk.available_bytes - root.bavail * root.bsize) < 256 * 1024 ** 2,
+      `free bytes of / (${disk.available_bytes} vs ${root.bavail * root.bsize})`,
+    );
     assertEquals(r["accelerator detection"], "ok");
     const exists = (p: string) => Deno.stat(p).then(() => true, () => false);
     if (!(await exists("/dev/kvm"))) {

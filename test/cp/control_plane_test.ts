@@ -12,38 +12,7 @@ import { openKvStore } from "../../cp/store/kv.ts";
 import type { Task } from "../../shared/api/tasks.ts";
 import { createCa, issueServerCert, splitSans } from "../../shared/pki.ts";
 import { createTlsClient } from "../../shared/tls.ts";
-import { FakeAgent, LogCapture, startTestCp, until } from "./fixtures.ts";
-
-interface Api {
-  (
-    method: string,
-    path: string,
-    body?: unknown,
-  ): Promise<{ status: number; json: any; text: string }>;
-}
-
-async function apiFor(cp: ControlPlane): Promise<Api> {
-  const base = `http://127.0.0.1:${cp.publicPort}`;
-  const login = await fetch(`${base}/v1/auth/login`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ email: "admin@example.com", password: "admin-password" }),
-  });
-  const { access_token } = await login.json();
-  return async (method, path, body) => {
-    const res = await fetch(base + path, {
-      method,
-      headers: { authorization: `Bearer ${access_token}`, "content-type": "application/json" },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const text = await res.text();
-    let json: any = null;
-    try {
-      json = JSON.parse(text);
-    } catch { /* text */ }
-    return { status: res.status, json, text };
-  };
-}
+import { type Api, apiFor, FakeAgent, LogCapture, startTestCp, until } from "./fixtures.ts";
 
 const VM = (name: string, over: Record<string, unknown> = {}) => ({
   name,

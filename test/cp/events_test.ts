@@ -75,6 +75,7 @@ function taskRecord(over: Partial<TaskRecord> = {}): TaskRecord {
     reason: null,
     attempts: 0,
     progress: null,
+    progress_bytes: null,
     error: null,
     created_at: TS,
     updated_at: TS,

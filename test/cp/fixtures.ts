@@ -1,3 +1,4 @@
+// deno-lint-ignore-file no-explicit-any -- JSON responses are inspected dynamically
 /**
  * In-process fixtures for control-plane tests: a control plane on a temp data dir and a
  * scripted agent — a real mTLS server speaking the agent protocol of `shared/api/agent.ts`
@@ -45,18 +46,22 @@ export class LogCapture {
   }
 }
 
-/** Starts a control plane on `dataDir` with test-friendly timings (`serverYaml`: extra
- * indented keys of the `server:` section). */
+/**
+ * Starts a control plane on `dataDir` with test-friendly timings (`serverYaml`: extra
+ * indented keys of the `server:` section; `staleThresholdSeconds`: `nodes.
+ * stale_threshold_seconds`, default 2).
+ */
 export async function startTestCp(
   dataDir: string,
   capture: LogCapture,
   serverYaml = "",
+  staleThresholdSeconds = 2,
 ): Promise<ControlPlane> {
   const cfg = parseApiConfig(
     `server:\n  listen: 127.0.0.1:0\n  agent_listen: 127.0.0.1:0\n${serverYaml}` +
       `store:\n  data_dir: ${dataDir}\n` +
       `storage_pools:\n  allowed_path_prefixes: [${dataDir}/agent-pools/]\n` +
-      `nodes:\n  heartbeat_interval_seconds: 1\n  stale_threshold_seconds: 2\n` +
+      `nodes:\n  heartbeat_interval_seconds: 1\n  stale_threshold_seconds: ${staleThresholdSeconds}\n` +
       `workers:\n  poll_interval_ms: 50\n  agent_unreachable_timeout_seconds: 1\n`,
   );
   return await startControlPlane(cfg, capture.logger(), {
@@ -67,6 +72,39 @@ export async function startTestCp(
       })[n],
     host: { hostname: "localhost", addresses: [] },
   });
+}
+
+/** A logged-in admin client of the public API: status, parsed JSON (or null) and text. */
+export interface Api {
+  (
+    method: string,
+    path: string,
+    body?: unknown,
+  ): Promise<{ status: number; json: any; text: string }>;
+}
+
+/** Logs in as the bootstrap admin of a {@link startTestCp} control plane. */
+export async function apiFor(cp: ControlPlane): Promise<Api> {
+  const base = `http://127.0.0.1:${cp.publicPort}`;
+  const login = await fetch(`${base}/v1/auth/login`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ email: "admin@example.com", password: "admin-password" }),
+  });
+  const { access_token } = await login.json();
+  return async (method, path, body) => {
+    const res = await fetch(base + path, {
+      method,
+      headers: { authorization: `Bearer ${access_token}`, "content-type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    let json: any = null;
+    try {
+      json = JSON.parse(text);
+    } catch { /* text */ }
+    return { status: res.status, json, text };
+  };
 }
 
 /** How the scripted agent handles a VM's create. */

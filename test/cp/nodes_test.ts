@@ -348,7 +348,13 @@ Deno.test("node monitor: VMs of an unreachable node become unknown until a heart
     await ctx.store.put(keys.node("node-b"), {
       ...(await ctx.store.get<NodeRecord>(keys.node("node-b")))!.value,
       last_heartbeat_at: new Date(later).toISOString(),
-      observed_vms: [{ id: b1.id, name: "b1", phase: "running", pid: 1, exit: null }],
+    });
+    await ctx.store.put(keys.observedVm("node-b", b1.id), {
+      id: b1.id,
+      name: "b1",
+      phase: "running",
+      pid: 1,
+      exit: null,
     });
     ctx.now = () => new Date(later);
     assertEquals(await flipped(ctx, "node-a"), true);
@@ -446,7 +452,6 @@ Deno.test("pressure: set after N low heartbeats, cleared by the first healthy on
       agent_version: "t",
       resources: r(10, 500),
       pools_dir: "/p",
-      observed_vms: [],
       pressure: {
         memory: { under_pressure: true, consecutive: 3, since: ts, available_percent: 1 },
         system_disk: { under_pressure: false, consecutive: 0, since: null, available_percent: 50 },

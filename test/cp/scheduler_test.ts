@@ -17,7 +17,6 @@ function node(name: string, over: Partial<NodeRecord> = {}): NodeRecord {
     agent_version: "test",
     resources: null,
     pools_dir: "/var/lib/otherix/pools",
-    observed_vms: [],
     last_heartbeat_at: TS,
     created_at: TS,
     updated_at: TS,

@@ -55,6 +55,7 @@ Deno.test({
     };
     const node = async (name: string) => JSON.parse(await ok("node", "get", name, "-o", "json"));
     const agents = new Map<string, AgentHandle>();
+    const readings = (name: string) => join(root, "a", name, "run/otherix/readings.json");
     const tokens = new Map<string, { token: string; ca_fingerprint: string }>();
     const start = async (name: string) => {
       if (!tokens.has(name)) {
@@ -70,6 +71,8 @@ Deno.test({
         nodeName: name,
         token: agents.has(name) ? undefined : tokens.get(name)!.token,
         port: agents.get(name)?.port,
+        // The agent's readings test hook (agent/sysinfo.ts): absent file, real readings.
+        env: { OTHERIX_TEST_READINGS: readings(name) },
       });
       agents.set(name, a);
       await a.proc.waitForOutput((o) => o.includes("heartbeat: ok"), 60_000);
@@ -189,6 +192,60 @@ Deno.test({
           "--wait",
         );
       });
+
+      await t.step(
+        "pressure from a real agent's readings: set after 3 low heartbeats, cleared by one",
+        async () => {
+          const pressured = async () => {
+            const p = (await node("node-b")).pressure;
+            return [p.memory.under_pressure, p.system_disk.under_pressure];
+          };
+          assertEquals(await pressured(), [false, false]);
+          await Deno.writeTextFile(
+            readings("node-b"),
+            JSON.stringify({ memory_available_mib: 1, system_disk_available_bytes: 1 }),
+          );
+          await waitFor(
+            "node-b under pressure",
+            async () => (await pressured()).join() === "true,true",
+            30_000,
+            200,
+          );
+          assertMatch(await ok("node", "list"), /^node-b\s+amd64\s+under_pressure\s+no\s+/m);
+          assertStringIncludes(
+            api.proc.output,
+            '"msg":"node under memory pressure","node":"node-b","condition":"memory"',
+          );
+          assertStringIncludes(
+            api.proc.output,
+            '"msg":"node under system disk pressure","node":"node-b","condition":"system_disk"',
+          );
+          const refused = await cli(
+            "vm",
+            "create",
+            "squeezed",
+            "--image-url",
+            `http://127.0.0.1:${img.addr.port}/i.img`,
+            "--node",
+            "node-b",
+          );
+          assertEquals(refused.code, 1);
+          assertStringIncludes(refused.stderr, "api_error: no_eligible_nodes");
+          assertStringIncludes(refused.stderr, "node is under memory pressure");
+          await Deno.remove(readings("node-b"));
+          await waitFor(
+            "node-b pressure cleared",
+            async () => (await pressured()).join() === "false,false",
+            30_000,
+            200,
+          );
+          assertStringIncludes(
+            api.proc.output,
+            '"msg":"node memory pressure cleared","node":"node-b"',
+          );
+          assertMatch(await ok("node", "list"), /^node-b\s+amd64\s+ready\s+no\s+/m);
+        },
+      );
 
       await t.step(
         "node delete: refused while VMs live there; --force marks them lost",
