@@ -85,8 +85,11 @@ export class SystemInfo {
     } catch (e) {
       if (!this.#warnedDisk) {
         this.#warnedDisk = true;
-        this.#log.warn("system disk: cannot read / with df; reporting the state directory's " +
-          "filesystem", { state_dir: this.#stateDir, err: errorMessage(e) });
+        this.#log.warn(
+          "system disk: cannot read / with df; reporting the state directory's " +
+            "filesystem",
+          { state_dir: this.#stateDir, err: errorMessage(e) },
+        );
       }
       try {
         return fsFigures(this.#stateDir);

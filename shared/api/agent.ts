@@ -37,12 +37,7 @@ import { ErrorInfoSchema } from "../errors.ts";
 import { ArchitectureSchema, ResourceNameSchema, TimestampSchema } from "./common.ts";
 import { ObservedVmSchema, VmPhaseSchema } from "./vm_runtime.ts";
 import { NodeResourcesSchema, NodeStatusSchema, ObservedPoolSchema } from "./nodes.ts";
-import {
-  ProgressBytesSchema,
-  TaskStatusSchema,
-  TaskTypeSchema,
-  VmActionSchema,
-} from "./tasks.ts";
+import { ProgressBytesSchema, TaskStatusSchema, TaskTypeSchema, VmActionSchema } from "./tasks.ts";
 import { VmCreateRequestSchema } from "./vms.ts";
 import { STOP_TIMEOUT_LIMITS } from "../constants.ts";
 

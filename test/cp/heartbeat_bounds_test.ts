@@ -128,8 +128,9 @@ Deno.test("heartbeat of a node with 10,000 VMs and 10,000 cached images", async 
       );
       await until(
         "observed VMs forgotten",
-        async () => (await store.range(keys.observedVmsOf("big-node"), { limit: 1 })).kvs
-          .length === 0,
+        async () =>
+          (await store.range(keys.observedVmsOf("big-node"), { limit: 1 })).kvs
+            .length === 0,
       );
     });
   } finally {
