@@ -42,6 +42,8 @@ const { values } = parseArgs({
     fanin: { type: "string", default: "500,2000" },
     /** `vm` (VM phases only) or `fanin` (heartbeat fan-in only); default both. */
     only: { type: "string", default: "" },
+    /** Write a CPU profile of the control plane per fan-in size into this dir (and summarize). */
+    profile: { type: "string", default: "" },
   },
 });
 const N = Math.max(1, Number(values.n));
@@ -320,7 +322,7 @@ if (values.only !== "vm" && values.fanin) {
     "agents  cp_cpu_%_of_one_core  p50_ms  p99_ms  heartbeats/s  store_writes/s  failures",
   );
   for (const n of values.fanin.split(",").map(Number).filter((x) => x > 0)) {
-    const r = await fanIn(n);
+    const r = await fanIn(n, 15, 45, values.profile || undefined);
     console.log(
       `${String(r.agents).padStart(6)}  ${r.cpuPercent.toFixed(1).padStart(20)}  ` +
         `${r.p50Ms.toFixed(1).padStart(6)}  ${r.p99Ms.toFixed(1).padStart(6)}  ` +

@@ -15,7 +15,8 @@ import { join } from "node:path";
 import { openKvStore } from "../cp/store/kv.ts";
 import { createCsr, splitSans } from "../shared/pki.ts";
 import { createTlsClient } from "../shared/tls.ts";
-import { startApi, tempRoot, TEST_ADMIN } from "../test/harness.ts";
+import { freePort, startApi, tempRoot, TEST_ADMIN } from "../test/harness.ts";
+import { CpuProfiler, summarize } from "./cpu_profile.ts";
 
 /** One fan-in measurement. */
 export interface FanInResult {
@@ -41,11 +42,23 @@ async function cpuSeconds(pid: number): Promise<number> {
   return (Number(f[11]) + Number(f[12])) / 100;
 }
 
-/** Runs one fan-in measurement with `agents` simulated agents. */
-export async function fanIn(agents: number, intervalS = 15, windowS = 45): Promise<FanInResult> {
+/**
+ * Runs one fan-in measurement with `agents` simulated agents. With `profileDir`, the control
+ * plane runs under the V8 inspector and a CPU profile of the measurement window is written to
+ * `<profileDir>/fanin-<agents>.cpuprofile`, its top functions printed (the inspector itself
+ * adds some CPU: compare figures from runs without it).
+ */
+export async function fanIn(
+  agents: number,
+  intervalS = 15,
+  windowS = 45,
+  profileDir?: string,
+): Promise<FanInResult> {
   const root = await tempRoot("otx-fanin");
+  const inspect = profileDir ? `127.0.0.1:${freePort()}` : null;
   const api = await startApi({
     root,
+    denoFlags: inspect ? [`--inspect=${inspect}`] : [],
     config: {
       nodes: {
         heartbeat_interval_seconds: intervalS,
@@ -158,11 +171,21 @@ export async function fanIn(agents: number, intervalS = 15, windowS = 45): Promi
     await new Promise((r) => setTimeout(r, 2 * intervalS * 1000 + 2000));
     const store = await openKvStore(join(api.dataDir, "store.kv"));
     const rev0 = Number(await store.currentRevision());
+    const profiler = inspect ? await CpuProfiler.connect(inspect) : null;
+    await profiler?.start();
     const cpu0 = await cpuSeconds(api.proc.pid);
     measuring = true;
     await new Promise((r) => setTimeout(r, windowS * 1000));
     measuring = false;
     const cpu1 = await cpuSeconds(api.proc.pid);
+    if (profiler) {
+      const profile = await profiler.stop();
+      profiler.close();
+      await Deno.mkdir(profileDir!, { recursive: true });
+      const file = join(profileDir!, `fanin-${agents}.cpuprofile`);
+      await Deno.writeTextFile(file, JSON.stringify(profile));
+      console.log(`CPU profile: ${file}\n${summarize(profile, 25)}`);
+    }
     const rev1 = Number(await store.currentRevision());
     await store.close();
     stop = true;

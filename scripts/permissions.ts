@@ -134,11 +134,18 @@ export const REPO_ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, 
 
 /**
  * The full `deno run` argv (without the leading `deno`) to run `binary` from source under
- * its sandbox, followed by `args`.
+ * its sandbox, followed by `args`; `denoFlags` go first (e.g. `--inspect=127.0.0.1:9229` to
+ * profile it, scripts/cpu_profile.ts).
  */
-export function denoRunArgs(binary: Binary, roots: SandboxRoots, args: string[]): string[] {
+export function denoRunArgs(
+  binary: Binary,
+  roots: SandboxRoots,
+  args: string[],
+  denoFlags: string[] = [],
+): string[] {
   return [
     "run",
+    ...denoFlags,
     ...permissionFlags(binary, roots),
     `${REPO_ROOT}/${ENTRY_POINTS[binary]}`,
     ...args,

@@ -9,6 +9,7 @@
  */
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
+import { createHash } from "node:crypto";
 import { ApiError } from "./errors.ts";
 
 x509.cryptoProvider.set(crypto);
@@ -313,10 +314,12 @@ export function csrCommonName(csrPem: string): string | null {
   }
 }
 
-/** `sha256:<hex>` of DER bytes (a TLS peer certificate's `raw`); see {@link certFingerprint}. */
-export async function derFingerprint(der: Uint8Array): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", new Uint8Array(der));
-  return "sha256:" + toHex(new Uint8Array(digest));
+/**
+ * `sha256:<hex>` of DER bytes (a TLS peer certificate's `raw`), synchronously (node:crypto:
+ * the agent port computes it on every request); see {@link certFingerprint}.
+ */
+export function derFingerprintSync(der: Uint8Array): string {
+  return "sha256:" + createHash("sha256").update(der).digest("hex");
 }
 
 /** True when `certPem` was signed by the CA certificate `caPem`. */

@@ -151,6 +151,8 @@ export interface StartApiOptions {
   env?: Record<string, string>;
   publicPort?: number;
   agentPort?: number;
+  /** Extra `deno run` flags, e.g. `--inspect=127.0.0.1:9229` to profile it. */
+  denoFlags?: string[];
 }
 
 /** Default admin used by tests. */
@@ -178,7 +180,7 @@ export async function startApi(opts: StartApiOptions): Promise<ApiHandle> {
   const proc = new Proc(
     "api",
     new Deno.Command(Deno.execPath(), {
-      args: denoRunArgs("otherix-api", roots, ["--config", configFile]),
+      args: denoRunArgs("otherix-api", roots, ["--config", configFile], opts.denoFlags),
       cwd: REPO_ROOT,
       env: {
         OTHERIX_BOOTSTRAP_ADMIN_EMAIL: opts.adminEmail ?? TEST_ADMIN.email,

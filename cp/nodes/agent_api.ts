@@ -34,8 +34,8 @@ import { HeartbeatRequestSchema, NodeReportSchema } from "../../shared/api/agent
 import { ApiError } from "../../shared/errors.ts";
 import { errorHandler, notFoundHandler, requestLogger } from "../../shared/http.ts";
 import { validate } from "../routes/validate.ts";
-import { derFingerprint } from "../../shared/pki.ts";
-import { peerOf, type TlsEnv } from "../../shared/tls.ts";
+import { derFingerprintSync } from "../../shared/pki.ts";
+import type { TlsEnv } from "../../shared/tls.ts";
 import type { CpContext } from "../context.ts";
 import { authenticateNodeCert, renewNodeCert } from "./certs.ts";
 import { applyHeartbeat, applyReport, bootstrapNode } from "./service.ts";
@@ -47,7 +47,7 @@ import { bodyLimit } from "../routes/body_limit.ts";
  */
 export const AGENT_BODY_LIMIT = 8 * 1024 * 1024;
 
-type Incoming = Parameters<typeof peerOf>[0];
+type Incoming = TlsEnv["Bindings"]["incoming"] | undefined;
 
 /** A verified agent client certificate: its node (CN) and `sha256:<hex>` of its DER. */
 interface AgentCert {
@@ -55,16 +55,34 @@ interface AgentCert {
   fingerprint: string;
 }
 
-/** The DER of the request's TLS client certificate (null when none). */
-function peerDer(incoming: Incoming): Uint8Array | null {
+/** Hono env of the agent port: the verified agent certificate of requests that need one. */
+type AgentEnv = TlsEnv & { Variables: { agent: AgentCert } };
+
+/**
+ * The request's verified agent certificate (one `getPeerCertificate` call: it decodes the
+ * certificate every time).
+ *
+ * @throws ApiError unauthenticated (no certificate, not from the cluster CA, not a node's)
+ */
+function agentCert(incoming: Incoming, what: string): AgentCert {
   const socket = incoming?.socket as TLSSocket | undefined;
-  const raw = socket?.getPeerCertificate?.()?.raw as Uint8Array | undefined;
-  return raw && raw.length > 0 ? raw : null;
+  const cert = socket?.authorized ? socket.getPeerCertificate?.() : undefined;
+  const subject = (cert?.subject ?? {}) as unknown as Record<string, string | string[]>;
+  const first = (v: string | string[] | undefined) => (Array.isArray(v) ? v[0] : v) ?? null;
+  const raw = cert?.raw as Uint8Array | undefined;
+  const cn = first(subject.CN);
+  if (!cert || first(subject.O) !== AGENT_CERT_ORG || !cn || !raw || raw.length === 0) {
+    throw new ApiError(
+      "unauthenticated",
+      `${what} require a node client certificate issued by the cluster CA`,
+    );
+  }
+  return { node: cn, fingerprint: derFingerprintSync(raw) };
 }
 
 /** Builds the agent-facing app. */
-export function agentApiApp(ctx: CpContext): Hono<TlsEnv> {
-  const app = new Hono<TlsEnv>();
+export function agentApiApp(ctx: CpContext): Hono<AgentEnv> {
+  const app = new Hono<AgentEnv>();
   app.onError(errorHandler(ctx.log));
   app.notFound(notFoundHandler);
   app.use("*", requestLogger(ctx.log));
@@ -82,37 +100,12 @@ export function agentApiApp(ctx: CpContext): Hono<TlsEnv> {
     return c.json(await bootstrapNode(ctx, body.token, body.csr_pem));
   });
 
-  /**
-   * The node of a request's verified agent certificate, and that certificate's fingerprint.
-   * @throws ApiError unauthenticated
-   */
-  const agentCert = async (incoming: Incoming, what: string): Promise<AgentCert> => {
-    const peer = peerOf(incoming);
-    const raw = peer.authorized ? peerDer(incoming) : null;
-    if (
-      !peer.authorized || peer.organization !== AGENT_CERT_ORG || !peer.commonName || !raw
-    ) {
-      throw new ApiError(
-        "unauthenticated",
-        `${what} require a node client certificate issued by the cluster CA`,
-      );
-    }
-    return { node: peer.commonName, fingerprint: await derFingerprint(raw) };
-  };
-
-  /**
-   * The node of a request whose certificate is the node's pinned one.
-   * @throws ApiError unauthenticated, node_not_found
-   */
-  const agentNode = async (incoming: Incoming, what: string): Promise<AgentCert> => {
-    const cert = await agentCert(incoming, what);
+  // The certificate (and its pin) is checked before the body is read or validated; handlers
+  // read it from `c.get("agent")`.
+  const requireAgent = (what: string): MiddlewareHandler<AgentEnv> => async (c, next) => {
+    const cert = agentCert(c.env?.incoming, what);
     await authenticateNodeCert(ctx, cert.node, cert.fingerprint);
-    return cert;
-  };
-
-  // The certificate (and its pin) is checked before the body is read or validated.
-  const requireAgent = (what: string): MiddlewareHandler<TlsEnv> => async (c, next) => {
-    await agentNode(c.env?.incoming, what);
+    c.set("agent", cert);
     await next();
   };
 
@@ -121,7 +114,7 @@ export function agentApiApp(ctx: CpContext): Hono<TlsEnv> {
     requireAgent("heartbeats"),
     validate("json", HeartbeatRequestSchema),
     async (c) => {
-      const { node } = await agentCert(c.env?.incoming, "heartbeats");
+      const { node } = c.get("agent");
       const body = c.req.valid("json");
       return c.json(await applyHeartbeat(ctx, node, body));
     },
@@ -132,7 +125,7 @@ export function agentApiApp(ctx: CpContext): Hono<TlsEnv> {
     requireAgent("reports"),
     validate("json", NodeReportSchema),
     async (c) => {
-      const { node } = await agentCert(c.env?.incoming, "reports");
+      const { node } = c.get("agent");
       const body = c.req.valid("json");
       await applyReport(ctx, node, body);
       return c.body(null, 204);
@@ -144,7 +137,7 @@ export function agentApiApp(ctx: CpContext): Hono<TlsEnv> {
     requireAgent("certificate renewals"),
     validate("json", RenewRequestSchema),
     async (c) => {
-      const { node, fingerprint } = await agentCert(c.env?.incoming, "certificate renewals");
+      const { node, fingerprint } = c.get("agent");
       const body = c.req.valid("json");
       return c.json(await renewNodeCert(ctx, node, fingerprint, body.csr_pem));
     },

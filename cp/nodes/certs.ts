@@ -104,6 +104,11 @@ export async function authenticateNodeCert(
   name: string,
   presented: string | null,
 ): Promise<void> {
+  // The informer cache answers the common case (the pinned certificate of an existing node);
+  // anything else is decided on the store's current record (a just-renewed certificate the
+  // cache has not seen yet is accepted, a refusal is never based on a stale cache).
+  const cached = ctx.cache?.nodes.get(keys.node(name));
+  if (cached && cached.cert_fingerprint && cached.cert_fingerprint === presented) return;
   const rec = (await ctx.store.get<NodeRecord>(keys.node(name)))?.value ?? null;
   checkPin(rec, name, presented);
 }

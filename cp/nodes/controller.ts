@@ -19,7 +19,7 @@
 import type { CpContext } from "../context.ts";
 import { Controller } from "../controllers/controller.ts";
 import { keys, type NodeRecord, type VmRecord } from "../repo/records.ts";
-import { rangeAll, updateKey } from "../store/store.ts";
+import { updateKey } from "../store/store.ts";
 import { enqueueOps, findTask, newTask } from "../tasks/queue.ts";
 import { isTerminal } from "../../shared/api/tasks.ts";
 import { pressuredKinds } from "./pressure.ts";
