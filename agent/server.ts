@@ -9,6 +9,8 @@
  * - `GET /v1/tasks/{id}` → task, or 404 `task_not_found`
  * - `GET /v1/vms` → `{items: ObservedVm[]}`
  * - `PUT /v1/pools` → 204: applies the desired pools at once (as a heartbeat answer would)
+ * - `POST /v1/pools/scan` → 200 AgentPoolScan (shared/api/pools.ts): one desired pool's
+ *   figures, cached images and VM disks (agent/pools.ts `scan`)
  * - `GET /v1/vms/{id}/console-log?tail_bytes=N` → `text/plain`
  * - `GET /v1/vms/{id}/console` → WebSocket (agent/console.ts, through the server's
  *   `onUpgrade`)
@@ -33,6 +35,7 @@ import {
   AgentVmDeleteQuerySchema,
 } from "../shared/api/agent.ts";
 import { ConsoleLogQuerySchema } from "../shared/api/vms.ts";
+import { AgentPoolScanRequestSchema } from "../shared/api/pools.ts";
 import { CP_CERT_ORG } from "../shared/constants.ts";
 import { ApiError, parseOrThrow } from "../shared/errors.ts";
 import { errorHandler, jsonBody, notFoundHandler, queryOf, requestLogger } from "../shared/http.ts";
@@ -99,6 +102,15 @@ export function createAgentApp(deps: AgentAppDeps): Hono<TlsEnv> {
       deps.onPoolsChanged?.();
     }
     return c.body(null, 204);
+  });
+
+  app.post("/v1/pools/scan", async (c) => {
+    const req = await jsonBody(c, AgentPoolScanRequestSchema);
+    const vms = deps.vms.list().map((v) => {
+      const f = deps.vms.files(v.id);
+      return { id: v.id, vmJson: f.vmJson, disk: f.disk };
+    });
+    return c.json(await deps.pools.scan(req, vms));
   });
 
   app.delete("/v1/vms/:id", (c) => {

@@ -5,6 +5,7 @@
  * @module
  */
 import { Command, CommanderError } from "commander";
+import { registerClusterCommands } from "./commands/cluster.ts";
 import { registerConfigCommands } from "./commands/config.ts";
 import { registerNodeCommands } from "./commands/node.ts";
 import { registerPoolCommands } from "./commands/pool.ts";
@@ -26,6 +27,7 @@ export function buildProgram(io: Io): Command {
   registerNodeCommands(program, io);
   registerVmCommands(program, io);
   registerPoolCommands(program, io);
+  registerClusterCommands(program, io);
   return program;
 }
 

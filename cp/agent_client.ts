@@ -18,6 +18,11 @@ import {
   type AgentVmCreateRequest,
   type DesiredPool,
 } from "../shared/api/agent.ts";
+import {
+  type AgentPoolScan,
+  type AgentPoolScanRequest,
+  AgentPoolScanSchema,
+} from "../shared/api/pools.ts";
 import { z } from "zod";
 import { ErrorEnvelopeSchema, type ErrorInfo } from "../shared/errors.ts";
 import { AGENT_CERT_ORG } from "../shared/constants.ts";
@@ -81,6 +86,15 @@ export interface AgentClient {
   ): Promise<AgentTask>;
   /** `PUT /v1/pools`: the node's complete desired pool set. @throws AgentError */
   putPools(agent: AgentTarget, pools: DesiredPool[], signal?: AbortSignal): Promise<void>;
+  /**
+   * `POST /v1/pools/scan` → what the agent finds in the pool (shared/api/pools.ts).
+   * @throws AgentError (`pool_not_found`, `path_not_allowed`, `pool_scan_failed` verbatim)
+   */
+  scanPool(
+    agent: AgentTarget,
+    req: AgentPoolScanRequest,
+    signal?: AbortSignal,
+  ): Promise<AgentPoolScan>;
   /** `GET /v1/tasks/{id}` → the task, or null on 404 (agent restarted). @throws AgentError */
   getTask(agent: AgentTarget, taskId: string, signal?: AbortSignal): Promise<AgentTask | null>;
   /** `GET /v1/vms/{id}/console-log?tail_bytes=` → text. @throws AgentError */
@@ -226,6 +240,26 @@ class HttpAgentClient implements AgentClient {
     const res = await this.#call("PUT", agent, "v1/pools", { pools }, signal);
     if (!res.ok) throw await this.#errorOf(res, "agent PUT /v1/pools");
     await res.body?.cancel();
+  }
+
+  async scanPool(agent: AgentTarget, req: AgentPoolScanRequest, signal?: AbortSignal) {
+    const res = await this.#call("POST", agent, "v1/pools/scan", req, signal);
+    if (!res.ok) throw await this.#errorOf(res, "agent POST /v1/pools/scan");
+    let raw: unknown;
+    try {
+      raw = await res.json();
+    } catch {
+      throw new AgentError("api", "agent POST /v1/pools/scan: response is not JSON", res.status);
+    }
+    const parsed = AgentPoolScanSchema.safeParse(raw);
+    if (!parsed.success) {
+      throw new AgentError(
+        "api",
+        `agent POST /v1/pools/scan: invalid scan: ${parsed.error.message}`,
+        res.status,
+      );
+    }
+    return parsed.data;
   }
 
   async getTask(agent: AgentTarget, taskId: string, signal?: AbortSignal) {

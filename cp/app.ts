@@ -1,9 +1,9 @@
 /**
  * Wires the control plane: store → PKI → JWT secret → bootstrap admin → agent client →
  * informer caches → public API (HTTP, or HTTPS when `server.tls_cert_file`/`tls_key_file`
- * are set) → agent API (TLS) → controllers (node, pool provisioner, VM) → task worker. Logs
- * one `otherix-api started` line with both listen addresses, the bound ports and the CA
- * fingerprint.
+ * are set) → agent API (TLS) → controllers (node, pool provisioner, VM, pool scan) → task
+ * worker. Logs one `otherix-api started` line with both listen addresses, the bound ports and
+ * the CA fingerprint.
  *
  * @module
  */
@@ -31,13 +31,20 @@ import { nodeController } from "./nodes/controller.ts";
 import { nodeRoutes } from "./nodes/routes.ts";
 import { joinTokenRoutes } from "./nodes/join_token_routes.ts";
 import { poolRoutes } from "./pools/routes.ts";
-import { cachedNodeUsage, nodeView, poolView, seedClusterSettings } from "./nodes/service.ts";
+import { cachedNodeUsage, nodeView, seedClusterSettings } from "./nodes/service.ts";
+import { poolInstanceView } from "./pools/view.ts";
+import { inPool } from "./pools/capacity.ts";
 import { poolProvisioner } from "./pools/controller.ts";
+import { poolScanHandler } from "./pools/scan.ts";
+import { poolScanController, scanKeyOf } from "./pools/scan_controller.ts";
+import { clusterRoutes } from "./cluster/routes.ts";
 import { vmController } from "./vms/controller.ts";
 import { taskRoutes, vmRoutes } from "./vms/routes.ts";
 import { vmView } from "./vms/service.ts";
 import { vmTaskHandler } from "./vms/tasks.ts";
 import type { ObservedVm } from "../shared/api/vm_runtime.ts";
+import { type NodeAllocation, seedAllocations } from "./vms/allocations.ts";
+import { logPlacementSettings } from "./vms/placement.ts";
 import { TaskRegistry } from "./tasks/registry.ts";
 import { taskView } from "./tasks/queue.ts";
 import { Informer } from "./controllers/informer.ts";
@@ -46,6 +53,7 @@ import { eventRoutes, type EventSource } from "./events/mod.ts";
 import { consolePageRoutes, consoleRoutes } from "./console/mod.ts";
 import { can } from "../shared/rbac.ts";
 import {
+  type ClusterSettings,
   keys,
   type NodeRecord,
   type PoolRecord,
@@ -91,7 +99,14 @@ export function eventSources(ctx: CpContext): EventSource[] {
       kind: "pool",
       prefix: keys.pools,
       permission: "storage_pool:read",
-      view: (p) => poolView(p as PoolRecord, ctx.cfg.storage_pools.default_pool_name),
+      view: (p) => {
+        const pool = p as PoolRecord;
+        const def = ctx.cache?.settings.get(keys.settings)?.default_pool_name ?? null;
+        const vms = ctx.cache?.vms;
+        const placed = (vms?.byIndex("node", pool.node) ?? []).map((k) => vms!.get(k))
+          .filter((v): v is VmRecord => !!v && inPool(pool, v));
+        return poolInstanceView(pool, def, placed);
+      },
       nameOf: (p) => `${(p as PoolRecord).name}/${(p as PoolRecord).node}`,
     },
   ];
@@ -111,7 +126,7 @@ export function startCaches(ctx: CpContext): Caches {
     pools: new Informer<PoolRecord>({
       store: ctx.store,
       prefix: keys.pools,
-      indexers: { node: (p) => [p.node] },
+      indexers: { node: (p) => [p.node], name: (p) => [p.name] },
       onError,
     }),
     observed: new Informer<ObservedVm>({
@@ -120,17 +135,26 @@ export function startCaches(ctx: CpContext): Caches {
       indexers: { node: (_v, key) => [key.slice(keys.observedVms.length).split("/")[0]] },
       onError,
     }),
+    allocations: new Informer<NodeAllocation>({
+      store: ctx.store,
+      prefix: keys.nodeAllocations,
+      onError,
+    }),
+    settings: new Informer<ClusterSettings>({ store: ctx.store, prefix: keys.settings, onError }),
   };
   return caches;
 }
 
 /**
  * Feeds and starts the controllers: the node controller and the pool provisioner on node
- * changes, the VM controller on VM changes and on its node's changes.
+ * changes, the VM controller on VM changes and on its node's changes, the periodic pool scan
+ * (cp/pools/scan_controller.ts) on pool instance changes.
  */
 export async function startControllers(ctx: CpContext, caches: Caches): Promise<Controller[]> {
   const nodes = nodeController(ctx);
   const pools = poolProvisioner(ctx);
+  const scans = poolScanController(ctx);
+  caches.pools.addHandlers(scans.enqueueOnChange(scanKeyOf));
   const vms = vmController(ctx);
   const nodeName = (key: string) => key.slice(keys.nodes.length);
   caches.nodes.addHandlers(nodes.enqueueOnChange((k) => nodeName(k)));
@@ -151,11 +175,14 @@ export async function startControllers(ctx: CpContext, caches: Caches): Promise<
     caches.nodes.start(),
     caches.pools.start(),
     caches.observed.start(),
+    caches.allocations.start(),
+    caches.settings.start(),
   ]);
   nodes.start(() => caches.nodes.keys().map(nodeName));
   pools.start(() => caches.nodes.keys().map(nodeName));
+  scans.start(() => caches.pools.keys().map(scanKeyOf));
   vms.start(() => caches.vms.keys().map((k) => k.slice(keys.vms.length)));
-  return [nodes, pools, vms];
+  return [nodes, pools, vms, scans];
 }
 
 /** Builds the public API app. */
@@ -171,6 +198,7 @@ export function publicApp(ctx: CpContext, signal?: AbortSignal): Hono<AppEnv> {
   app.route("/v1/nodes/join-tokens", joinTokenRoutes(ctx));
   app.route("/v1/nodes", nodeRoutes(ctx));
   app.route("/v1/pools", poolRoutes(ctx));
+  app.route("/v1/cluster", clusterRoutes(ctx));
   app.route("/", consolePageRoutes(ctx));
   app.route("/v1/vms", consoleRoutes(ctx));
   app.route("/v1/vms", vmRoutes(ctx));
@@ -247,10 +275,19 @@ export async function startControlPlane(
       now: opts.now ?? (() => new Date()),
     };
     await seedClusterSettings(ctx);
+    await seedAllocations(ctx);
+    logPlacementSettings(ctx);
     const caches = startCaches(ctx);
     ctx.cache = caches;
     const stopAll = new AbortController();
     cleanups.push(() => stopAll.abort());
+    // The caches are synced before either API serves a request (placement and heartbeats
+    // read them).
+    const controllers = await startControllers(ctx, caches);
+    cleanups.push(async () => {
+      await Promise.all(controllers.map((c) => c.stop()));
+      for (const i of Object.values(caches)) i.stop();
+    });
 
     const tls = cfg.server.tls_cert_file && cfg.server.tls_key_file
       ? {
@@ -280,14 +317,9 @@ export async function startControlPlane(
     });
     cleanups.push(() => agentServer.close());
 
-    const controllers = await startControllers(ctx, caches);
-    cleanups.push(async () => {
-      await Promise.all(controllers.map((c) => c.stop()));
-      for (const i of [caches.vms, caches.nodes, caches.pools, caches.observed]) i.stop();
-    });
     let worker: Worker | null = null;
     if (cfg.workers.enabled) {
-      const registry = new TaskRegistry().register(vmTaskHandler);
+      const registry = new TaskRegistry().register(vmTaskHandler).register(poolScanHandler);
       worker = await startWorker(ctx, registry);
       cleanups.push(() => worker!.stop());
     } else {

@@ -21,12 +21,15 @@ import {
   DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
   DEFAULT_JOIN_TOKEN_TTL_SECONDS,
   DEFAULT_JWT_TTL_SECONDS,
+  DEFAULT_POOL_DISK_PRESSURE,
   DEFAULT_POOL_NAME,
+  DEFAULT_POOL_SCAN_INTERVAL_SECONDS,
   DEFAULT_RESTART_BACKOFF,
   DEFAULT_STALE_THRESHOLD_SECONDS,
   STANDARD_ROOTS,
 } from "../shared/constants.ts";
 import { ResourceNameSchema } from "../shared/api/common.ts";
+import { PLACEMENT_ALGORITHMS } from "./scheduler.ts";
 
 /** One pressure condition's settings (`placement.pressure.<kind>`). */
 const PressureConfigSchema = z.object({
@@ -35,6 +38,16 @@ const PressureConfigSchema = z.object({
   threshold_percent: z.number().min(0).max(100).default(10),
   /** Low heartbeats in a row that set the condition. */
   consecutive_required: z.number().int().min(1).max(100).default(3),
+}).strict();
+
+/**
+ * One resource's placement settings (`placement.resources.<cpu|memory|disk>`, spec 001
+ * "VM placement scheduler"): checked or not, and the capacity multiplier (1 = strict; above 1
+ * overcommits and is announced with a Warn line at startup, cp/vms/placement_config.ts).
+ */
+const ResourceSettingSchema = z.object({
+  enabled: z.boolean().default(true),
+  overcommit_ratio: z.number().min(0.1).max(100).default(1),
 }).strict();
 
 /** The control-plane config schema (defaults applied). */
@@ -111,6 +124,16 @@ export const ApiConfigSchema = z.object({
      * errors) for this long, seconds.
      */
     agent_unreachable_timeout_seconds: z.number().int().min(1).max(3600).default(60),
+    /**
+     * The periodic scan of every `ready` pool instance (a `pool.scan` task: free space, VM
+     * disks and cached images as the agent finds them; disk pressure), cp/pools/scan.ts.
+     */
+    storage_pool_scan: z.object({
+      enabled: z.boolean().default(true),
+      /** Seconds between two scans of one instance (spec 001: 15 min; the dev config 1 min). */
+      interval_seconds: z.number().int().min(1).max(7 * 24 * 3600)
+        .default(DEFAULT_POOL_SCAN_INTERVAL_SECONDS),
+    }).strict().prefault({}),
   }).strict().prefault({}),
   vms: z.object({
     /**
@@ -130,12 +153,26 @@ export const ApiConfigSchema = z.object({
     token_ttl_seconds: z.number().int().min(1).max(600).default(DEFAULT_CONSOLE_TOKEN_TTL_SECONDS),
   }).strict().prefault({}),
   placement: z.object({
-    /** Scheduler: `least_vm_count` (fewest VMs, ties by node name). */
-    algorithm: z.enum(["least_vm_count"]).default("least_vm_count"),
+    /**
+     * Scheduler (cp/scheduler.ts): `resource_aware` (LeastAllocated over CPU and memory) or
+     * `least_vm_count` (fewest VMs); ties by node name. Any other value fails startup.
+     */
+    algorithm: z.enum(PLACEMENT_ALGORITHMS).default("resource_aware"),
+    /** What placement checks fits for, and how far it may overcommit. */
+    resources: z.object({
+      cpu: ResourceSettingSchema.prefault({}),
+      memory: ResourceSettingSchema.prefault({}),
+      disk: ResourceSettingSchema.prefault({}),
+    }).strict().prefault({}),
     /** Node-pressure detection (spec 001): pressured nodes take no new VMs. */
     pressure: z.object({
       memory: PressureConfigSchema.prefault({}),
       system_disk: PressureConfigSchema.prefault({}),
+      /** Per pool instance, from scans (cp/pools/pressure.ts): 15 % free, one scan. */
+      disk: PressureConfigSchema.prefault({
+        threshold_percent: DEFAULT_POOL_DISK_PRESSURE.thresholdPercent,
+        consecutive_required: DEFAULT_POOL_DISK_PRESSURE.consecutiveRequired,
+      }),
     }).strict().prefault({}),
   }).strict().prefault({}),
   log: z.object({

@@ -9,19 +9,23 @@ import type { ApiConfig } from "./config.ts";
 import type { ClusterPki } from "./pki.ts";
 import type { Store } from "./store/store.ts";
 import type { Informer } from "./controllers/informer.ts";
-import type { NodeRecord, PoolRecord, VmRecord } from "./repo/records.ts";
+import type { ClusterSettings, NodeRecord, PoolRecord, VmRecord } from "./repo/records.ts";
 import type { ObservedVm } from "../shared/api/vm_runtime.ts";
+import type { NodeAllocation } from "./vms/allocations.ts";
 
 /**
  * The shared informer caches (cp/controllers/informer.ts) of this process, with indexes:
  * `vms` by `node` and `id`, `pools` by `node`, `observed` (the VMs agents report,
- * `/observed-vms/<node>/<id>`) by `node`.
+ * `/observed-vms/<node>/<id>`) by `node`, `allocations` (`/node-allocations/<node>`).
  */
 export interface Caches {
   vms: Informer<VmRecord>;
   nodes: Informer<NodeRecord>;
   pools: Informer<PoolRecord>;
   observed: Informer<ObservedVm>;
+  allocations: Informer<NodeAllocation>;
+  /** The cluster settings (one key, `/cluster/settings`). */
+  settings: Informer<ClusterSettings>;
 }
 
 /** Everything a control-plane component needs. */

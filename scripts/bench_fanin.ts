@@ -13,8 +13,7 @@
  */
 import { join } from "node:path";
 import { openKvStore } from "../cp/store/kv.ts";
-import { createCsr, splitSans } from "../shared/pki.ts";
-import { createTlsClient } from "../shared/tls.ts";
+import { registerSimAgents, sendSimHeartbeat } from "./sim_agents.ts";
 import { freePort, startApi, tempRoot, TEST_ADMIN } from "../test/harness.ts";
 import { CpuProfiler, summarize } from "./cpu_profile.ts";
 
@@ -79,83 +78,19 @@ export async function fanIn(
     })).json();
     const auth = { authorization: `Bearer ${login.access_token}` };
     // Register every simulated agent through the real bootstrap (token → CSR → certificate).
-    const ids: { name: string; client: Deno.HttpClient }[] = [];
-    const register = async (i: number) => {
-      const name = `sim-${String(i).padStart(5, "0")}`;
-      const tok = await (await fetch(`${api.url}/v1/nodes/join-tokens`, {
-        method: "POST",
-        headers: { ...auth, "content-type": "application/json" },
-        body: JSON.stringify({ node_name: name }),
-      })).json();
-      const csr = await createCsr(name, splitSans([]));
-      const boot = await fetch(`${api.agentUrl}/v1/nodes/bootstrap`, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ token: tok.token, csr_pem: csr.csrPem }),
-        client: bootstrapClient,
-      });
-      const b = await boot.json();
-      const client = createTlsClient({
-        caPem: b.ca_pem,
-        certPem: b.certificate_pem,
-        keyPem: csr.keyPem,
-      });
-      clients.push(client);
-      ids.push({ name, client });
-    };
-    const caPem = await Deno.readTextFile(join(api.dataDir, "pki/ca.crt"));
-    const bootstrapClient = createTlsClient({ caPem });
-    clients.push(bootstrapClient);
-    for (let i = 0; i < agents; i += 20) {
-      await Promise.all(
-        Array.from({ length: Math.min(20, agents - i) }, (_, k) => register(i + k)),
-      );
-    }
+    const ids = await registerSimAgents(api, auth, agents);
+    for (const a of ids) clients.push(a.client);
     const latencies: number[] = [];
     let failures = 0;
     let measuring = false;
     let sent = 0;
-    const body = (name: string) =>
-      JSON.stringify({
-        node_name: name,
-        endpoint: "https://127.0.0.1:1",
-        architecture: "amd64",
-        accelerator: "tcg",
-        agent_version: "bench",
-        pools_dir: "/var/lib/otherix/pools",
-        resources: {
-          cpu_cores_total: 8,
-          load_average_1m: Math.round(Math.random() * 100) / 100,
-          memory_total_mib: 32768,
-          memory_available_mib: 16000 + Math.floor(Math.random() * 100),
-          system_disk_total_bytes: 1e12,
-          system_disk_available_bytes: 5e11 + Math.floor(Math.random() * 1e6),
-        },
-        pools: [{
-          name: "default",
-          path: "/var/lib/otherix/pools/default",
-          status: "ready",
-          message: null,
-          total_bytes: 1e12,
-          available_bytes: 5e11,
-          images: [],
-        }],
-        vms: [],
-        tasks: [],
-      });
     const loops = ids.map(async ({ name, client }, i) => {
       await new Promise((r) => setTimeout(r, (i / ids.length) * intervalS * 1000));
       while (!stop) {
         const t0 = performance.now();
         try {
-          const res = await fetch(`${api.agentUrl}/v1/nodes/heartbeat`, {
-            method: "POST",
-            headers: { "content-type": "application/json" },
-            body: body(name),
-            client,
-          });
-          await res.body?.cancel();
-          if (!res.ok) failures += measuring ? 1 : 0;
+          const status = await sendSimHeartbeat(api, { name, client });
+          if (status !== 200) failures += measuring ? 1 : 0;
           else if (measuring) {
             latencies.push(performance.now() - t0);
             sent++;

@@ -34,6 +34,16 @@ export const DEFAULT_POOL_NAME = "default";
 export const DEFAULT_ALLOWED_POOL_PREFIX = "/var/lib/otherix/pools/";
 /** Maximum pool path length in bytes (spec: storage pools). */
 export const MAX_POOL_PATH_BYTES = 1024;
+/** Period of the pool scan of each pool instance, seconds (spec 001: default 15 min). */
+export const DEFAULT_POOL_SCAN_INTERVAL_SECONDS = 15 * 60;
+/**
+ * Pool `disk` pressure (spec 001 "Node-pressure detection": 15 %, a single scan): a scan with
+ * less than `thresholdPercent` of the pool's filesystem free sets it after
+ * `consecutiveRequired` such scans in a row; the first scan above it clears it.
+ */
+export const DEFAULT_POOL_DISK_PRESSURE = { thresholdPercent: 15, consecutiveRequired: 1 };
+/** How long `otherix pool create --wait` waits for `ready` or `failed`, seconds (spec 003). */
+export const POOL_CREATE_WAIT_SECONDS = 60;
 
 /** Access-token (JWT) lifetime, seconds (spec: 15-minute default). */
 export const DEFAULT_JWT_TTL_SECONDS = 15 * 60;

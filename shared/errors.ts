@@ -37,6 +37,8 @@ export const ERROR_CODES = {
   no_eligible_nodes: 409,
   path_not_allowed: 400,
   default_pool_not_set: 400,
+  /** The agent could not scan a pool directory (statfs, listing); the task error says why. */
+  pool_scan_failed: 500,
   // bootstrap
   token_expired: 401,
   token_exhausted: 401,

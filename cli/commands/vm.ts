@@ -46,6 +46,8 @@ import {
   TableWriter,
 } from "../render.ts";
 import { waitForTask } from "../wait.ts";
+import { renderPlacement } from "../placement_table.ts";
+import { PlacementDecisionSchema } from "../../shared/api/placement.ts";
 import { type Watched, watchKind } from "../watch.ts";
 
 const VM_COLUMNS = ["name", "status", "node", "pool", "image", "age"];
@@ -203,6 +205,11 @@ export function registerVmCommands(program: Command, io: Io): void {
       ).choices(RestartPolicySchema.options),
     )
     .option("--wait", "wait until the VM is running")
+    .option(
+      "--dry-run",
+      "show where the VM would be placed and why (every candidate node); create nothing. " +
+        "Exits 1 when no node is eligible",
+    )
     .addOption(waitTimeoutOption())
     .addOption(outputOption("text", ["text", "json", "yaml"]))
     .action(async (name: string, opts, cmd: Command) => {
@@ -222,6 +229,16 @@ export function registerVmCommands(program: Command, io: Io): void {
       if (opts.restartPolicy !== undefined) body.restart_policy = opts.restartPolicy;
 
       const client = await connect(cmd, io);
+      if (opts.dryRun) {
+        const d = await client.json("POST", "/v1/vms?dry_run=true", PlacementDecisionSchema, {
+          body,
+        });
+        io.out(renderAs(opts.output, d.raw, () => renderPlacement(d.data)));
+        if (d.data.node === null) {
+          throw new ApiCallError("no_eligible_nodes", "dry run: no node is eligible");
+        }
+        return;
+      }
       const created = await client.json("POST", "/v1/vms", TaskSchema, { body });
       const format = opts.output as OutputFormat;
       const task = created.data;

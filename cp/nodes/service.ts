@@ -26,7 +26,6 @@ import type {
   HeartbeatResponse,
   NodeReport,
 } from "../../shared/api/agent.ts";
-import type { PoolInstance } from "../../shared/api/pools.ts";
 import { ApiError } from "../../shared/errors.ts";
 import type { CpContext } from "../context.ts";
 import { peekJoinToken, redeemJoinToken } from "../join_tokens.ts";
@@ -81,25 +80,6 @@ export function nodeView(
   };
 }
 
-/** The public view of a pool instance. */
-export function poolView(p: PoolRecord, defaultPool: string | null): PoolInstance {
-  return {
-    id: p.id,
-    name: p.name,
-    node: p.node,
-    type: p.type,
-    path: p.path,
-    status: p.status,
-    message: p.message,
-    total_bytes: p.total_bytes,
-    available_bytes: p.available_bytes,
-    images: p.images,
-    is_default: defaultPool !== null && p.name === defaultPool,
-    created_at: p.created_at,
-    updated_at: p.updated_at,
-  };
-}
-
 /** What the VMs placed on a node take: count, vCPUs and memory (MiB). */
 export interface NodeUsage {
   vms: number;
@@ -132,15 +112,6 @@ export function cachedNodeUsage(ctx: CpContext, node: string): NodeUsage {
   const vms = (cache?.byIndex("node", node) ?? []).map((k) => cache!.get(k))
     .filter((v): v is VmRecord => !!v);
   return usageOf(vms);
-}
-
-/** Number of VM records placed on each node, keyed by node name (nodes without VMs absent). */
-export async function vmCounts(ctx: CpContext): Promise<Map<string, number>> {
-  const counts = new Map<string, number>();
-  for (const kv of await rangeAll<VmRecord>(ctx.store, keys.vms)) {
-    counts.set(kv.value.node, (counts.get(kv.value.node) ?? 0) + 1);
-  }
-  return counts;
 }
 
 /** Reads a node; null when it is not registered. */
@@ -415,9 +386,21 @@ function observedPool(cur: PoolRecord, seen: ObservedPool | undefined): PoolReco
   };
 }
 
+/**
+ * Free-space changes smaller than this are not worth a store write on their own: the larger of
+ * 64 MiB and 0.5 % of the filesystem (a busy pool's free bytes change on every heartbeat;
+ * placement re-reads them when they move by more, and scans record them exactly).
+ */
+export function poolFreeSlackBytes(totalBytes: number | null): number {
+  return Math.max(64 * 1024 ** 2, Math.floor((totalBytes ?? 0) * 0.005));
+}
+
 function samePoolState(a: PoolRecord, b: PoolRecord): boolean {
+  const free = a.available_bytes === b.available_bytes ||
+    (a.available_bytes !== null && b.available_bytes !== null &&
+      Math.abs(a.available_bytes - b.available_bytes) < poolFreeSlackBytes(b.total_bytes));
   return a.status === b.status && a.message === b.message &&
-    a.total_bytes === b.total_bytes && a.available_bytes === b.available_bytes &&
+    a.total_bytes === b.total_bytes && free &&
     a.images_total === b.images_total && JSON.stringify(a.images) === JSON.stringify(b.images);
 }
 
@@ -541,6 +524,8 @@ export async function deleteNode(ctx: CpContext, name: string, force: boolean): 
       ],
       success: [
         { type: "delete", key: nodeKv.key },
+        // Its VMs become `lost` and hold nothing; a node joining under this name starts empty.
+        { type: "delete", key: keys.nodeAllocation(name) },
         ...pools.map((p) => ({ type: "delete" as const, key: p.key })),
         ...vms.map((kv) => ({
           type: "put" as const,

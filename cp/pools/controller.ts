@@ -1,17 +1,28 @@
 /**
  * The pool provisioner (on the controller scaffold, keyed by node name): every `ready` node
- * gets an instance of `storage_pools.default_pool_name` at `<pools_dir>/<name>` if that path
- * passes the allowed-path gate (else one warning per node and path, nothing provisioned), and
- * the agent is told its desired pools at once (`PUT /v1/pools`, best effort: heartbeats carry
+ * gets an instance of `storage_pools.default_pool_name` at `<pools_dir>/<name>` once (spec 001:
+ * the CP "auto-provisions that pool on every node as it reaches ready"), if that path passes
+ * the allowed-path gate (else one warning per node and path, nothing provisioned), and the
+ * agent is told its desired pools at once (`PUT /v1/pools`, best effort: heartbeats carry
  * them too). The cluster default pool setting itself is seeded at startup.
+ *
+ * "Once": the provisioning is recorded (`/pool-provisioned/<node>` with the node's id, in the
+ * transaction that creates the instance, or when the node already has it), so an operator's
+ * `pool delete` of the auto-provisioned instance sticks. A node deleted and joined again under
+ * the same name has a new id and is provisioned again.
  *
  * @module
  */
 import type { CpContext } from "../context.ts";
 import { Controller } from "../controllers/controller.ts";
-import { nodePools } from "../nodes/service.ts";
-import { keys, type NodeRecord, type PoolRecord } from "../repo/records.ts";
+import {
+  keys,
+  type NodeRecord,
+  type PoolProvisionedRecord,
+  type PoolRecord,
+} from "../repo/records.ts";
 import { checkPoolPath, joinPoolPath } from "./paths.ts";
+import { pushDesiredPools } from "./service.ts";
 
 /** Builds the pool provisioner; the caller feeds it from the node informer and starts it. */
 export function poolProvisioner(ctx: CpContext): Controller {
@@ -19,62 +30,71 @@ export function poolProvisioner(ctx: CpContext): Controller {
   return new Controller({
     name: "pool",
     log: ctx.log,
-    reconcile: async (nodeName) => {
-      const node = (await ctx.store.get<NodeRecord>(keys.node(nodeName)))?.value;
-      if (!node || node.status !== "ready" || !node.pools_dir) return;
-      const name = ctx.cfg.storage_pools.default_pool_name;
-      const key = keys.pool(name, node.name);
-      if (await ctx.store.get(key)) return;
-      const path = joinPoolPath(node.pools_dir, name);
-      const check = checkPoolPath(path, ctx.cfg.storage_pools.allowed_path_prefixes);
-      if (!check.ok) {
-        const k = `${node.name}\0${path}`;
-        if (!warned.has(k)) {
-          warned.add(k);
-          ctx.log.warn("default pool not provisioned: path_not_allowed", {
-            node: node.name,
-            pool: name,
-            path,
-            reason: check.reason,
-          });
-        }
-        return;
-      }
-      const ts = ctx.now().toISOString();
-      const pool: PoolRecord = {
-        id: crypto.randomUUID(),
-        name,
-        node: node.name,
-        type: "local_dir",
-        path,
-        status: "pending",
-        message: null,
-        total_bytes: null,
-        available_bytes: null,
-        images: [],
-        created_at: ts,
-        updated_at: ts,
-      };
-      const res = await ctx.store.txn({
-        compare: [{ key, absent: true }],
-        success: [{ type: "put", key, value: pool }],
-      });
-      if (!res.succeeded) return;
-      ctx.log.info("default pool provisioned", { node: node.name, pool: name, path });
-      if (!node.endpoint) return;
-      const desired = (await nodePools(ctx, node.name)).map((kv) => kv.value);
-      if (!desired.some((p) => p.id === pool.id)) desired.push(pool);
-      try {
-        await ctx.agents.putPools(
-          { name: node.name, endpoint: node.endpoint },
-          desired.map((p) => ({ name: p.name, path: p.path })),
-        );
-      } catch (e) {
-        ctx.log.debug("cannot push pools to the agent; its next heartbeat brings them", {
-          node: node.name,
-          err: e,
-        });
-      }
-    },
+    reconcile: (nodeName) => provisionDefaultPool(ctx, nodeName, warned),
   });
+}
+
+/**
+ * One reconcile of the provisioner for node `nodeName` (see the module doc). `warned`: the
+ * (node, path) pairs already warned about (one warning each per process).
+ */
+export async function provisionDefaultPool(
+  ctx: CpContext,
+  nodeName: string,
+  warned: Set<string>,
+): Promise<void> {
+  const node = (await ctx.store.get<NodeRecord>(keys.node(nodeName)))?.value;
+  if (!node || node.status !== "ready" || !node.pools_dir) return;
+  const markerKey = keys.poolProvisioned(node.name);
+  const marker = (await ctx.store.get<PoolProvisionedRecord>(markerKey))?.value;
+  if (marker?.node_id === node.id) return;
+  const name = ctx.cfg.storage_pools.default_pool_name;
+  const key = keys.pool(name, node.name);
+  const ts = ctx.now().toISOString();
+  const markerOp = {
+    type: "put" as const,
+    key: markerKey,
+    value: { node_id: node.id, pool: name, at: ts } satisfies PoolProvisionedRecord,
+  };
+  if (await ctx.store.get(key)) {
+    // Provisioned before markers existed (or created by hand): remember it.
+    await ctx.store.txn({ compare: [{ key, absent: false }], success: [markerOp] });
+    return;
+  }
+  const path = joinPoolPath(node.pools_dir, name);
+  const check = checkPoolPath(path, ctx.cfg.storage_pools.allowed_path_prefixes);
+  if (!check.ok) {
+    const k = `${node.name}\0${path}`;
+    if (!warned.has(k)) {
+      warned.add(k);
+      ctx.log.warn("default pool not provisioned: path_not_allowed", {
+        node: node.name,
+        pool: name,
+        path,
+        reason: check.reason,
+      });
+    }
+    return;
+  }
+  const pool: PoolRecord = {
+    id: crypto.randomUUID(),
+    name,
+    node: node.name,
+    type: "local_dir",
+    path,
+    status: "pending",
+    message: null,
+    total_bytes: null,
+    available_bytes: null,
+    images: [],
+    created_at: ts,
+    updated_at: ts,
+  };
+  const res = await ctx.store.txn({
+    compare: [{ key, absent: true }],
+    success: [{ type: "put", key, value: pool }, markerOp],
+  });
+  if (!res.succeeded) return;
+  ctx.log.info("default pool provisioned", { node: node.name, pool: name, path });
+  await pushDesiredPools(ctx, node.name);
 }

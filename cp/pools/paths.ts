@@ -8,6 +8,7 @@
  * @module
  */
 import { MAX_POOL_PATH_BYTES } from "../../shared/constants.ts";
+import { ApiError } from "../../shared/errors.ts";
 
 /** Result of {@link checkPoolPath}. */
 export type PathCheck = { ok: true } | { ok: false; reason: string };
@@ -36,10 +37,40 @@ export function checkPoolPath(path: string, allowedPrefixes: readonly string[]):
   }
   return {
     ok: false,
-    reason: `not under any storage_pools.allowed_path_prefixes entry (${
+    reason: `is not under any storage_pools.allowed_path_prefixes entry (${
       allowedPrefixes.join(", ")
     })`,
   };
+}
+
+/** `path` without trailing slashes (`/` stays `/`): the form pool records keep. */
+export function normalizePoolPath(path: string): string {
+  return trimSlash(path);
+}
+
+/**
+ * True when the (normalized) paths `a` and `b` are equal or one lies inside the other,
+ * on `/` boundaries: two pools of one node must not share a directory.
+ */
+export function pathsOverlap(a: string, b: string): boolean {
+  const x = trimSlash(a), y = trimSlash(b);
+  return x === y || x.startsWith(y === "/" ? "/" : y + "/") ||
+    y.startsWith(x === "/" ? "/" : x + "/");
+}
+
+/**
+ * Throws `path_not_allowed` unless `path` passes the gate (see the module doc).
+ *
+ * @throws ApiError 400 `path_not_allowed` (details `{path, reason, allowed_path_prefixes}`)
+ */
+export function assertPoolPathAllowed(path: string, allowedPrefixes: readonly string[]): void {
+  const check = checkPoolPath(path, allowedPrefixes);
+  if (check.ok) return;
+  throw new ApiError("path_not_allowed", `pool path ${JSON.stringify(path)} ${check.reason}`, {
+    path,
+    reason: check.reason,
+    allowed_path_prefixes: [...allowedPrefixes],
+  });
 }
 
 /** `<dir>/<name>` without doubled slashes. */

@@ -15,7 +15,9 @@
  * | `/join-tokens-by-id/<id>` | `{token_hash}` (id index: listing and revoking) |
  * | `/nodes/<name>` | {@link NodeRecord} |
  * | `/observed-vms/<node>/<vm id>` | ObservedVm: what the node's agent reports of the VM |
+ * | `/node-allocations/<node>` | NodeAllocation: what the VMs placed there hold (cp/vms/allocations.ts) |
  * | `/pools/<pool name>/<node name>` | {@link PoolRecord} (one per instance) |
+ * | `/pool-provisioned/<node name>` | {@link PoolProvisionedRecord} (default pool created once) |
  * | `/vms/<name>` | {@link VmRecord} |
  * | `/tasks/<id>` | {@link TaskRecord} |
  * | `/tasks-active/<id>` | `{vm}`: index of non-terminal tasks (worker queue) |
@@ -32,7 +34,9 @@ import type {
   NodePressure,
   NodeResources,
   NodeStatus,
+  PressureCondition,
 } from "../../shared/api/nodes.ts";
+import type { PoolScan } from "../../shared/api/pools.ts";
 import type { Vm } from "../../shared/api/vms.ts";
 import type { Task } from "../../shared/api/tasks.ts";
 
@@ -53,9 +57,12 @@ export const keys = {
   observedVms: "/observed-vms/",
   observedVmsOf: (node: string) => `/observed-vms/${node}/`,
   observedVm: (node: string, id: string) => `/observed-vms/${node}/${id}`,
+  nodeAllocations: "/node-allocations/",
+  nodeAllocation: (node: string) => `/node-allocations/${node}`,
   pools: "/pools/",
   poolsNamed: (name: string) => `/pools/${name}/`,
   pool: (name: string, node: string) => `/pools/${name}/${node}`,
+  poolProvisioned: (node: string) => `/pool-provisioned/${node}`,
   vms: "/vms/",
   vm: (name: string) => `/vms/${name}`,
   tasks: "/tasks/",
@@ -158,10 +165,37 @@ export interface PoolRecord {
   total_bytes: number | null;
   available_bytes: number | null;
   images: CachedImage[];
+  /** The last scan (cp/pools/scan.ts); absent or null before the first. */
+  last_scan?: PoolScanRecord | null;
+  /** Disk pressure, from scans (cp/pools/pressure.ts); absent or null before the first. */
+  pressure?: { disk: PressureCondition } | null;
+  /** The `pool.scan` task queued or running for this instance (absent/null: none). */
+  scan_task_id?: string | null;
+  /** The last scan's failure, cleared by a scan that succeeds (absent/null: none). */
+  last_scan_error?: { at: string; code: string; message: string } | null;
   /** Images cached in all, when `images` is capped (MAX_REPORTED_IMAGES); absent: not capped. */
   images_total?: number;
   created_at: string;
   updated_at: string;
+}
+
+/** A pool instance's last scan (the public summary plus what effective capacity needs). */
+export interface PoolScanRecord extends PoolScan {
+  /** Control-plane time the scan was sent: VMs created later are not observed by it. */
+  started_at: string;
+  /** VMs placed in the instance before `started_at` whose disk the scan did not find. */
+  unobserved_vm_ids: string[];
+}
+
+/**
+ * Marks that the pool provisioner created the default pool on a node
+ * (`/pool-provisioned/<node>`), so an operator's `pool delete` of it sticks. `node_id`: a node
+ * deleted and joined again under the same name gets a new id and is provisioned again.
+ */
+export interface PoolProvisionedRecord {
+  node_id: string;
+  pool: string;
+  at: string;
 }
 
 /**

@@ -1,6 +1,7 @@
 /**
  * VMs and tasks on the public API (spec: "otherix vm subcommands"; shared/api/vms.ts):
- * - `POST /v1/vms` (`vm:write`) VmCreateRequest → 202 Task (`vm.create`)
+ * - `POST /v1/vms?dry_run=` (`vm:write`) VmCreateRequest → 202 Task (`vm.create`); with
+ *   `dry_run=true`, 200 PlacementDecision and nothing created
  * - `GET /v1/vms` (`vm:read`) → `{items: Vm[], next_cursor}`
  * - `GET /v1/vms/{name}` (`vm:read`) → Vm, 404 `vm_not_found`
  * - `DELETE /v1/vms/{name}?force=` (`vm:write`) → 202 Task (`vm.delete`); supersedes a task
@@ -22,6 +23,7 @@ import { type VmAction, VmActionSchema } from "../../shared/api/tasks.ts";
 import {
   ConsoleLogQuerySchema,
   VmActionRequestSchemas,
+  VmCreateQuerySchema,
   VmCreateRequestSchema,
   VmDeleteQuerySchema,
 } from "../../shared/api/vms.ts";
@@ -31,7 +33,15 @@ import { validate } from "../routes/validate.ts";
 import { keys, type VmRecord } from "../repo/records.ts";
 import { listPage } from "../routes/paging.ts";
 import { getTask, taskView } from "../tasks/queue.ts";
-import { consoleLog, createVm, deleteVm, getVm, requestAction, vmView } from "./service.ts";
+import {
+  consoleLog,
+  createVm,
+  deleteVm,
+  dryRunCreate,
+  getVm,
+  requestAction,
+  vmView,
+} from "./service.ts";
 
 const NameParam = z.object({ name: ResourceNameSchema });
 
@@ -40,9 +50,17 @@ export function vmRoutes(ctx: CpContext): Hono<AppEnv> {
   const r = new Hono<AppEnv>();
   r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now));
 
-  r.post("/", requirePermission("vm:write"), validate("json", VmCreateRequestSchema), async (c) => {
-    return c.json(await createVm(ctx, c.req.valid("json"), c.get("user").id), 202);
-  });
+  r.post(
+    "/",
+    requirePermission("vm:write"),
+    validate("query", VmCreateQuerySchema),
+    validate("json", VmCreateRequestSchema),
+    async (c) => {
+      const body = c.req.valid("json");
+      if (c.req.valid("query").dry_run) return c.json(await dryRunCreate(ctx, body));
+      return c.json(await createVm(ctx, body, c.get("user").id), 202);
+    },
+  );
 
   r.get("/", requirePermission("vm:read"), validate("query", ListQuerySchema), async (c) => {
     return c.json(

@@ -1,6 +1,6 @@
 /**
- * VMs: create (validate → resolve pool → schedule → one transaction writing the VM and its
- * task), delete, lifecycle verbs, views (spec: "otherix vm subcommands", "VM placement
+ * VMs: create (validate → resolve pool → place → one transaction writing the VM, its node's
+ * allocation and its task: cp/vms/placement.ts), delete, lifecycle verbs, views (spec: "otherix vm subcommands", "VM placement
  * scheduler"). Handlers only record intent — the desired phase and a task — and the task
  * worker (cp/vms/tasks.ts) and the VM controller (cp/vms/controller.ts) do the work.
  *
@@ -17,21 +17,18 @@
 import { actionTaskType, type Task, type VmAction } from "../../shared/api/tasks.ts";
 import { isTerminal } from "../../shared/api/tasks.ts";
 import { imageBasenameOf } from "../../shared/api/images.ts";
+import type { PlacementDecision } from "../../shared/api/placement.ts";
 import type { Vm, VmActionRequest, VmCreateRequest, VmLastTask } from "../../shared/api/vms.ts";
 import { ApiError, isErrorCode } from "../../shared/errors.ts";
 import { AgentError } from "../agent_client.ts";
 import type { CpContext } from "../context.ts";
 import { failpoint } from "../failpoints.ts";
-import { findNode, getSettings, vmCounts } from "../nodes/service.ts";
-import {
-  keys,
-  type NodeRecord,
-  type PoolRecord,
-  type TaskRecord,
-  type VmRecord,
-} from "../repo/records.ts";
-import { schedule } from "../scheduler.ts";
-import { type KeyValue, rangeAll } from "../store/store.ts";
+import { findNode, getSettings } from "../nodes/service.ts";
+import { keys, type TaskRecord, type VmRecord } from "../repo/records.ts";
+import type { PlacementRequest } from "../scheduler.ts";
+import { dryRunPlacement, placeAndRecord } from "./placement.ts";
+import { readAllocation, releaseWrite } from "./allocations.ts";
+import type { KeyValue } from "../store/store.ts";
 import { enqueueOps, newTask, taskView, terminal } from "../tasks/queue.ts";
 import { busyStatusOf, checkTransition, desiredPhaseOf } from "./transitions.ts";
 
@@ -60,6 +57,58 @@ export async function getVm(ctx: CpContext, name: string): Promise<VmRecord> {
 }
 
 /**
+ * The pool a create targets: `req.pool`, else the cluster default pool.
+ *
+ * @throws ApiError `default_pool_not_set`
+ */
+async function resolvePool(ctx: CpContext, req: VmCreateRequest): Promise<string> {
+  if (req.pool !== undefined) return req.pool;
+  const settings = await getSettings(ctx);
+  if (!settings?.default_pool_name) {
+    throw new ApiError(
+      "default_pool_not_set",
+      "no pool given and no cluster default pool is configured: run 'otherix cluster " +
+        "set-default-pool <name>' or pass --pool",
+    );
+  }
+  return settings.default_pool_name;
+}
+
+/** What the scheduler places for `req` in pool `pool`. */
+function placementRequestOf(req: VmCreateRequest, pool: string): PlacementRequest {
+  return {
+    pool,
+    architecture: req.architecture,
+    node: req.node,
+    vcpus: req.vcpus,
+    memory_mib: req.memory_mb,
+    disk_bytes: req.disk_gib * 1024 ** 3,
+  };
+}
+
+/**
+ * Where `req` would be placed, with every candidate's filters, utilisation and score
+ * (`vm create --dry-run`); nothing is created.
+ *
+ * @throws ApiError `default_pool_not_set`, `pool_not_found`, `node_not_found`,
+ *   `pool_not_on_node`
+ */
+export async function dryRunCreate(
+  ctx: CpContext,
+  req: VmCreateRequest,
+): Promise<PlacementDecision> {
+  const pool = await resolvePool(ctx, req);
+  const d = await dryRunPlacement(ctx, placementRequestOf(req, pool));
+  const winner = d.verdicts.find((v) => v.winner) ?? null;
+  return {
+    algorithm: d.algorithm,
+    pool,
+    node: winner?.node ?? null,
+    candidates: d.verdicts,
+  };
+}
+
+/**
  * Records a VM to create and queues its `vm.create` task.
  *
  * @throws ApiError `default_pool_not_set`, `pool_not_found`, `node_not_found`,
@@ -74,27 +123,11 @@ export async function createVm(
   if (await store.get(keys.vm(req.name))) {
     throw new ApiError("vm_already_exists", `vm "${req.name}" already exists`);
   }
-  let poolName = req.pool;
-  if (poolName === undefined) {
-    const settings = await getSettings(ctx);
-    if (!settings?.default_pool_name) {
-      throw new ApiError(
-        "default_pool_not_set",
-        "no pool given and no cluster default pool is configured; pass a pool explicitly",
-      );
-    }
-    poolName = settings.default_pool_name;
-  }
-  const poolInstances = (await rangeAll<PoolRecord>(store, keys.poolsNamed(poolName)))
-    .map((kv) => kv.value);
-  const nodes = (await rangeAll<NodeRecord>(store, keys.nodes)).map((kv) => kv.value);
-  const placement = schedule(
-    { pool: poolName, architecture: req.architecture, node: req.node },
-    { nodes, poolInstances, vmCounts: await vmCounts(ctx) },
-  );
+  const poolName = await resolvePool(ctx, req);
+  const placementReq = placementRequestOf(req, poolName);
   const now = ctx.now();
   const ts = now.toISOString();
-  const vm: VmRecord = {
+  const vm: Omit<VmRecord, "node" | "pool_path"> = {
     id: crypto.randomUUID(),
     name: req.name,
     owner_id: ownerId,
@@ -108,8 +141,6 @@ export async function createVm(
     disk_gib: req.disk_gib,
     user_data: req.user_data ?? null,
     pool: poolName,
-    pool_path: placement.pool.path,
-    node: placement.node.name,
     status: "pending",
     desired_phase: "running",
     restart_policy: req.restart_policy,
@@ -125,15 +156,11 @@ export async function createVm(
   const task = newTask("vm.create", vm, now);
   vm.active_task_id = task.id;
   vm.last_task = lastTaskOf(task);
-  const res = await store.txn({
-    compare: [{ key: keys.vm(vm.name), absent: true }],
-    success: [{ type: "put", key: keys.vm(vm.name), value: vm }, ...enqueueOps(task)],
-  });
-  if (!res.succeeded) throw new ApiError("vm_already_exists", `vm "${req.name}" already exists`);
+  const placed = await placeAndRecord(ctx, placementReq, vm, () => enqueueOps(task));
   ctx.log.info("vm create queued", {
     vm: vm.name,
     vm_id: vm.id,
-    node: vm.node,
+    node: placed.node,
     pool: vm.pool,
     task_id: task.id,
     restart_policy: vm.restart_policy,
@@ -190,12 +217,14 @@ export async function deleteVm(ctx: CpContext, name: string, force = false): Pro
             }, { type: "delete" as const, key: keys.activeTask(active.value.id) }]
             : []),
         ];
+        const release = releaseWrite(await readAllocation(ctx, vm.node), vm, now.toISOString());
         const res = await store.txn({
           compare: [
             { key: kv.key, modRevision: kv.modRevision },
             ...(active ? [{ key: active.key, modRevision: active.modRevision }] : []),
+            ...release.compare,
           ],
-          success: ops,
+          success: [...ops, ...release.ops],
         });
         if (!res.succeeded) continue;
         ctx.log.warn("vm force-deleted while its node is away", {

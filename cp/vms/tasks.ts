@@ -36,6 +36,7 @@ import { AgentError, type AgentTarget } from "../agent_client.ts";
 import { failpoint } from "../failpoints.ts";
 import { findNode } from "../nodes/service.ts";
 import { observedVm } from "../nodes/observed.ts";
+import { readAllocation, releaseWrite } from "./allocations.ts";
 import { keys, type TaskRecord, type VmRecord } from "../repo/records.ts";
 import type { KeyValue } from "../store/store.ts";
 import { ClaimLostError, type TaskHandler, type TaskRuntime } from "../tasks/registry.ts";
@@ -423,10 +424,15 @@ async function finishProjected(
     } else {
       next = null;
     }
+    const deleting = next === null && mine && type === "vm.delete" && !error;
+    // The record goes: so does what it holds in its node's allocation (same transaction).
+    const release = deleting
+      ? releaseWrite(await readAllocation(rt.ctx, vm.node), vm, now)
+      : { compare: [], ops: [] };
     const ok = await rt.finish(error, {
-      compare: [{ key: vmKv.key, modRevision: vmKv.modRevision }],
+      compare: [{ key: vmKv.key, modRevision: vmKv.modRevision }, ...release.compare],
       ops: next === null
-        ? (mine && type === "vm.delete" && !error ? [{ type: "delete", key: vmKv.key }] : [])
+        ? (deleting ? [{ type: "delete", key: vmKv.key }, ...release.ops] : [])
         : [{ type: "put", key: vmKv.key, value: next }],
     });
     if (ok) return;

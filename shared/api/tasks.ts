@@ -44,7 +44,10 @@ export const VmActionSchema = z.enum([
 /** A VM lifecycle verb. */
 export type VmAction = z.infer<typeof VmActionSchema>;
 
-/** Kinds of task: create, delete and one per lifecycle verb (`vm.<action>`). */
+/**
+ * Kinds of task: VM create, delete and one per lifecycle verb (`vm.<action>`); `pool.scan`
+ * (a pool instance's scan, cp/pools/scan.ts).
+ */
 export const TaskTypeSchema = z.enum([
   "vm.create",
   "vm.delete",
@@ -55,6 +58,7 @@ export const TaskTypeSchema = z.enum([
   "vm.pause",
   "vm.resume",
   "vm.reset",
+  "pool.scan",
 ]);
 /** A task kind. */
 export type TaskType = z.infer<typeof TaskTypeSchema>;
@@ -65,9 +69,12 @@ export function actionTaskType(action: VmAction): TaskType {
 }
 
 /** Kinds of resource a task acts on. */
-export const ResourceKindSchema = z.enum(["vm"]);
+export const ResourceKindSchema = z.enum(["vm", "pool"]);
 
-/** The resource a task acts on: its kind, name and id. */
+/**
+ * The resource a task acts on: its kind, name and id (a VM's name and id; a pool instance's
+ * pool name and instance id).
+ */
 export const TaskResourceSchema = z.object({
   kind: ResourceKindSchema,
   name: z.string(),

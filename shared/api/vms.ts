@@ -190,6 +190,14 @@ export const ConsoleLogQuerySchema = z.object({
 });
 
 /**
+ * `POST /v1/vms` query: `dry_run=true` answers 200 with where the VM would go
+ * (shared/api/placement.ts `PlacementDecision`) and creates nothing.
+ */
+export const VmCreateQuerySchema = z.object({
+  dry_run: z.enum(["true", "false"]).optional().transform((v) => v === "true"),
+});
+
+/**
  * `DELETE /v1/vms/{name}` query. `force=true`: when the VM's node is not `ready`
  * (unreachable, gone, unregistered), remove the VM from the cluster at once instead of
  * waiting for its agent; the agent deletes the leftovers if it ever returns. On a ready node

@@ -407,45 +407,6 @@ Deno.test("config add cluster: non-TTY with missing values is a usage error nami
   assertStringIncludes(io.stderr, "not a terminal");
 });
 
-Deno.test("pool list: one row per instance, spec columns", async () => {
-  const pool = (over: Record<string, unknown>) => ({
-    id: uuid(20),
-    name: "default",
-    node: "node-a",
-    type: "local_dir",
-    path: "/var/lib/otherix/pools/default",
-    status: "ready",
-    message: null,
-    total_bytes: 100 * 1024 ** 3,
-    available_bytes: 80 * 1024 ** 3,
-    images: [],
-    is_default: true,
-    created_at: new Date(NOW - 5 * 86400_000).toISOString(),
-    updated_at: new Date(NOW).toISOString(),
-    ...over,
-  });
-  const io = fakeIo({
-    env: API,
-    fetch: routesFetch({
-      "GET /v1/pools": () =>
-        json({
-          items: [
-            pool({}),
-            pool({ id: uuid(21), node: "node-b", status: "pending", available_bytes: null }),
-          ],
-          next_cursor: null,
-        }),
-    }),
-  });
-  assertEquals(await run(["pool", "list"], io), 0, io.stderr);
-  assertEquals(
-    io.stdout,
-    "NAME      NODE     TYPE        STATUS    PATH                             AVAILABLE   DEFAULT   AGE\n" +
-      "default   node-a   local_dir   ready     /var/lib/otherix/pools/default   80.0GiB     yes       5d\n" +
-      "default   node-b   local_dir   pending   /var/lib/otherix/pools/default   -           yes       5d\n",
-  );
-});
-
 Deno.test("names that URL resolution would drop or climb are usage errors, no request sent", async () => {
   for (
     const args of [

@@ -127,12 +127,12 @@ function heartbeat(nodeName: string, poolsDir: string, poolsReady: boolean) {
     agent_version: "test",
     pools_dir: poolsDir,
     resources: {
-      cpu_cores_total: 2,
+      cpu_cores_total: 8,
       load_average_1m: 0,
-      memory_total_mib: 2048,
-      memory_available_mib: 1024,
-      system_disk_total_bytes: 1000,
-      system_disk_available_bytes: 500,
+      memory_total_mib: 16384,
+      memory_available_mib: 8192,
+      system_disk_total_bytes: 1e12,
+      system_disk_available_bytes: 5e11,
     },
     pools: poolsReady
       ? [{
@@ -140,8 +140,8 @@ function heartbeat(nodeName: string, poolsDir: string, poolsReady: boolean) {
         path: `${poolsDir}/default`,
         status: "ready",
         message: null,
-        total_bytes: 1000,
-        available_bytes: 500,
+        total_bytes: 1e12,
+        available_bytes: 5e11,
         images: [],
       }]
       : [],

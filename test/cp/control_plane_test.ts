@@ -1,4 +1,3 @@
-// deno-lint-ignore-file no-explicit-any -- JSON responses are inspected dynamically
 /**
  * In-process control plane against a scripted mTLS agent: heartbeats, pool provisioning,
  * scheduling, task dispatch/polling/projection, agent error codes, re-dispatch, unreachable

@@ -336,12 +336,12 @@ export class FakeAgent {
       agent_version: "fake",
       pools_dir: poolsDir,
       resources: {
-        cpu_cores_total: 2,
+        cpu_cores_total: 16,
         load_average_1m: 0.1,
-        memory_total_mib: 4096,
-        memory_available_mib: 2048,
-        system_disk_total_bytes: 1e10,
-        system_disk_available_bytes: 5e9,
+        memory_total_mib: 65536,
+        memory_available_mib: 32768,
+        system_disk_total_bytes: 1e12,
+        system_disk_available_bytes: 5e11,
       },
       pools: this.poolsReady
         ? [{
@@ -349,8 +349,8 @@ export class FakeAgent {
           path: `${poolsDir}/default`,
           status: "ready",
           message: null,
-          total_bytes: 1e10,
-          available_bytes: 5e9,
+          total_bytes: 1e12,
+          available_bytes: 5e11,
           images: [],
         }]
         : [],

@@ -8,6 +8,7 @@ import { MAX_REPORTED_IMAGES, type ObservedPool } from "../../shared/api/nodes.t
 import type { ObservedVm } from "../../shared/api/vm_runtime.ts";
 import { keys, type NodeRecord, type PoolRecord } from "../../cp/repo/records.ts";
 import { rangeAll } from "../../cp/store/store.ts";
+import { poolFreeSlackBytes } from "../../cp/nodes/service.ts";
 import { MAX_VALUE_BYTES } from "../../cp/store/kv.ts";
 import { apiFor, FakeAgent, LogCapture, startTestCp, until } from "./fixtures.ts";
 import { capPoolImages } from "../../agent/heartbeat.ts";
@@ -106,6 +107,23 @@ Deno.test("heartbeat of a node with 10,000 VMs and 10,000 cached images", async 
         (await rangeAll(store, keys.observedVmsOf("big-node"))).length,
         N - 1,
       );
+    });
+
+    await t.step("pool free space: small moves write nothing, larger ones do", async () => {
+      const key = keys.pool("default", "big-node");
+      const rev = async () => (await store.get(key))!.modRevision;
+      const before = await rev();
+      const p = pool(poolPath, N);
+      const slack = poolFreeSlackBytes(p.total_bytes); // 5 GB of a 1 TB filesystem
+      await agent.heartbeat({ vms: observed, pools: [{ ...p, available_bytes: 5e11 - 1e6 }] });
+      assertEquals(await rev(), before, "1 MB less free: not written");
+      await agent.heartbeat({
+        vms: observed,
+        pools: [{ ...p, available_bytes: 5e11 - 2 * slack }],
+      });
+      assert(await rev() !== before, "more than the slack: written");
+      const rec = (await store.get<PoolRecord>(key))!.value;
+      assertEquals(rec.available_bytes, 5e11 - 2 * slack);
     });
 
     await t.step("node delete --force forgets the node's observed VMs", async () => {

@@ -1,11 +1,24 @@
-import { assert, assertEquals, assertThrows } from "../assert.ts";
-import { schedule } from "../../cp/scheduler.ts";
+// deno-lint-ignore-file no-explicit-any -- 409 details are inspected dynamically
+/**
+ * The scheduler as a pure function (cp/scheduler.ts): filters, LeastAllocated and
+ * least-VM-count scoring, the name tie-break, overcommit ratios, disabled resources, the
+ * explained decision and the 409 payload.
+ */
+import { assert, assertEquals } from "../assert.ts";
+import {
+  type Allocation,
+  type Candidate,
+  decide,
+  noEligibleNodesError,
+  type PlacementRequest,
+  type PlacementSettings,
+} from "../../cp/scheduler.ts";
 import type { NodeRecord, PoolRecord } from "../../cp/repo/records.ts";
-import { ApiError } from "../../shared/errors.ts";
 
 const TS = "2026-01-01T00:00:00.000Z";
+const GIB = 1024 ** 3;
 
-function node(name: string, over: Partial<NodeRecord> = {}): NodeRecord {
+function node(name: string, cores = 4, memMib = 8192, over: Partial<NodeRecord> = {}): NodeRecord {
   return {
     id: crypto.randomUUID(),
     name,
@@ -15,7 +28,14 @@ function node(name: string, over: Partial<NodeRecord> = {}): NodeRecord {
     endpoint: `https://${name}:9443`,
     accelerator: "tcg",
     agent_version: "test",
-    resources: null,
+    resources: {
+      cpu_cores_total: cores,
+      load_average_1m: 0,
+      memory_total_mib: memMib,
+      memory_available_mib: memMib,
+      system_disk_total_bytes: 100 * GIB,
+      system_disk_available_bytes: 50 * GIB,
+    },
     pools_dir: "/var/lib/otherix/pools",
     last_heartbeat_at: TS,
     created_at: TS,
@@ -24,152 +44,194 @@ function node(name: string, over: Partial<NodeRecord> = {}): NodeRecord {
   };
 }
 
-function pool(name: string, nodeName: string, status: PoolRecord["status"] = "ready"): PoolRecord {
+function pool(nodeName: string, over: Partial<PoolRecord> = {}): PoolRecord {
   return {
     id: crypto.randomUUID(),
-    name,
+    name: "default",
     node: nodeName,
     type: "local_dir",
-    path: `/var/lib/otherix/pools/${name}`,
-    status,
+    path: "/var/lib/otherix/pools/default",
+    status: "ready",
     message: null,
-    total_bytes: null,
-    available_bytes: null,
+    total_bytes: 100 * GIB,
+    available_bytes: 80 * GIB,
     images: [],
     created_at: TS,
     updated_at: TS,
+    ...over,
   };
 }
 
-function code(fn: () => unknown): { code: string; details?: Record<string, unknown> } {
-  const e = assertThrows(fn);
-  assert(e instanceof ApiError, `expected ApiError, got ${e}`);
-  return { code: e.code, details: e.details };
+function cand(
+  n: NodeRecord,
+  alloc: Partial<Allocation> = {},
+  over: Partial<Candidate> = {},
+): Candidate {
+  const p = pool(n.name);
+  return {
+    node: n,
+    pool: p,
+    allocation: { vms: 0, vcpus: 0, memory_mib: 0, ...alloc },
+    diskAvailableBytes: p.available_bytes,
+    poolUnderPressure: false,
+    ...over,
+  };
 }
 
-Deno.test("scheduler: least VM count wins, ties broken by node name", () => {
-  const nodes = [node("node-c"), node("node-a"), node("node-b")];
-  const pools = nodes.map((n) => pool("default", n.name));
-  const counts = new Map([["node-a", 3], ["node-b", 1], ["node-c", 1]]);
-  const p = schedule({ pool: "default", architecture: "amd64" }, {
-    nodes,
-    poolInstances: pools,
-    vmCounts: counts,
+const STRICT: PlacementSettings = {
+  algorithm: "resource_aware",
+  resources: {
+    cpu: { enabled: true, overcommit_ratio: 1 },
+    memory: { enabled: true, overcommit_ratio: 1 },
+    disk: { enabled: true, overcommit_ratio: 1 },
+  },
+};
+
+const REQ: PlacementRequest = {
+  pool: "default",
+  architecture: "amd64",
+  vcpus: 2,
+  memory_mib: 2048,
+  disk_bytes: 10 * GIB,
+};
+
+Deno.test("scheduler: resource_aware (LeastAllocated)", async (t) => {
+  await t.step("the node left least utilised after placement wins", () => {
+    const d = decide(REQ, [
+      cand(node("busy"), { vms: 1, vcpus: 2, memory_mib: 4096 }),
+      cand(node("idle"), { vms: 5, vcpus: 0, memory_mib: 0 }),
+    ], STRICT);
+    assertEquals(d.winner?.pool.node, "idle", "VM count does not matter here");
   });
-  assertEquals(p.node.name, "node-b");
-  assertEquals(p.pool.node, "node-b");
-  const tie = schedule({ pool: "default", architecture: "amd64" }, {
-    nodes,
-    poolInstances: pools,
-    vmCounts: new Map(),
+
+  await t.step("bigger nodes score higher for the same allocation", () => {
+    const d = decide(REQ, [cand(node("small", 4, 4096)), cand(node("big", 16, 65536))], STRICT);
+    assertEquals(d.winner?.pool.node, "big");
   });
-  assertEquals(tie.node.name, "node-a");
+
+  await t.step("ties break by lowercase node name", () => {
+    const d = decide(
+      REQ,
+      [cand(node("node-b")), cand(node("Node-A")), cand(node("node-c"))],
+      STRICT,
+    );
+    assertEquals(d.winner?.pool.node, "Node-A");
+  });
+
+  await t.step("the score is the mean free share of CPU and memory after placement", () => {
+    const d = decide(REQ, [cand(node("a", 4, 8192), { vcpus: 0, memory_mib: 2048 })], STRICT, true);
+    // cpu: (4-2)/4 = 0.5; memory: (8192-4096)/8192 = 0.5 → 50
+    assertEquals(d.verdicts[0].score, 50);
+  });
 });
 
-Deno.test("scheduler: excludes not-ready, cordoned, wrong-arch nodes and non-ready pools", () => {
-  const nodes = [
-    node("n-pending", { status: "pending", architecture: null }),
-    node("n-unreach", { status: "unreachable" }),
-    node("n-cordon", { cordoned: true }),
-    node("n-arm", { architecture: "arm64" }),
-    node("n-poolpending"),
-    node("n-ok"),
-    node("n-nopool"),
-  ];
-  const pools = [
-    pool("default", "n-pending"),
-    pool("default", "n-unreach"),
-    pool("default", "n-cordon"),
-    pool("default", "n-arm"),
-    pool("default", "n-poolpending", "pending"),
-    pool("default", "n-ok"),
-    pool("other", "n-nopool"),
-  ];
-  const p = schedule({ pool: "default", architecture: "amd64" }, {
-    nodes,
-    poolInstances: pools,
-    vmCounts: new Map([["n-ok", 50]]),
+Deno.test("scheduler: least_vm_count picks the fewest VMs, ties by name", () => {
+  const settings: PlacementSettings = { ...STRICT, algorithm: "least_vm_count" };
+  const d = decide(REQ, [
+    cand(node("node-c"), { vms: 1 }),
+    cand(node("node-a"), { vms: 3 }),
+    cand(node("node-b"), { vms: 1 }),
+  ], settings);
+  assertEquals(d.winner?.pool.node, "node-b");
+  assertEquals(d.algorithm, "least_vm_count");
+});
+
+Deno.test("scheduler: filters", async (t) => {
+  const only = (c: Candidate, settings = STRICT, req = REQ) => decide(req, [c], settings, true);
+  const failed = (c: Candidate, settings = STRICT, req = REQ) =>
+    only(c, settings, req).verdicts[0].filters.filter((f) => !f.pass).map((f) => f.name);
+
+  await t.step("node state, cordon, pressure, architecture, pool state and pressure", () => {
+    assertEquals(failed(cand(node("a", 4, 8192, { status: "unreachable" }))), ["node_ready"]);
+    assertEquals(failed(cand(node("a", 4, 8192, { cordoned: true }))), ["not_cordoned"]);
+    const pressure = {
+      memory: { under_pressure: true, consecutive: 3, since: TS, available_percent: 1 },
+      system_disk: { under_pressure: false, consecutive: 0, since: null, available_percent: 50 },
+    };
+    const pressured = only(cand(node("a", 4, 8192, { pressure })));
+    assertEquals(pressured.verdicts[0].reasons, ["node is under memory pressure"]);
+    assertEquals(failed(cand(node("a", 4, 8192, { architecture: "arm64" }))), ["architecture"]);
+    const n = node("a");
+    assertEquals(failed(cand(n, {}, { pool: pool("a", { status: "pending" }) })), ["pool_ready"]);
+    assertEquals(failed(cand(n, {}, { poolUnderPressure: true })), ["no_pool_pressure"]);
+    assertEquals(failed({ ...cand(n), node: undefined }).includes("node_ready"), true);
   });
-  assertEquals(p.node.name, "n-ok");
-  const reasons = Object.fromEntries(p.candidates.map((c) => [c.node, c.reasons]));
-  assertEquals(reasons["n-pending"], [
-    "node is pending",
-    "architecture unknown does not match amd64",
-  ]);
-  assertEquals(reasons["n-unreach"], ["node is unreachable"]);
-  assertEquals(reasons["n-cordon"], ["node is cordoned"]);
-  assertEquals(reasons["n-arm"], ["architecture arm64 does not match amd64"]);
-  assertEquals(reasons["n-poolpending"], ["pool instance is pending"]);
-  assertEquals(reasons["n-ok"], []);
-  assert(!("n-nopool" in reasons), "nodes without the pool are not candidates");
-});
 
-Deno.test("scheduler: no eligible node → no_eligible_nodes with per-candidate reasons", () => {
-  const e = code(() =>
-    schedule({ pool: "default", architecture: "arm64" }, {
-      nodes: [node("a"), node("b", { status: "unreachable" })],
-      poolInstances: [pool("default", "a"), pool("default", "b")],
-      vmCounts: new Map(),
-    })
-  );
-  assertEquals(e.code, "no_eligible_nodes");
-  const cands = e.details!.candidates as { node: string; reasons: string[] }[];
-  assertEquals(cands.map((c) => c.node), ["a", "b"]);
-  assertEquals(cands[1].reasons, [
-    "node is unreachable",
-    "architecture amd64 does not match arm64",
-  ]);
-});
-
-Deno.test("scheduler: node hint pins placement; pool not on node → pool_not_on_node", () => {
-  const nodes = [node("a"), node("b")];
-  const pools = [pool("default", "a"), pool("default", "b"), pool("fast", "a")];
-  const p = schedule({ pool: "default", architecture: "amd64", node: "b" }, {
-    nodes,
-    poolInstances: pools,
-    vmCounts: new Map([["b", 10]]),
+  await t.step("CPU, memory and disk must fit (strict by default)", () => {
+    const n = node("a", 4, 8192);
+    assertEquals(failed(cand(n, { vcpus: 3 })), ["cpu_fit"]);
+    assertEquals(failed(cand(n, { vcpus: 2 })), [], "exactly full fits");
+    assertEquals(failed(cand(n, { memory_mib: 6145 })), ["memory_fit"]);
+    assertEquals(failed(cand(n, {}, { diskAvailableBytes: 9 * GIB })), ["disk_fit"]);
+    assertEquals(failed(cand(n, {}, { diskAvailableBytes: null })), ["disk_fit"]);
+    const v = only(cand(n, { vcpus: 3 })).verdicts[0];
+    assertEquals(v.reasons, ["cpu: 3+2 of 4 vCPUs"]);
+    assertEquals(v.utilization.cpu_used, 3);
   });
-  assertEquals(p.node.name, "b");
-  assertEquals(
-    code(() =>
-      schedule({ pool: "fast", architecture: "amd64", node: "b" }, {
-        nodes,
-        poolInstances: pools,
-        vmCounts: new Map(),
-      })
-    ).code,
-    "pool_not_on_node",
-  );
-  assertEquals(
-    code(() =>
-      schedule({ pool: "default", architecture: "amd64", node: "zzz" }, {
-        nodes,
-        poolInstances: pools,
-        vmCounts: new Map(),
-      })
-    ).code,
-    "node_not_found",
-  );
-  // Hinted node exists with the pool but is cordoned: no_eligible_nodes, not a fallback.
-  const e = code(() =>
-    schedule({ pool: "default", architecture: "amd64", node: "a" }, {
-      nodes: [node("a", { cordoned: true }), node("b")],
-      poolInstances: pools,
-      vmCounts: new Map(),
-    })
-  );
-  assertEquals(e.code, "no_eligible_nodes");
+
+  await t.step("an overcommit ratio stretches the capacity; disabled resources are ignored", () => {
+    const n = node("a", 4, 8192);
+    const over: PlacementSettings = {
+      ...STRICT,
+      resources: { ...STRICT.resources, cpu: { enabled: true, overcommit_ratio: 2 } },
+    };
+    assertEquals(failed(cand(n, { vcpus: 6 }), over), []);
+    assertEquals(failed(cand(n, { vcpus: 7 }), over), ["cpu_fit"]);
+    const off: PlacementSettings = {
+      ...STRICT,
+      resources: {
+        cpu: { enabled: false, overcommit_ratio: 1 },
+        memory: { enabled: false, overcommit_ratio: 1 },
+        disk: { enabled: false, overcommit_ratio: 1 },
+      },
+    };
+    assertEquals(
+      failed(cand(n, { vcpus: 100, memory_mib: 1e6 }, { diskAvailableBytes: 0 }), off),
+      [],
+    );
+    assertEquals(only(cand(n), off).verdicts[0].score, 0, "nothing to score: name decides");
+  });
 });
 
-Deno.test("scheduler: unknown pool → pool_not_found", () => {
-  assertEquals(
-    code(() =>
-      schedule({ pool: "nope", architecture: "amd64" }, {
-        nodes: [node("a")],
-        poolInstances: [pool("default", "a")],
-        vmCounts: new Map(),
-      })
-    ).code,
-    "pool_not_found",
-  );
+Deno.test("scheduler: nothing eligible → a 409 naming each candidate's utilisation", async (t) => {
+  await t.step("insufficient resources", () => {
+    const cs = [
+      cand(node("a", 2, 4096), { vcpus: 2 }),
+      cand(node("b", 4, 8192, { cordoned: true })),
+    ];
+    const d = decide(REQ, cs, STRICT);
+    assertEquals(d.winner, null);
+    const e = noEligibleNodesError(REQ, d);
+    assertEquals(e.code, "no_eligible_nodes");
+    const det = e.details as Record<string, any>;
+    assertEquals(det.reason, "insufficient_resources");
+    assertEquals(det.node_utilization.map((u: { node: string }) => u.node), ["a", "b"]);
+    assertEquals(det.node_utilization[0].cpu_used, 2);
+    assertEquals(det.node_utilization[0].cpu_total, 2);
+    assertEquals(det.node_utilization[0].disk_total_bytes, 100 * GIB);
+    assertEquals(det.node_utilization[0].disk_used_bytes, 20 * GIB);
+    assertEquals(det.node_utilization[0].rejected, ["cpu: 2+2 of 2 vCPUs"]);
+    assert(e.message.includes("b: node is cordoned"), e.message);
+  });
+
+  await t.step("pressure, or nothing ready", () => {
+    const pressured = cand(node("a"), {}, { poolUnderPressure: true });
+    assertEquals(
+      (noEligibleNodesError(REQ, decide(REQ, [pressured], STRICT)).details as any).reason,
+      "node_pressure",
+    );
+    const down = cand(node("a", 4, 8192, { status: "gone" }));
+    assertEquals(
+      (noEligibleNodesError(REQ, decide(REQ, [down], STRICT)).details as any).reason,
+      "no_ready_nodes",
+    );
+  });
+
+  await t.step("the explained decision marks the winner and sorts by name", () => {
+    const d = decide(REQ, [cand(node("b")), cand(node("a"), { vcpus: 4 })], STRICT, true);
+    assertEquals(d.verdicts.map((v) => [v.node, v.eligible, v.winner]), [
+      ["a", false, false],
+      ["b", true, true],
+    ]);
+  });
 });

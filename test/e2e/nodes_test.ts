@@ -193,6 +193,35 @@ Deno.test({
         );
       });
 
+      await t.step("vm create --dry-run: the decision table, nothing created", async () => {
+        const url = `http://127.0.0.1:${img.addr.port}/i.img`;
+        await ok("node", "cordon", "node-b");
+        const table = await ok("vm", "create", "plan", "--image-url", url, "--dry-run");
+        assertMatch(table, /^placement: pool default, resource_aware: would place on node-a$/m);
+        assertMatch(table, /^NODE\s+VERDICT\s+SCORE\s+CPU\s+MEMORY_MIB\s+DISK\s+VMS/m);
+        assertMatch(table, /^node-a\s+winner\s+\d+\.\d\s+1\/\d+\s+128\/\d+\s+/m);
+        assertMatch(table, /^node-b\s+rejected\s+-\s+.*node is cordoned$/m);
+        const json = JSON.parse(
+          await ok("vm", "create", "plan", "--image-url", url, "--dry-run", "-o", "json"),
+        );
+        assertEquals(json.node, "node-a");
+        const none = await cli(
+          "vm",
+          "create",
+          "plan",
+          "--image-url",
+          url,
+          "--node",
+          "node-b",
+          "--dry-run",
+        );
+        assertEquals(none.code, 1);
+        assertMatch(none.stdout, /no eligible node/);
+        assertStringIncludes(none.stderr, "no_eligible_nodes");
+        assertEquals((await cli("vm", "get", "plan")).code, 1, "nothing was created");
+        await ok("node", "uncordon", "node-b");
+      });
+
       await t.step(
         "pressure from a real agent's readings: set after 3 low heartbeats, cleared by one",
         async () => {

@@ -1,0 +1,35 @@
+/**
+ * Cluster configuration on the public API (shared/api/cluster.ts has the contract):
+ * - `GET /v1/cluster/default-pool` (any authenticated role) → ClusterDefaultPool
+ * - `PUT /v1/cluster/default-pool` `{name}` (`cluster:manage`, admin) → ClusterDefaultPool;
+ *   404 `pool_not_found`, 400 `validation_failed`
+ * - `DELETE /v1/cluster/default-pool` (`cluster:manage`) → ClusterDefaultPool (cleared)
+ *
+ * @module
+ */
+import { Hono } from "hono";
+import { SetDefaultPoolRequestSchema } from "../../shared/api/cluster.ts";
+import { type AppEnv, authMiddleware, requirePermission } from "../auth/middleware.ts";
+import type { CpContext } from "../context.ts";
+import { validate } from "../routes/validate.ts";
+import { getDefaultPool, setDefaultPool, unsetDefaultPool } from "./service.ts";
+
+/** The cluster routes (mounted at `/v1/cluster`). */
+export function clusterRoutes(ctx: CpContext): Hono<AppEnv> {
+  const r = new Hono<AppEnv>();
+  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now));
+  // Every role may read the default (vm create, which every writer uses, resolves it).
+  r.get("/default-pool", async (c) => c.json(await getDefaultPool(ctx)));
+  r.put(
+    "/default-pool",
+    requirePermission("cluster:manage"),
+    validate("json", SetDefaultPoolRequestSchema),
+    async (c) => c.json(await setDefaultPool(ctx, c.req.valid("json").name)),
+  );
+  r.delete(
+    "/default-pool",
+    requirePermission("cluster:manage"),
+    async (c) => c.json(await unsetDefaultPool(ctx)),
+  );
+  return r;
+}
