@@ -2,38 +2,73 @@
  * The agent-owned per-pool image cache (spec: storage pools "The agent-owned image cache";
  * troubleshooting `image_unavailable`, `checksum_mismatch`, `download_failed`).
  *
- * Layout: `{poolPath}/images/{basename}` plus the sidecar `{basename}.sha256` (lowercase hex
- * and a newline). IfNotPresent semantics: a regular file (not a symlink) with a valid sidecar
- * is a cache hit and is not re-hashed. Downloads ask for `Accept-Encoding: identity`, so the
- * SHA-256 covers the bytes as published (what `sha256sum` of the file gives); they stream
- * into a hidden temp file in the same directory while the hash is computed, then are
- * renamed into place (image first, sidecar last, so a crash never leaves a sidecar
- * describing other bytes).
+ * Layout (agent/image_entries.ts): `{poolPath}/images/{name}` plus two sidecars,
+ * `{name}.sha256` (lowercase hex and a newline) and `{name}.source` (the URL it came from and
+ * a newline). The URL's last path segment is the name of its first entry (the spec's
+ * `{basename}`); hidden `.*.part` / `.*.tmp` files are transfers in progress.
  *
- * Checksums: when the request names `image_sha256` and the cached sidecar differs, the image
- * is downloaded again once; if the fresh bytes match, they replace the cached copy
- * (running VMs keep the old inode), otherwise the task fails with `checksum_mismatch` and the
- * cache is left as it was.
+ * Identity: an entry is its content (the `.sha256` digest) from its source (the `.source`
+ * URL, without fragment). A request reuses an entry only when the entry's source is the
+ * request's URL and, when the request names `image_sha256`, the digests are equal; otherwise
+ * it downloads. An entry without a `.source` (written before sources were recorded) or whose
+ * image is not a regular file is never reused. Such a hit is IfNotPresent: not re-hashed;
+ * without `image_sha256` the newest entry of the URL wins.
  *
- * Concurrent requests for the same cache path are serialized, so they share one download:
- * the second finds the first one's result as a cache hit.
+ * Two images with one basename coexist (decision for issue 7's cross-user case): when the
+ * name `{basename}` is taken by another source's entry, or by older content of the same
+ * source, the new entry is `{stem}-{first 12 hex of its sha256}{ext}` (`img.qcow2` →
+ * `img-7f3c1a9b0e2d.qcow2`; `-2`, `-3`, … if that is taken as well). So `http://a/img.qcow2`
+ * and `http://b/img.qcow2` are two files, each VM's `image` (the entry name this cache
+ * returns, stored by the control plane) names its own, and its qcow2 overlay refers to it
+ * by path.
+ *
+ * Immutability: a published image file is never replaced, renamed over or rewritten (VM
+ * overlays refer to their backing file by path; new content always gets a new name). It is
+ * published by a no-clobber hard link after its sidecars are written, so a visible image
+ * always has its sidecars.
+ *
+ * Single flight: requests for one (pool, URL, `image_sha256`) share one download
+ * (agent/single_flight.ts): the first starts it, the others join and see its progress; one
+ * that is cancelled leaves, and the download stops only when every request left. A different
+ * `image_sha256` for the same URL is a separate flight (it may accept other bytes). Transfers
+ * stream into a hidden temp file (agent/download.ts: network, hashing and disk pipelined,
+ * fsynced) that is published only when complete and verified; publications into one pool are
+ * serialized.
+ *
+ * Checksums: when the request names `image_sha256` and the downloaded bytes differ, the task
+ * fails with `checksum_mismatch` and nothing is published.
  *
  * Size limits: a download whose `Content-Length` exceeds the pool filesystem's usable free
  * space ({@link usableFreeBytes}) fails with `image_unavailable` before anything is written;
  * one whose `Content-Length` or streamed body exceeds `images.max_download_bytes` fails with
  * `download_failed` (a server that omits or lies about the length cannot fill the disk).
  *
+ * Entries are not removed by the agent (no garbage collection yet).
+ *
  * @module
  */
-import { createHash } from "node:crypto";
 import { statfs } from "node:fs/promises";
 import { basename as pathBasename, join } from "node:path";
 import { ApiError } from "../shared/errors.ts";
-import { imageBasenameOf, imageUrlProblem, SIDECAR_SUFFIX } from "../shared/api/images.ts";
+import { imageBasenameOf, imageUrlProblem } from "../shared/api/images.ts";
 import type { CachedImage } from "../shared/api/nodes.ts";
 import type { Logger } from "../shared/log.ts";
-import { errorMessage, writeAll, writeFileAtomic } from "./fsutil.ts";
+import { downloadToFile } from "./download.ts";
+import { errorMessage } from "./fsutil.ts";
+import {
+  type CacheEntry,
+  downloadTempName,
+  findEntries,
+  listCachedImages,
+  normalizeSource,
+  publishEntry,
+} from "./image_entries.ts";
 import { KeyedMutex } from "./lock.ts";
+import { SingleFlight } from "./single_flight.ts";
+import { formatBytes } from "./units.ts";
+
+export { formatBytes } from "./units.ts";
+export { readSidecar } from "./image_entries.ts";
 
 /** Default `images.max_download_bytes` (64 GiB). */
 export const DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024 ** 3;
@@ -41,8 +76,6 @@ export const DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024 ** 3;
 export const FREE_SPACE_MARGIN_BYTES = 1024 ** 3;
 /** The fraction of the filesystem size kept free when below {@link FREE_SPACE_MARGIN_BYTES}. */
 export const FREE_SPACE_MARGIN_FRACTION = 0.05;
-
-const HEX64 = /^[0-9a-f]{64}$/;
 
 /** Free space of a filesystem, bytes. */
 export interface FsSpace {
@@ -79,19 +112,6 @@ export function usableFreeBytes(space: FsSpace): number {
   return Math.max(0, space.availableBytes - freeSpaceMarginBytes(space.totalBytes));
 }
 
-/** `1536` → `1.5 KiB`; bytes below 1 KiB as `N bytes`. */
-export function formatBytes(n: number): string {
-  const units = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-  if (n < 1024) return `${n} bytes`;
-  let v = n / 1024;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${v.toFixed(1)} ${units[i]}`;
-}
-
 /**
  * The cache basename of an image URL (the shared rule of `shared/api/images.ts`).
  *
@@ -118,28 +138,41 @@ export interface EnsureImageOptions {
   url: string;
   /** Expected lowercase hex SHA-256, if the request named one. */
   sha256?: string;
-  /** Progress callback: bytes received so far and the expected total (null if unknown). */
+  /**
+   * Progress callback: bytes received so far and the expected total (null if unknown).
+   * Called after every chunk received (callers throttle); a request that joins a download
+   * in progress gets the latest figures at once.
+   */
   onProgress?: (received: number, total: number | null) => void;
   /**
-   * Cancels the request (a `vm delete` during the create): a download in progress is aborted
-   * and its temp file removed; a request waiting for another one's download of the same file
-   * gives up at once. The call then rejects with the signal's reason when it is an
-   * {@link ApiError}, else with `task_cancelled`.
+   * Cancels the request (a `vm delete` during the create). A request sharing a download
+   * with others leaves it at once; the download itself is aborted, and its temp file
+   * removed, when the last request sharing it is cancelled (that call settles after the
+   * cleanup). The call then rejects with the signal's reason when it is an {@link ApiError},
+   * else with `task_cancelled`.
    */
   signal?: AbortSignal;
 }
 
 /** A cached image on disk. */
 export interface EnsuredImage {
-  /** Absolute path of the cached image. */
+  /** Absolute path of the cached image (`<poolPath>/images/<basename>`). */
   path: string;
-  /** The cache key: the URL's last path segment (see {@link imageBasename}). */
+  /**
+   * The entry's file name inside `images/`: the URL's basename, or a variant of it such as
+   * `img-7f3c1a9b0e2d.qcow2` (see the module doc). The VM's `image`.
+   */
   basename: string;
   /** Lowercase hex SHA-256 (from the sidecar). */
   sha256: string;
+  /** The entry's source URL (normalized: no fragment). */
+  source: string;
   /** Size of the cached file, bytes. */
   sizeBytes: number;
-  /** True when no download was needed. */
+  /**
+   * False for exactly one request per download: the one that started it. Requests that
+   * found the entry cached, or joined another request's download, get true.
+   */
   cacheHit: boolean;
 }
 
@@ -158,6 +191,11 @@ export interface ImageCacheOptions {
   log?: Logger;
   /** `fetch` to use (tests may inject one). */
   fetch?: typeof fetch;
+  /**
+   * Pipeline tuning of agent/download.ts (bytes; defaults there): reader-writer queue,
+   * write size, background flush interval.
+   */
+  transfer?: { queueBytes?: number; writeChunkBytes?: number; flushEveryBytes?: number };
 }
 
 /** The error of a cancelled request: the signal's ApiError reason, else `task_cancelled`. */
@@ -167,19 +205,23 @@ function cancelled(signal: AbortSignal): ApiError {
     : new ApiError("task_cancelled", `image request cancelled: ${errorMessage(signal.reason)}`);
 }
 
-/** Reads a sidecar's hex digest (first token; `sha256sum` format is accepted), or null. */
-export async function readSidecar(path: string): Promise<string | null> {
-  try {
-    const token = (await Deno.readTextFile(path)).trim().split(/\s+/)[0]?.toLowerCase() ?? "";
-    return HEX64.test(token) ? token : null;
-  } catch {
-    return null;
-  }
+/** Bytes received and the announced total (null when unknown). */
+interface ByteProgress {
+  received: number;
+  total: number | null;
+}
+
+/** What one flight produced. */
+interface FlightOutcome {
+  entry: CacheEntry;
+  /** True when the flight downloaded the entry (false: it was cached). */
+  downloaded: boolean;
 }
 
 /** The per-pool image cache. */
 export class ImageCache {
-  #locks = new KeyedMutex();
+  #flights = new SingleFlight<FlightOutcome, ByteProgress>();
+  #publish = new KeyedMutex();
   #opts: ImageCacheOptions;
 
   constructor(opts: ImageCacheOptions) {
@@ -187,7 +229,8 @@ export class ImageCache {
   }
 
   /**
-   * Makes sure `opts.url` is cached in `opts.poolPath` and returns it.
+   * Makes sure `opts.url` is cached in `opts.poolPath` (with `opts.sha256`, when given) and
+   * returns its entry.
    *
    * @throws ApiError `task_cancelled` (or the `signal`'s ApiError reason) when `opts.signal`
    *   aborts; `validation_failed` (not an http(s) URL, bad basename),
@@ -197,31 +240,48 @@ export class ImageCache {
    *   written; `Content-Length` larger than the pool filesystem's usable free space, see
    *   {@link usableFreeBytes} — then nothing is written)
    */
-  ensure(opts: EnsureImageOptions): Promise<EnsuredImage> {
+  async ensure(opts: EnsureImageOptions): Promise<EnsuredImage> {
     // Also refuses file:, data: and blob: URLs (which `fetch` would read): only the network
     // is a source.
     const basename = imageBasename(opts.url);
+    const source = normalizeSource(opts.url);
+    const want = opts.sha256?.toLowerCase();
     const dir = join(opts.poolPath, "images");
-    const path = join(dir, basename);
-    return this.#locks.run(path, () => this.#ensureLocked(opts, dir, basename, path), opts.signal)
-      .catch((e) => {
-        throw opts.signal?.aborted ? cancelled(opts.signal) : e;
-      });
+    const key = `${dir}\n${source}\n${want ?? ""}`;
+    try {
+      const { value, leader } = await this.#flights.run(
+        key,
+        (ctx) => this.#fetch(opts, { dir, basename, source, want }, ctx.signal, ctx.progress),
+        {
+          signal: opts.signal,
+          onProgress: opts.onProgress && ((p) => opts.onProgress!(p.received, p.total)),
+        },
+      );
+      const e = value.entry;
+      return {
+        path: e.path,
+        basename: e.name,
+        sha256: e.sha256,
+        source,
+        sizeBytes: e.sizeBytes,
+        cacheHit: !(leader && value.downloaded),
+      };
+    } catch (e) {
+      throw opts.signal?.aborted ? cancelled(opts.signal) : e;
+    }
   }
 
-  async #ensureLocked(
+  /** One flight: the cached entry, or a download verified and published. */
+  async #fetch(
     opts: EnsureImageOptions,
-    dir: string,
-    basename: string,
-    path: string,
-  ): Promise<EnsuredImage> {
-    const sidecar = path + SIDECAR_SUFFIX;
-    const want = opts.sha256?.toLowerCase();
-    const cachedSha = await readSidecar(sidecar);
-    const cachedSize = await fileSize(path);
-    if (cachedSha !== null && cachedSize !== null && (!want || want === cachedSha)) {
-      return { path, basename, sha256: cachedSha, sizeBytes: cachedSize, cacheHit: true };
-    }
+    id: { dir: string; basename: string; source: string; want: string | undefined },
+    signal: AbortSignal,
+    progress: (p: ByteProgress) => void,
+  ): Promise<FlightOutcome> {
+    const { dir, basename, source, want } = id;
+    const cached = await findEntries(dir, source);
+    const hit = want ? cached.find((e) => e.sha256 === want) : cached[0];
+    if (hit) return { entry: hit, downloaded: false };
     try {
       await Deno.mkdir(dir, { recursive: true, mode: 0o750 });
     } catch (e) {
@@ -230,150 +290,44 @@ export class ImageCache {
         `cannot create image cache ${dir}: ${errorMessage(e)}`,
       );
     }
-    const tmp = join(dir, `.${basename.slice(0, 200)}.${crypto.randomUUID().slice(0, 8)}.part`);
+    const tmp = join(dir, downloadTempName(basename));
     try {
-      const { sha256, size } = await this.#download(opts, dir, tmp);
-      if (want && sha256 !== want) {
-        const cachedNote = cachedSha && cachedSha !== want
-          ? ` (cached sidecar has sha256 ${cachedSha})`
+      const t = this.#opts.transfer ?? {};
+      const got = await downloadToFile({
+        url: opts.url,
+        dest: tmp,
+        idleTimeoutMs: this.#opts.idleTimeoutMs,
+        maxBytes: this.#opts.maxDownloadBytes ?? DEFAULT_MAX_DOWNLOAD_BYTES,
+        signal,
+        fetch: this.#opts.fetch,
+        checkLength: (n) => this.#checkFreeSpace(opts, dir, n),
+        onProgress: (received, total) => progress({ received, total }),
+        ...t,
+      });
+      if (want && got.sha256 !== want) {
+        const note = cached.length
+          ? ` (cached sidecar has sha256 ${cached.map((e) => e.sha256).join(", ")})`
           : "";
         throw new ApiError(
           "checksum_mismatch",
-          `image ${opts.url}: SHA-256 is ${sha256}, expected ${want}${cachedNote}`,
-          { expected: want, actual: sha256 },
+          `image ${opts.url}: SHA-256 is ${got.sha256}, expected ${want}${note}`,
+          { expected: want, actual: got.sha256 },
         );
       }
-      try {
-        // Sidecar out first: an image never sits next to a sidecar describing other bytes.
-        await Deno.remove(sidecar).catch((e) => {
-          if (!(e instanceof Deno.errors.NotFound)) throw e;
-        });
-        await Deno.rename(tmp, path);
-        await writeFileAtomic(sidecar, sha256 + "\n", 0o644);
-      } catch (e) {
-        throw new ApiError(
-          "image_unavailable",
-          `cannot write image cache ${path}: ${errorMessage(e)}`,
-        );
-      }
-      return { path, basename, sha256, sizeBytes: size, cacheHit: false };
-    } finally {
-      await Deno.remove(tmp).catch(() => {});
-    }
-  }
-
-  async #download(
-    opts: EnsureImageOptions,
-    dir: string,
-    tmp: string,
-  ): Promise<{ sha256: string; size: number }> {
-    const idleMs = this.#opts.idleTimeoutMs;
-    const maxBytes = this.#opts.maxDownloadBytes ?? DEFAULT_MAX_DOWNLOAD_BYTES;
-    const ctrl = new AbortController();
-    const signal = opts.signal ? AbortSignal.any([ctrl.signal, opts.signal]) : ctrl.signal;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const arm = () => {
-      clearTimeout(timer);
-      timer = setTimeout(
-        () => ctrl.abort(new Error(`no data received for ${idleMs / 1000} s`)),
-        idleMs,
-      );
-    };
-    const failed = (why: string) =>
-      new ApiError("download_failed", `download ${opts.url}: ${why}`, { url: opts.url });
-    arm();
-    try {
-      let res: Response;
-      try {
-        // identity: a transparently decompressed body would not match the published
-        // checksum, nor the Content-Length, which then counts the compressed bytes.
-        res = await (this.#opts.fetch ?? fetch)(opts.url, {
-          signal,
-          headers: { "accept-encoding": "identity" },
-        });
-      } catch (e) {
-        throw failed(ctrl.signal.aborted ? errorMessage(ctrl.signal.reason) : errorMessage(e));
-      }
-      if (!res.ok || !res.body) {
-        await res.body?.cancel().catch(() => {});
-        throw failed(`HTTP ${res.status}${res.statusText ? " " + res.statusText : ""}`);
-      }
-      const lenHeader = res.headers.get("content-length");
-      const total = lenHeader && /^\d+$/.test(lenHeader) ? Number(lenHeader) : null;
-      if (total !== null) {
+      signal.throwIfAborted();
+      const entry = await this.#publish.run(dir, async () => {
         try {
-          if (total > maxBytes) {
-            throw failed(
-              `image is ${total} bytes (${formatBytes(total)}), over images.max_download_bytes ` +
-                `${maxBytes} (${formatBytes(maxBytes)})`,
-            );
-          }
-          await this.#checkFreeSpace(opts, dir, total);
-        } catch (e) {
-          await res.body.cancel().catch(() => {});
-          throw e;
-        }
-      }
-      let file: Deno.FsFile;
-      try {
-        file = await Deno.open(tmp, { write: true, createNew: true, mode: 0o644 });
-      } catch (e) {
-        await res.body.cancel().catch(() => {});
-        throw new ApiError(
-          "image_unavailable",
-          `cannot write image cache ${tmp}: ${errorMessage(e)}`,
-        );
-      }
-      const hash = createHash("sha256");
-      let received = 0;
-      try {
-        const reader = res.body.getReader();
-        while (true) {
-          let chunk: ReadableStreamReadResult<Uint8Array>;
-          try {
-            arm();
-            chunk = await reader.read();
-          } catch (e) {
-            throw failed(ctrl.signal.aborted ? errorMessage(ctrl.signal.reason) : errorMessage(e));
-          }
-          if (chunk.done) break;
-          if (received + chunk.value.length > maxBytes) {
-            await reader.cancel().catch(() => {});
-            throw failed(
-              `body exceeds images.max_download_bytes ${maxBytes} (${formatBytes(maxBytes)}); ` +
-                `aborted after ${received} bytes`,
-            );
-          }
-          hash.update(chunk.value);
-          try {
-            await writeAll(file, chunk.value);
-          } catch (e) {
-            await reader.cancel().catch(() => {});
-            throw new ApiError(
-              "image_unavailable",
-              `cannot write image cache ${tmp}: ${errorMessage(e)}`,
-            );
-          }
-          received += chunk.value.length;
-          opts.onProgress?.(received, total);
-        }
-        if (total !== null && received !== total) {
-          throw failed(`truncated: received ${received} of ${total} bytes`);
-        }
-        try {
-          await file.sync();
+          return await publishEntry(dir, tmp, basename, source, got.sha256);
         } catch (e) {
           throw new ApiError(
             "image_unavailable",
-            `cannot write image cache ${tmp}: ${errorMessage(e)}`,
+            `cannot write image cache ${join(dir, basename)}: ${errorMessage(e)}`,
           );
         }
-      } finally {
-        file.close();
-      }
-      return { sha256: hash.digest("hex"), size: received };
+      });
+      return { entry, downloaded: true };
     } finally {
-      clearTimeout(timer);
+      await Deno.remove(tmp).catch(() => {});
     }
   }
 
@@ -413,38 +367,11 @@ export class ImageCache {
   }
 
   /**
-   * The cached images of a pool: every `images/<name>` with a valid `<name>.sha256` sidecar
-   * (hidden temp files are skipped). A missing directory yields `[]`.
+   * The cached images of a pool: every `images/<name>` that is a regular file with a valid
+   * `<name>.sha256` sidecar (hidden temp files and sidecars are skipped), by name. A missing
+   * directory yields `[]`.
    */
-  static async list(poolPath: string): Promise<CachedImage[]> {
-    const dir = join(poolPath, "images");
-    const out: CachedImage[] = [];
-    try {
-      for await (const e of Deno.readDir(dir)) {
-        if (!e.isFile || e.name.startsWith(".") || e.name.endsWith(SIDECAR_SUFFIX)) continue;
-        const sha = await readSidecar(join(dir, e.name + SIDECAR_SUFFIX));
-        const size = await fileSize(join(dir, e.name));
-        if (sha !== null && size !== null) {
-          out.push({ basename: e.name, sha256: sha, size_bytes: size });
-        }
-      }
-    } catch {
-      return out;
-    }
-    return out.sort((a, b) => a.basename.localeCompare(b.basename));
-  }
-}
-
-/**
- * Size of the regular file at `path`, or null when it is missing or not a regular file. A
- * symlink is not followed (and yields null): a planted link must never become a VM's
- * backing file.
- */
-async function fileSize(path: string): Promise<number | null> {
-  try {
-    const st = await Deno.lstat(path);
-    return st.isFile ? st.size : null;
-  } catch {
-    return null;
+  static list(poolPath: string): Promise<CachedImage[]> {
+    return listCachedImages(poolPath);
   }
 }

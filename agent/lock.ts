@@ -1,6 +1,7 @@
 /**
  * A keyed mutex: callers with the same key run one after another (FIFO); different keys run
- * concurrently. Used for per-VM operations and per-image downloads.
+ * concurrently. Used for per-VM operations and for publishing finished downloads into a pool's
+ * image cache (one pool at a time; downloads themselves are single-flight, agent/single_flight.ts).
  *
  * @module
  */

@@ -13,6 +13,9 @@
  * `validation_failed`, `vm_invalid_state`, `task_cancelled` (deleted meanwhile), and
  * `vm_create_failed` / `vm_delete_failed` / `vm_action_failed` for anything else.
  *
+ * Progress is a text and, during an image download, `progress_bytes` (done/total bytes,
+ * throttled by agent/vms.ts); a step without byte figures clears them.
+ *
  * Every change of a task (accepted, running, progress, terminal) is announced to
  * {@link TaskManager.subscribe} listeners (the report pusher, agent/report.ts).
  *
@@ -27,6 +30,7 @@ import {
 } from "../shared/api/agent.ts";
 import { actionTaskType, isTerminal } from "../shared/api/tasks.ts";
 import type { Logger } from "../shared/log.ts";
+import { sameProgress } from "../shared/progress_throttle.ts";
 import type { OpHooks, VmManager } from "./vms.ts";
 
 /** Terminal tasks kept for polling; the oldest are dropped beyond this. */
@@ -193,6 +197,7 @@ export class TaskManager {
       status: "pending",
       error: null,
       progress: null,
+      progress_bytes: null,
       result: null,
       timings: {},
       created_at: now,
@@ -206,9 +211,11 @@ export class TaskManager {
       done: Promise.resolve(),
     };
     const hooks: Required<OpHooks> = {
-      progress: (p) => {
-        if (task.progress === p || isTerminal(task.status)) return;
+      progress: (p, bytes = null) => {
+        if (isTerminal(task.status)) return;
+        if (task.progress === p && sameProgress(task.progress_bytes ?? null, bytes)) return;
         task.progress = p;
+        task.progress_bytes = bytes && { ...bytes };
         this.#changed(entry);
       },
       mark: (step) => {
@@ -233,6 +240,7 @@ export class TaskManager {
         task.status = "failed";
         log.warn("task: failed", { code: task.error.code, err: task.error.message });
       }
+      task.progress_bytes = null; // byte figures describe a step in progress
       entry.endedAt = this.#clock();
       this.#changed(entry);
     })();

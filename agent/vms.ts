@@ -51,8 +51,9 @@ import type {
 } from "../shared/api/agent.ts";
 import type { Architecture } from "../shared/api/common.ts";
 import type { ObservedVm, VmExit, VmExitReason, VmPhase } from "../shared/api/vm_runtime.ts";
-import type { VmAction } from "../shared/api/tasks.ts";
+import type { ProgressBytes, VmAction } from "../shared/api/tasks.ts";
 import type { Logger } from "../shared/log.ts";
+import { ProgressThrottle } from "../shared/progress_throttle.ts";
 import type { Accelerator } from "./accel.ts";
 import { checkActionPhase, type GuestShutdownClaim, runVerb, type VerbTarget } from "./actions.ts";
 import { buildSeedIso } from "./cloudinit.ts";
@@ -105,8 +106,12 @@ export interface VmManifest {
 
 /** Hooks an operation reports through (agent/tasks.ts passes the task's). */
 export interface OpHooks {
-  /** Human-readable progress, e.g. `downloading image (12.5 MiB of 300.0 MiB)`. */
-  progress?: (text: string) => void;
+  /**
+   * Human-readable progress, e.g. `downloading image (12.5 MiB of 300.0 MiB)`, with the byte
+   * figures of the step when it has them (an image download; throttled by the caller with
+   * shared/progress_throttle.ts); a call without `bytes` clears them.
+   */
+  progress?: (text: string, bytes?: ProgressBytes | null) => void;
   /** Records a completed step for the task's `timings` (`image`, `spawn`, `qmp_command`…). */
   mark?: (step: string) => void;
 }
@@ -614,7 +619,7 @@ export class VmManager {
         `pool ${pool.name}: path ${pool.path} is not under the agent's pools directory ${this.#o.paths.poolsDir}`,
       );
     }
-    const basename = imageBasename(vm.image_url);
+    imageBasename(vm.image_url); // validation_failed before anything exists
     const files = this.files(vm.id);
     checkSocketPath(files.qmpSock);
     checkSocketPath(files.serialSock);
@@ -649,20 +654,26 @@ export class VmManager {
         );
       }
       progress("fetching image");
+      const throttle = new ProgressThrottle(() => performance.now());
       const img = await this.#o.images.ensure({
         poolPath: pool.path,
         poolName: pool.name,
         url: vm.image_url,
         sha256: vm.image_sha256,
         signal,
-        onProgress: (n, total) =>
+        onProgress: (n, total) => {
+          const bytes = { done_bytes: n, total_bytes: total };
+          if (!throttle.offer(bytes)) return;
           progress(
             `downloading image (${mib(n)} MiB${total !== null ? ` of ${mib(total)} MiB` : ""})`,
-          ),
+            bytes,
+          );
+        },
       });
       mark("image");
       log.info(img.cacheHit ? "image: cache hit" : "image: downloaded", {
         image: img.path,
+        source: img.source,
         sha256: img.sha256,
         bytes: img.sizeBytes,
       });
@@ -694,7 +705,7 @@ export class VmManager {
           disk_gib: vm.disk_gib,
           image_url: vm.image_url,
           image_sha256: vm.image_sha256 ?? null,
-          image: basename,
+          image: img.basename,
           image_format: info.format,
           pool,
           user_data: vm.user_data ?? null,
@@ -710,7 +721,7 @@ export class VmManager {
       return {
         phase: started.phase,
         accelerator: started.accelerator,
-        image: basename,
+        image: manifest.image,
         image_cache_hit: img.cacheHit,
         ...(manifest.image_format ? { image_format: manifest.image_format } : {}),
       };

@@ -1,6 +1,7 @@
 /**
- * `--wait`: follows a task until it is terminal, showing progress on stderr (a `.` per update
- * on a terminal, a line per status or progress change otherwise).
+ * `--wait`: follows a task until it is terminal, showing progress on stderr (cli/progress.ts:
+ * on a terminal a `.` per update and a progress bar while an image downloads; otherwise a
+ * line per status or progress change, and a line per 10 % of a download).
  *
  * It follows the event stream (`GET /v1/events?kind=task&name=<id>`, `events.ts`): the task's
  * current state arrives first, then each change as it happens, so the wait returns as soon as
@@ -16,6 +17,7 @@ import { formatDuration } from "./duration.ts";
 import { ApiCallError, TransportError, WaitTimeoutError } from "./errors.ts";
 import { followEvents } from "./events.ts";
 import type { Io } from "./io.ts";
+import { type ProgressRenderer, progressRenderer } from "./progress.ts";
 
 /** Options of {@link waitForTask}. */
 export interface WaitOptions {
@@ -37,40 +39,6 @@ export interface WaitResult {
   raw: unknown;
 }
 
-/** Progress output shared by the stream and the polling paths. */
-class Progress {
-  #dots: boolean;
-  #printedDots = false;
-  #last = "";
-  lastStatus: string | undefined;
-
-  constructor(private io: Io) {
-    this.#dots = io.stderrIsTerminal();
-  }
-
-  /** A task state arrived. */
-  task(task: Task): void {
-    this.lastStatus = task.status;
-    if (this.#dots) return this.tick();
-    const line = `task=${task.id} status=${task.status}` +
-      (task.progress && !isTerminal(task.status) ? `: ${task.progress}` : "");
-    if (line !== this.#last) this.io.err(line + "\n");
-    this.#last = line;
-  }
-
-  /** Something arrived (a state, a keep-alive): a dot on a terminal. */
-  tick(): void {
-    if (!this.#dots) return;
-    this.io.err(".");
-    this.#printedDots = true;
-  }
-
-  end(): void {
-    if (this.#printedDots) this.io.err("\n");
-    this.#printedDots = false;
-  }
-}
-
 /**
  * Waits for task `taskId` to succeed or fail and returns its final state (the caller decides
  * what a failure means).
@@ -86,7 +54,7 @@ export async function waitForTask(
   taskId: string,
   options: WaitOptions,
 ): Promise<WaitResult> {
-  const progress = new Progress(io);
+  const progress = progressRenderer(io);
   try {
     try {
       return await followTask(client, io, taskId, options, progress);
@@ -114,7 +82,7 @@ async function followTask(
   io: Io,
   taskId: string,
   options: WaitOptions,
-  progress: Progress,
+  progress: ProgressRenderer,
 ): Promise<WaitResult> {
   const remaining = options.timeoutSeconds * 1000;
   const deadline = AbortSignal.timeout(remaining);
@@ -165,7 +133,7 @@ async function pollTask(
   io: Io,
   taskId: string,
   options: WaitOptions,
-  progress: Progress,
+  progress: ProgressRenderer,
 ): Promise<WaitResult> {
   const deadline = io.now() + options.timeoutSeconds * 1000;
   const maxInterval = options.maxIntervalMs ?? 2000;

@@ -11,9 +11,15 @@
  *   way (daemonized, QMP until `running`), and the ratio of Otherix's accept → visible
  *   `running` to it;
  * - heartbeat fan-in (`--fanin 500,2000`, scripts/bench_fanin.ts): control-plane CPU, heartbeat
- *   latency and store writes per second with that many simulated agents.
+ *   latency and store writes per second with that many simulated agents;
+ * - first-download throughput (`--download-mib 1024`, scripts/bench_download.ts): the agent's
+ *   image cache against `curl | tee | openssl dgst -sha256` + `sync` on one loopback file
+ *   (about 45 s for 1 GiB here).
  *
- * `--only vm` or `--only fanin` runs one part.
+ * - the scheduler (scripts/bench_scheduler.ts): placements per second and p99 decision latency
+ *   of `decide()` at 10, 100 and 1,000 nodes, and `POST /v1/vms` latency at 0 and 10,000 VMs.
+ *
+ * `--only vm|fanin|download|scheduler` runs one part.
  *
  * Phase boundaries come from the task's `timings` (cp/repo/records.ts TaskRecord), read from
  * the store file after each run; the client's clock and the control plane's are the same
@@ -31,7 +37,9 @@ import { QmpClient } from "../agent/qmp.ts";
 import { type Cluster, startCluster, vmBody } from "../test/e2e/cluster.ts";
 import { runCli } from "../test/harness.ts";
 import { ensureTestImage } from "../test/test_image.ts";
+import { benchDownload, printDownloadBench } from "./bench_download.ts";
 import { fanIn } from "./bench_fanin.ts";
+import { benchScheduler } from "./bench_scheduler.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -40,8 +48,10 @@ const { values } = parseArgs({
     cli: { type: "string", default: "5" },
     /** Heartbeat fan-in sizes (comma-separated; empty: skip). */
     fanin: { type: "string", default: "500,2000" },
-    /** `vm` (VM phases only) or `fanin` (heartbeat fan-in only); default both. */
+    /** `vm`, `fanin`, `download` or `scheduler` (that part only); default all. */
     only: { type: "string", default: "" },
+    /** Size of the first-download bench's file, MiB. */
+    "download-mib": { type: "string", default: "1024" },
     /** Write a CPU profile of the control plane per fan-in size into this dir (and summarize). */
     profile: { type: "string", default: "" },
   },
@@ -315,8 +325,13 @@ async function benchFloor(c: Cluster, accel: "kvm" | "tcg") {
   return phases["total: start → running"];
 }
 
-if (values.only !== "fanin") await benchVms();
-if (values.only !== "vm" && values.fanin) {
+const part = (name: string) => values.only === "" || values.only === name;
+if (!["", "vm", "fanin", "download", "scheduler"].includes(values.only)) {
+  console.error(`--only: expected vm, fanin, download or scheduler, got "${values.only}"`);
+  Deno.exit(2);
+}
+if (part("vm")) await benchVms();
+if (part("fanin") && values.fanin) {
   console.log("\nheartbeat fan-in (interval 15 s, 45 s window after two warm-up intervals)");
   console.log(
     "agents  cp_cpu_%_of_one_core  p50_ms  p99_ms  heartbeats/s  store_writes/s  failures",
@@ -336,6 +351,12 @@ if (values.only !== "vm" && values.fanin) {
     "(goal at 2,000 agents: < 25 % of one core, p99 < 50 ms, no write for idle heartbeats)",
   );
 }
+if (part("download")) {
+  printDownloadBench(
+    await benchDownload({ sizeBytes: Number(values["download-mib"]) * 1024 * 1024 }),
+  );
+}
+if (part("scheduler")) await benchScheduler();
 
 async function benchVms() {
   const c = await startCluster({ prefix: "otx-bench" });

@@ -9,7 +9,7 @@
  *
  * @module
  */
-import type { TaskType } from "../../shared/api/tasks.ts";
+import type { ProgressBytes, TaskType } from "../../shared/api/tasks.ts";
 import type { ErrorInfo } from "../../shared/errors.ts";
 import type { Logger } from "../../shared/log.ts";
 import type { CpContext } from "../context.ts";
@@ -47,8 +47,13 @@ export interface TaskRuntime {
    * the task's `timings` at the next write.
    */
   mark(name: string, ms?: number): void;
-  /** Sets the human-readable progress (best effort, fenced). */
-  progress(text: string): Promise<void>;
+  /**
+   * Sets the human-readable progress and, for a step that has them (an image download), its
+   * byte figures; without `bytes` they are cleared (best effort, fenced). Updates that only
+   * move the byte figures are throttled (shared/progress_throttle.ts: about 4 writes a
+   * second, plus one per 5 % step), so a fast download costs a bounded number of writes.
+   */
+  progress(text: string, bytes?: ProgressBytes | null): Promise<void>;
   /**
    * Ends the task: `succeeded` (error null) or `failed`, dequeued and unclaimed, with `extra`
    * in the same transaction (e.g. the projection onto the VM).

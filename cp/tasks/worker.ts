@@ -19,6 +19,7 @@
  * @module
  */
 import { isTerminal } from "../../shared/api/tasks.ts";
+import { ProgressThrottle, sameProgress } from "../../shared/progress_throttle.ts";
 import type { CpContext } from "../context.ts";
 import { WorkQueue } from "../controllers/workqueue.ts";
 import { keys, type TaskClaim, type TaskRecord } from "../repo/records.ts";
@@ -209,6 +210,7 @@ export async function startWorker(
       timings[name] = ms ?? Math.max(0, ctx.now().getTime() - created);
     };
     mark("claimed");
+    const throttle = new ProgressThrottle(() => ctx.now().getTime());
     const write = async (next: TaskRecord, extra: GuardedOps, done: boolean) => {
       if (abort.signal.aborted) throw new ClaimLostError(taskId);
       if (done) mark("finished");
@@ -240,9 +242,26 @@ export async function startWorker(
       mark,
       update: (next, extra = {}) =>
         write({ ...next, updated_at: ctx.now().toISOString() }, extra, false),
-      progress: async (text) => {
-        if (task.progress === text) return;
-        await write({ ...task, progress: text, updated_at: ctx.now().toISOString() }, {}, false);
+      progress: async (text, bytes = null) => {
+        const cur = task.progress_bytes ?? null;
+        if (task.progress === text && sameProgress(cur, bytes)) return;
+        if (bytes && cur) {
+          // A byte-counting step moving on (its text moves with the figures): throttled.
+          if (!throttle.offer(bytes)) return;
+        } else {
+          throttle.reset(); // a new step is written at once
+          if (bytes) throttle.offer(bytes);
+        }
+        await write(
+          {
+            ...task,
+            progress: text,
+            progress_bytes: bytes && { ...bytes },
+            updated_at: ctx.now().toISOString(),
+          },
+          {},
+          false,
+        );
       },
       finish: async (error, extra = {}) => {
         const ok = await write(terminal(task, error, ctx.now()), extra, true);

@@ -311,8 +311,9 @@ async function waitAgentTask(
       if (rt.cancelled.aborted && task.type !== "vm.delete") throw new Cancelled();
       const seen = (await ctx.store.get<AgentTask>(key))?.value;
       if (seen && isTerminal(seen.status)) return seen;
-      if (seen?.progress && seen.progress !== rt.task.progress) {
-        await rt.progress(seen.progress);
+      if (seen?.progress) {
+        // Unchanged figures are not written; byte figures are throttled (rt.progress).
+        await rt.progress(seen.progress, seen.progress_bytes ?? null);
       }
       const now = ctx.now().getTime();
       if (now > deadline) {

@@ -1,8 +1,14 @@
+/**
+ * The agent's image cache (agent/images.ts, agent/image_entries.ts) against real loopback
+ * HTTP servers and a real filesystem: content identity per source, coexisting basenames,
+ * immutable entries, single-flight downloads, checksums, limits, cancellation.
+ */
 import { assert, assertEquals, assertRejects, assertStringIncludes } from "../assert.ts";
 import { createHash } from "node:crypto";
 import { gzipSync } from "node:zlib";
 import { ApiError } from "../../shared/errors.ts";
 import { formatBytes, imageBasename, ImageCache, usableFreeBytes } from "../../agent/images.ts";
+import { entryNames, variantName } from "../../agent/image_entries.ts";
 import { waitUntil } from "./helpers.ts";
 
 function sha(bytes: Uint8Array): string {
@@ -51,60 +57,383 @@ function randomBytes(n: number): Uint8Array<ArrayBuffer> {
   return b;
 }
 
-Deno.test("images: download, sidecar, cache hit, shared concurrent download", async () => {
+/**
+ * A loopback server that sends the first `holdAfter` bytes of `data` for every request and
+ * the rest only once `release()` is called: a download that is visibly in progress.
+ */
+function gatedServer(data: Uint8Array<ArrayBuffer>, holdAfter: number) {
+  let requests = 0;
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, () => {
+    requests++;
+    const body = new ReadableStream<Uint8Array>({
+      async start(c) {
+        c.enqueue(data.slice(0, holdAfter));
+        await released;
+        c.enqueue(data.slice(holdAfter));
+        c.close();
+      },
+    });
+    return new Response(body, { headers: { "content-length": String(data.length) } });
+  });
+  return {
+    base: `http://127.0.0.1:${server.addr.port}`,
+    requests: () => requests,
+    release,
+    close: () => server.shutdown(),
+  };
+}
+
+Deno.test("images: download, sidecars, cache hits per source", async (t) => {
   const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
   const data = randomBytes(3 * 1024 * 1024 + 17);
-  const other = randomBytes(1000);
-  const { server, hits, base } = startServer(
-    new Map([["/img/disk.img", data], ["/img/other.img", other]]),
-  );
+  const { server, hits, base } = startServer(new Map([["/img/disk.img", data]]));
+  const cache = new ImageCache({ idleTimeoutMs: 5000 });
+  const pool = `${root}/pools/default`;
+  const url = `${base}/img/disk.img`;
+  const variant = `disk-${sha(data).slice(0, 12)}.img`;
+  try {
+    await t.step(
+      "first use: downloaded as images/<basename> with .sha256 and .source",
+      async () => {
+        const progress: number[] = [];
+        const first = await cache.ensure({
+          poolPath: pool,
+          url,
+          sha256: sha(data),
+          onProgress: (n) => progress.push(n),
+        });
+        assertEquals(first, {
+          path: `${pool}/images/disk.img`,
+          basename: "disk.img",
+          sha256: sha(data),
+          source: url,
+          sizeBytes: data.length,
+          cacheHit: false,
+        });
+        assertEquals(sha(await Deno.readFile(first.path)), sha(data));
+        assertEquals(await Deno.readTextFile(`${first.path}.sha256`), sha(data) + "\n");
+        assertEquals(await Deno.readTextFile(`${first.path}.source`), url + "\n");
+        assertEquals(progress[progress.length - 1], data.length);
+      },
+    );
+
+    await t.step("the same URL again: a cache hit without a request", async () => {
+      for (const req of [{ url }, { url: `${url}#frag` }, { url, sha256: sha(data) }]) {
+        const hit = await cache.ensure({ poolPath: pool, ...req });
+        assertEquals([hit.cacheHit, hit.basename, hit.sha256], [true, "disk.img", sha(data)]);
+      }
+      assertEquals(hits.get("/img/disk.img"), 1);
+    });
+
+    await t.step("another URL with that basename (a query differs) is another entry", async () => {
+      const other = await cache.ensure({ poolPath: pool, url: `${url}?x=1`, sha256: sha(data) });
+      assertEquals([other.cacheHit, other.basename], [false, variant]);
+      assertEquals(hits.get("/img/disk.img"), 2);
+      assertEquals(await Deno.readTextFile(`${other.path}.source`), `${url}?x=1\n`);
+      assertEquals(await listDir(`${pool}/images`), [
+        variant,
+        `${variant}.sha256`,
+        `${variant}.source`,
+        "disk.img",
+        "disk.img.sha256",
+        "disk.img.source",
+      ]);
+      assertEquals(await ImageCache.list(pool), [
+        { basename: variant, sha256: sha(data), size_bytes: data.length },
+        { basename: "disk.img", sha256: sha(data), size_bytes: data.length },
+      ]);
+    });
+  } finally {
+    await server.shutdown();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: two servers publishing different img.qcow2 → two entries, never mixed up", async (t) => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  const bytesA = randomBytes(300_000);
+  const bytesB = randomBytes(200_000);
+  // Two users' servers: the same path, different bytes.
+  const a = startServer(new Map([["/img.qcow2", bytesA]]));
+  const b = startServer(new Map([["/img.qcow2", bytesB]]));
+  const cache = new ImageCache({ idleTimeoutMs: 5000 });
+  const pool = `${root}/pool`;
+  try {
+    const fromA = await cache.ensure({ poolPath: pool, url: `${a.base}/img.qcow2` });
+    await t.step("the second URL downloads its own bytes into a second file", async () => {
+      const fromB = await cache.ensure({ poolPath: pool, url: `${b.base}/img.qcow2` });
+      assertEquals(fromB.cacheHit, false);
+      assertEquals(b.hits.get("/img.qcow2"), 1);
+      assertEquals(fromB.basename, `img-${sha(bytesB).slice(0, 12)}.qcow2`);
+      assertEquals([fromA.basename, fromA.sha256], ["img.qcow2", sha(bytesA)]);
+      assertEquals(fromB.sha256, sha(bytesB));
+      assertEquals(sha(await Deno.readFile(fromA.path)), sha(bytesA));
+      assertEquals(sha(await Deno.readFile(fromB.path)), sha(bytesB));
+    });
+    await t.step("each URL keeps hitting its own entry", async () => {
+      const againA = await cache.ensure({ poolPath: pool, url: `${a.base}/img.qcow2` });
+      const againB = await cache.ensure({ poolPath: pool, url: `${b.base}/img.qcow2` });
+      assertEquals([againA.cacheHit, againA.sha256], [true, sha(bytesA)]);
+      assertEquals([againB.cacheHit, againB.sha256], [true, sha(bytesB)]);
+      assertEquals([a.hits.get("/img.qcow2"), b.hits.get("/img.qcow2")], [1, 1]);
+    });
+    await t.step(
+      "A's checksum requested from B's URL: B's bytes are fetched, mismatch",
+      async () => {
+        const err = await assertRejects(() =>
+          cache.ensure({ poolPath: pool, url: `${b.base}/img.qcow2`, sha256: sha(bytesA) })
+        );
+        assertEquals((err as ApiError).code, "checksum_mismatch");
+        assertStringIncludes(err.message, `SHA-256 is ${sha(bytesB)}, expected ${sha(bytesA)}`);
+        assertEquals(b.hits.get("/img.qcow2"), 2);
+        assertEquals((await ImageCache.list(pool)).length, 2);
+      },
+    );
+  } finally {
+    await a.server.shutdown();
+    await b.server.shutdown();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: new content at a cached URL gets a new file; the old one is never touched", async () => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  const v1 = randomBytes(5000);
+  const v2 = randomBytes(6000);
+  const files = new Map([["/disk.img", v1]]);
+  const { server, hits, base } = startServer(files);
   try {
     const cache = new ImageCache({ idleTimeoutMs: 5000 });
-    const pool = `${root}/pools/default`;
-    const progress: number[] = [];
-    const first = await cache.ensure({
-      poolPath: pool,
-      url: `${base}/img/disk.img`,
-      sha256: sha(data),
-      onProgress: (n) => progress.push(n),
-    });
-    assertEquals(first.cacheHit, false);
-    assertEquals(first.path, `${pool}/images/disk.img`);
-    assertEquals(first.sha256, sha(data));
-    assertEquals(first.sizeBytes, data.length);
-    assertEquals(sha(await Deno.readFile(first.path)), sha(data));
-    assertEquals((await Deno.readTextFile(`${first.path}.sha256`)).trim(), sha(data));
-    assertEquals(progress[progress.length - 1], data.length);
-
-    // Second call: cache hit, no request (with and without a requested checksum).
-    const second = await cache.ensure({ poolPath: pool, url: `${base}/img/disk.img` });
-    assertEquals(second.cacheHit, true);
-    assertEquals(second.sha256, sha(data));
-    const third = await cache.ensure({
-      poolPath: pool,
-      url: `${base}/img/disk.img?x=1`,
-      sha256: sha(data),
-    });
-    assertEquals(third.cacheHit, true);
-    assertEquals(hits.get("/img/disk.img"), 1);
-
-    // Concurrent creates of a new image share one download.
-    const [a, b] = await Promise.all([
-      cache.ensure({ poolPath: pool, url: `${base}/img/other.img` }),
-      cache.ensure({ poolPath: pool, url: `${base}/img/other.img` }),
-    ]);
-    assertEquals(hits.get("/img/other.img"), 1);
-    assertEquals([a.cacheHit, b.cacheHit].sort(), [false, true]);
-
-    assertEquals(await listDir(`${pool}/images`), [
+    const first = await cache.ensure({ poolPath: root, url: `${base}/disk.img` });
+    const before = await Deno.stat(first.path);
+    // The URL still serves v1 but v2's checksum is requested: mismatch, cache untouched.
+    const err = await assertRejects(() =>
+      cache.ensure({ poolPath: root, url: `${base}/disk.img`, sha256: sha(v2) })
+    );
+    assertEquals((err as ApiError).code, "checksum_mismatch");
+    assertStringIncludes(err.message, `(cached sidecar has sha256 ${sha(v1)})`);
+    assertEquals(hits.get("/disk.img"), 2);
+    assertEquals(await listDir(`${root}/images`), [
       "disk.img",
       "disk.img.sha256",
-      "other.img",
-      "other.img.sha256",
+      "disk.img.source",
     ]);
-    assertEquals(await ImageCache.list(pool), [
-      { basename: "disk.img", sha256: sha(data), size_bytes: data.length },
-      { basename: "other.img", sha256: sha(other), size_bytes: other.length },
+    // Now the URL serves v2: downloaded into a new file beside the old one.
+    files.set("/disk.img", v2);
+    const got = await cache.ensure({ poolPath: root, url: `${base}/disk.img`, sha256: sha(v2) });
+    assertEquals([got.cacheHit, got.sha256], [false, sha(v2)]);
+    assertEquals(got.basename, `disk-${sha(v2).slice(0, 12)}.img`);
+    assertEquals(sha(await Deno.readFile(got.path)), sha(v2));
+    // The old file: same inode, same bytes, same sidecar (a VM overlay backed by it reads v1).
+    const after = await Deno.stat(first.path);
+    assertEquals([after.ino, after.size, after.mtime], [before.ino, before.size, before.mtime]);
+    assertEquals(sha(await Deno.readFile(first.path)), sha(v1));
+    assertEquals(await Deno.readTextFile(`${first.path}.sha256`), sha(v1) + "\n");
+    // Without a checksum the newest entry of the URL is used; with one, the matching entry.
+    const newest = await cache.ensure({ poolPath: root, url: `${base}/disk.img` });
+    assertEquals([newest.cacheHit, newest.sha256], [true, sha(v2)]);
+    const old = await cache.ensure({ poolPath: root, url: `${base}/disk.img`, sha256: sha(v1) });
+    assertEquals([old.cacheHit, old.basename], [true, "disk.img"]);
+    assertEquals(hits.get("/disk.img"), 3);
+  } finally {
+    await server.shutdown();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: N concurrent requests share one download (one GET) and its progress", async (t) => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  const data = randomBytes(2 * 1024 * 1024);
+  const srv = gatedServer(data, 512 * 1024);
+  const cache = new ImageCache({ idleTimeoutMs: 10_000 });
+  const url = `${srv.base}/shared.img`;
+  try {
+    const N = 8;
+    const seen: number[][] = Array.from({ length: N + 1 }, () => []);
+    const early = Array.from(
+      { length: N },
+      (_, i) => cache.ensure({ poolPath: root, url, onProgress: (n) => seen[i].push(n) }),
+    );
+    await t.step(
+      "while the download is held half-way, nothing is visible but a temp file",
+      async () => {
+        await waitUntil(() => seen[0].at(-1) === 512 * 1024, 5000, "the first half");
+        assertEquals(await ImageCache.list(root), []);
+        const names = await listDir(`${root}/images`);
+        assertEquals(names.length, 1);
+        assert(/^\.shared\.img\.[0-9a-f]{8}\.part$/.test(names[0]), names[0]);
+      },
+    );
+    await t.step("a request arriving late joins and gets the progress so far at once", () => {
+      early.push(
+        cache.ensure({ poolPath: root, url, onProgress: (n) => seen[N].push(n) }),
+      );
+      assertEquals(seen[N], [512 * 1024]);
+    });
+    srv.release();
+    const results = await Promise.all(early);
+    await t.step("one GET; one request started it, the rest joined", () => {
+      assertEquals(srv.requests(), 1);
+      assertEquals(results.filter((r) => !r.cacheHit).length, 1);
+      assertEquals(new Set(results.map((r) => r.path)).size, 1);
+      assert(results.every((r) => r.sha256 === sha(data)));
+      assert(seen.every((s) => s.at(-1) === data.length), "every caller saw the end");
+    });
+  } finally {
+    srv.release();
+    await srv.close();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: one of two waiting requests cancelled → the other still gets the download", async () => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  const data = randomBytes(1024 * 1024);
+  const srv = gatedServer(data, 4096);
+  try {
+    const cache = new ImageCache({ idleTimeoutMs: 10_000 });
+    const url = `${srv.base}/x.img`;
+    const gone = new AbortController();
+    let started = false;
+    const leader = cache.ensure({ poolPath: root, url, signal: gone.signal });
+    const stays = cache.ensure({ poolPath: root, url, onProgress: () => (started = true) });
+    await waitUntil(() => started, 5000, "the download to start");
+    gone.abort(new ApiError("task_cancelled", "vm a is being deleted"));
+    const err = await assertRejects(() => leader);
+    assertEquals(err.message, "vm a is being deleted");
+    srv.release();
+    const got = await stays;
+    assertEquals([got.sha256, got.sizeBytes], [sha(data), data.length]);
+    assertEquals(srv.requests(), 1);
+  } finally {
+    srv.release();
+    await srv.close();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: requests naming different checksums of one URL do not share a download", async () => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  const data = randomBytes(100_000);
+  const { server, hits, base } = startServer(new Map([["/d.img", data]]));
+  try {
+    const cache = new ImageCache({ idleTimeoutMs: 5000 });
+    const url = `${base}/d.img`;
+    const [plain, checked, wrong] = await Promise.allSettled([
+      cache.ensure({ poolPath: root, url }),
+      cache.ensure({ poolPath: root, url, sha256: sha(data) }),
+      cache.ensure({ poolPath: root, url, sha256: "f".repeat(64) }),
+    ]);
+    assertEquals(hits.get("/d.img"), 3);
+    assert(plain.status === "fulfilled" && checked.status === "fulfilled");
+    // Both good ones end up with the one entry of (URL, digest).
+    assertEquals([plain.value.basename, checked.value.basename], ["d.img", "d.img"]);
+    assertEquals(
+      wrong.status === "rejected" && (wrong.reason as ApiError).code,
+      "checksum_mismatch",
+    );
+    assertEquals(await listDir(`${root}/images`), ["d.img", "d.img.sha256", "d.img.source"]);
+  } finally {
+    await server.shutdown();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: an entry without .source (an older agent's) is never reused nor replaced", async () => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  const legacy = randomBytes(2000);
+  const data = randomBytes(3000);
+  const { server, hits, base } = startServer(new Map([["/disk.img", data]]));
+  try {
+    await Deno.mkdir(`${root}/images`);
+    await Deno.writeFile(`${root}/images/disk.img`, legacy);
+    await Deno.writeTextFile(`${root}/images/disk.img.sha256`, sha(legacy) + "\n");
+    // Its digest is even the one requested: the unknown source still rules it out.
+    const got = await new ImageCache({ idleTimeoutMs: 5000 }).ensure({
+      poolPath: root,
+      url: `${base}/disk.img`,
+    });
+    assertEquals([got.cacheHit, got.sha256], [false, sha(data)]);
+    assertEquals(got.basename, `disk-${sha(data).slice(0, 12)}.img`);
+    assertEquals(hits.get("/disk.img"), 1);
+    assertEquals(sha(await Deno.readFile(`${root}/images/disk.img`)), sha(legacy));
+    // Still listed (it may back VM disks).
+    assertEquals((await ImageCache.list(root)).map((i) => i.basename), [
+      `disk-${sha(data).slice(0, 12)}.img`,
+      "disk.img",
+    ]);
+  } finally {
+    await server.shutdown();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: variant names keep the extension, fit 248 bytes and avoid taken names", async () => {
+  const d = "7f3c1a9b0e2d" + "0".repeat(52);
+  assertEquals(variantName("img.qcow2", d), "img-7f3c1a9b0e2d.qcow2");
+  assertEquals(variantName("img.qcow2", d, 3), "img-7f3c1a9b0e2d-3.qcow2");
+  assertEquals(variantName("noble.tar.xz", d), "noble.tar-7f3c1a9b0e2d.xz");
+  assertEquals(variantName("disk", d), "disk-7f3c1a9b0e2d");
+  const long = "a".repeat(240) + ".img";
+  assertEquals(variantName(long, d).length, 248);
+  assert(variantName(long, d).endsWith("-7f3c1a9b0e2d.img"));
+  const names = [...entryNames("img.qcow2", d)];
+  assertEquals(names.slice(0, 3), [
+    "img.qcow2",
+    "img-7f3c1a9b0e2d.qcow2",
+    "img-7f3c1a9b0e2d-2.qcow2",
+  ]);
+  assertEquals(new Set(names).size, names.length);
+
+  // Publication skips names taken by anything, even a directory or a stray file.
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  const data = randomBytes(1000);
+  const { server, base } = startServer(new Map([["/img.qcow2", data]]));
+  try {
+    const real = sha(data);
+    await Deno.mkdir(`${root}/images/img.qcow2`, { recursive: true });
+    await Deno.writeTextFile(`${root}/images/img-${real.slice(0, 12)}.qcow2`, "stray");
+    const got = await new ImageCache({ idleTimeoutMs: 5000 }).ensure({
+      poolPath: root,
+      url: `${base}/img.qcow2`,
+    });
+    assertEquals(got.basename, `img-${real.slice(0, 12)}-2.qcow2`);
+    assertEquals(await Deno.readTextFile(`${root}/images/img-${real.slice(0, 12)}.qcow2`), "stray");
+  } finally {
+    await server.shutdown();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("images: an image named like a sidecar (x.source) and image x never overwrite each other", async () => {
+  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
+  const named = randomBytes(3000); // served as /foo.source
+  const plain = randomBytes(4000); // served as /foo
+  const { server, hits, base } = startServer(new Map([["/foo.source", named], ["/foo", plain]]));
+  try {
+    const cache = new ImageCache({ idleTimeoutMs: 5000 });
+    const a = await cache.ensure({ poolPath: root, url: `${base}/foo.source` });
+    assertEquals(a.basename, "foo.source");
+    // `foo`'s sidecar would be `foo.source`: that path is an image, so `foo` takes a variant.
+    const b = await cache.ensure({ poolPath: root, url: `${base}/foo` });
+    assertEquals(b.basename, `foo-${sha(plain).slice(0, 12)}`);
+    assertEquals(sha(await Deno.readFile(a.path)), sha(named));
+    assertEquals(sha(await Deno.readFile(b.path)), sha(plain));
+    // Both are found again, and listed.
+    const again = await Promise.all([
+      cache.ensure({ poolPath: root, url: `${base}/foo.source` }),
+      cache.ensure({ poolPath: root, url: `${base}/foo` }),
+    ]);
+    assertEquals(again.map((e) => [e.cacheHit, e.basename]), [
+      [true, "foo.source"],
+      [true, `foo-${sha(plain).slice(0, 12)}`],
+    ]);
+    assertEquals([hits.get("/foo.source"), hits.get("/foo")], [1, 1]);
+    assertEquals((await ImageCache.list(root)).map((i) => i.basename), [
+      `foo-${sha(plain).slice(0, 12)}`,
+      "foo.source",
     ]);
   } finally {
     await server.shutdown();
@@ -125,36 +454,6 @@ Deno.test("images: wrong sha256 → checksum_mismatch and no file left", async (
     assertEquals(err.code, "checksum_mismatch");
     assertStringIncludes(err.message, sha(data));
     assertEquals(await listDir(`${root}/images`), []);
-  } finally {
-    await server.shutdown();
-    await Deno.remove(root, { recursive: true });
-  }
-});
-
-Deno.test("images: cached sidecar differing from the request re-downloads once", async () => {
-  const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
-  const v1 = randomBytes(5000);
-  const v2 = randomBytes(6000);
-  const files = new Map([["/disk.img", v1]]);
-  const { server, hits, base } = startServer(files);
-  try {
-    const cache = new ImageCache({ idleTimeoutMs: 5000 });
-    await cache.ensure({ poolPath: root, url: `${base}/disk.img` });
-    // The URL still serves v1 but v2's checksum is requested: mismatch, cache untouched.
-    const err = await assertRejects(() =>
-      cache.ensure({ poolPath: root, url: `${base}/disk.img`, sha256: sha(v2) })
-    );
-    assertEquals((err as ApiError).code, "checksum_mismatch");
-    assertStringIncludes(err.message, "cached sidecar");
-    assertEquals(hits.get("/disk.img"), 2);
-    assertEquals(await listDir(`${root}/images`), ["disk.img", "disk.img.sha256"]);
-    assertEquals(sha(await Deno.readFile(`${root}/images/disk.img`)), sha(v1));
-    // Now the URL serves v2: the re-download replaces the cached copy.
-    files.set("/disk.img", v2);
-    const got = await cache.ensure({ poolPath: root, url: `${base}/disk.img`, sha256: sha(v2) });
-    assertEquals([got.cacheHit, got.sha256], [false, sha(v2)]);
-    assertEquals(sha(await Deno.readFile(`${root}/images/disk.img`)), sha(v2));
-    assertEquals((await Deno.readTextFile(`${root}/images/disk.img.sha256`)).trim(), sha(v2));
   } finally {
     await server.shutdown();
     await Deno.remove(root, { recursive: true });
@@ -237,18 +536,19 @@ Deno.test("images: a server that compresses on request still yields the publishe
   }
 });
 
-Deno.test("images: a symlink planted in the cache is never a cache hit", async () => {
+Deno.test("images: a symlink planted in the cache is never a cache hit nor followed", async () => {
   const root = await Deno.makeTempDir({ prefix: "otherix-img-" });
   const data = randomBytes(4096);
   const { server, hits, base } = startServer(new Map([["/disk.img", data]]));
   try {
-    // A host file outside the pool, linked into the cache with a matching sidecar: a cache
+    // A host file outside the pool, linked into the cache with matching sidecars: a cache
     // hit would make it the backing file of the next VM's disk.
     const secret = new TextEncoder().encode("host secret\n");
     await Deno.writeFile(`${root}/secret`, secret);
     await Deno.mkdir(`${root}/pool/images`, { recursive: true });
     await Deno.symlink(`${root}/secret`, `${root}/pool/images/disk.img`);
     await Deno.writeTextFile(`${root}/pool/images/disk.img.sha256`, sha(secret) + "\n");
+    await Deno.writeTextFile(`${root}/pool/images/disk.img.source`, `${base}/disk.img\n`);
     assertEquals(await ImageCache.list(`${root}/pool`), []);
 
     const got = await new ImageCache({ idleTimeoutMs: 5000 }).ensure({
@@ -256,10 +556,11 @@ Deno.test("images: a symlink planted in the cache is never a cache hit", async (
       url: `${base}/disk.img`,
     });
     assertEquals([got.cacheHit, got.sha256], [false, sha(data)]);
+    assertEquals(got.basename, `disk-${sha(data).slice(0, 12)}.img`);
     assertEquals(hits.get("/disk.img"), 1);
-    // The link was replaced by a regular file; its target is untouched.
-    const st = await Deno.lstat(`${root}/pool/images/disk.img`);
-    assert(st.isFile && !st.isSymlink);
+    // The download is a regular file; the link and its target are untouched.
+    assert((await Deno.lstat(got.path)).isFile);
+    assert((await Deno.lstat(`${root}/pool/images/disk.img`)).isSymlink);
     assertEquals(await Deno.readFile(`${root}/secret`), secret);
   } finally {
     await server.shutdown();

@@ -333,7 +333,11 @@ Deno.test("vms: create, every verb with its phases, exits, delete (one tiny VM)"
       assertEquals(s.vms.list(), []);
       assert(seen.removed);
       // The image cache survives VM deletion.
-      assertEquals(await listDir(`${s.pool}/images`), ["tiny.img", "tiny.img.sha256"]);
+      assertEquals(await listDir(`${s.pool}/images`), [
+        "tiny.img",
+        "tiny.img.sha256",
+        "tiny.img.source",
+      ]);
       // Actions on a deleted VM: 404.
       let code = "";
       try {
