@@ -346,6 +346,9 @@ if (part("fanin") && values.fanin) {
         }  ` +
         `${String(r.failures).padStart(8)}`,
     );
+    if (r.writesPerSecond > 0) {
+      console.log(`        keys written: ${JSON.stringify(r.writesByPrefix)}`);
+    }
   }
   console.log(
     "(goal at 2,000 agents: < 25 % of one core, p99 < 50 ms, no write for idle heartbeats)",

@@ -4,7 +4,8 @@
  * heartbeats every `intervalS` seconds (spread evenly) to one `otherix-api` process. Reports
  * the control plane's CPU (% of one core, from `/proc/<pid>/stat`), heartbeat latency
  * (p50/p99) and durable store writes per second (store revisions per second, read from the
- * store file) over a measurement window after two warm-up intervals.
+ * store file) over a measurement window after two warm-up intervals. Pool scans are off (the
+ * simulated agents cannot answer them).
  *
  * The goal (issue "Nodes"): at 2,000 agents under 25 % of one core, p99 under 50 ms, and no
  * durable write for a heartbeat that changes nothing but its timestamp.
@@ -25,6 +26,8 @@ export interface FanInResult {
   p99Ms: number;
   heartbeatsPerSecond: number;
   writesPerSecond: number;
+  /** Keys written during the window, by first path segment. */
+  writesByPrefix: Record<string, number>;
   failures: number;
 }
 
@@ -65,6 +68,9 @@ export async function fanIn(
         join_token_ttl_seconds: 3600,
       },
       storage_pools: { allowed_path_prefixes: ["/var/lib/otherix/pools/"] },
+      // Heartbeats only: the simulated agents cannot answer pool scans (each would fail after
+      // agent_unreachable_timeout); the scans' own cost is not a heartbeat's.
+      workers: { storage_pool_scan: { enabled: false } },
       log: { level: "warn" },
     },
   });
@@ -106,6 +112,12 @@ export async function fanIn(
     await new Promise((r) => setTimeout(r, 2 * intervalS * 1000 + 2000));
     const store = await openKvStore(join(api.dataDir, "store.kv"));
     const rev0 = Number(await store.currentRevision());
+    // What is written during the window, by key prefix (`/nodes/`, `/pools/`, …).
+    const byPrefix = new Map<string, number>();
+    const unwatch = store.watch("/", (e) => {
+      const prefix = e.key.split("/").slice(0, 2).join("/") + "/";
+      byPrefix.set(prefix, (byPrefix.get(prefix) ?? 0) + 1);
+    }, { fromRevision: String(rev0) });
     const profiler = inspect ? await CpuProfiler.connect(inspect) : null;
     await profiler?.start();
     const cpu0 = await cpuSeconds(api.proc.pid);
@@ -122,6 +134,7 @@ export async function fanIn(
       console.log(`CPU profile: ${file}\n${summarize(profile, 25)}`);
     }
     const rev1 = Number(await store.currentRevision());
+    unwatch();
     await store.close();
     stop = true;
     await Promise.race([Promise.all(loops), new Promise((r) => setTimeout(r, 100))]);
@@ -132,6 +145,7 @@ export async function fanIn(
       p99Ms: pct(latencies, 99),
       heartbeatsPerSecond: sent / windowS,
       writesPerSecond: (rev1 - rev0) / windowS,
+      writesByPrefix: Object.fromEntries(byPrefix),
       failures,
     };
   } finally {

@@ -10,12 +10,48 @@
  * when `workers.enabled` or `workers.storage_pool_scan.enabled` is false, or for instances
  * that are `pending` / `failed` (a change to `ready` re-triggers the key).
  *
+ * Periodic scans are queued at most {@link PERIODIC_SCANS_PER_SECOND} a second across the
+ * cluster (a token bucket): after a control-plane restart every instance of a large cluster is
+ * due at once, and the wave is spread out instead of becoming thousands of tasks in a burst.
+ * `otherix pool scan` is not limited.
+ *
  * @module
  */
 import type { CpContext } from "../context.ts";
 import { Controller } from "../controllers/controller.ts";
 import { keys, type NodeRecord, type PoolRecord } from "../repo/records.ts";
 import { queueScan, scanInFlight } from "./scan.ts";
+
+/** Most periodic scans queued per second (burst: the same number). */
+export const PERIODIC_SCANS_PER_SECOND = 5;
+
+/**
+ * A token bucket: `take()` answers 0 when a token was available (and takes it), else the ms
+ * until the next one. `now`: clock in ms (injected in tests).
+ */
+export class TokenBucket {
+  #tokens: number;
+  #last: number;
+  constructor(private perSecond: number, private now: () => number) {
+    this.#tokens = perSecond;
+    this.#last = now();
+  }
+
+  /** Takes a token (0) or says how long until one is available (ms). */
+  take(): number {
+    const t = this.now();
+    this.#tokens = Math.min(
+      this.perSecond,
+      this.#tokens + ((t - this.#last) / 1000) * this.perSecond,
+    );
+    this.#last = t;
+    if (this.#tokens >= 1) {
+      this.#tokens -= 1;
+      return 0;
+    }
+    return Math.ceil(((1 - this.#tokens) / this.perSecond) * 1000);
+  }
+}
 
 /** The controller key of an instance stored at `storeKey` (`/pools/<pool>/<node>`). */
 export function scanKeyOf(storeKey: string): string {
@@ -40,7 +76,11 @@ export function scanDueIn(pool: PoolRecord, now: number, interval: number): numb
  *
  * @returns ms until this key should be looked at again (null: only on a change)
  */
-export async function reconcilePoolScan(ctx: CpContext, key: string): Promise<number | null> {
+export async function reconcilePoolScan(
+  ctx: CpContext,
+  key: string,
+  limiter?: TokenBucket,
+): Promise<number | null> {
   const cfg = ctx.cfg.workers;
   if (!cfg.enabled || !cfg.storage_pool_scan.enabled) return null;
   const interval = cfg.storage_pool_scan.interval_seconds * 1000;
@@ -56,6 +96,8 @@ export async function reconcilePoolScan(ctx: CpContext, key: string): Promise<nu
   const dueIn = scanDueIn(pool, now, interval);
   if (dueIn > 0) return dueIn;
   if (await scanInFlight(ctx, pool)) return interval;
+  const wait = limiter?.take() ?? 0;
+  if (wait > 0) return wait; // the cluster-wide rate of periodic scans: come back then
   await queueScan(
     ctx,
     storeKey,
@@ -67,11 +109,12 @@ export async function reconcilePoolScan(ctx: CpContext, key: string): Promise<nu
 
 /** Builds the periodic scan controller; the caller feeds it from the pool informer. */
 export function poolScanController(ctx: CpContext): Controller {
+  const limiter = new TokenBucket(PERIODIC_SCANS_PER_SECOND, () => ctx.now().getTime());
   return new Controller({
     name: "pool-scan",
     log: ctx.log,
     reconcile: async (key) => {
-      const after = await reconcilePoolScan(ctx, key);
+      const after = await reconcilePoolScan(ctx, key, limiter);
       return after === null ? undefined : { requeueAfterMs: Math.max(10, after) };
     },
   });

@@ -9,7 +9,7 @@ import { assert, assertEquals } from "../assert.ts";
 import { GIB, poolCapacity } from "../../cp/pools/capacity.ts";
 import { nextDiskPressure } from "../../cp/pools/pressure.ts";
 import { poolScanHandler } from "../../cp/pools/scan.ts";
-import { reconcilePoolScan } from "../../cp/pools/scan_controller.ts";
+import { reconcilePoolScan, TokenBucket } from "../../cp/pools/scan_controller.ts";
 import { keys, type PoolRecord, type VmRecord } from "../../cp/repo/records.ts";
 import { findTask } from "../../cp/tasks/queue.ts";
 import { TaskRegistry } from "../../cp/tasks/registry.ts";
@@ -326,6 +326,18 @@ Deno.test("periodic scan: queued when due by the injected clock, never twice, fa
       assertEquals(await reconcilePoolScan(p.ctx, key), INTERVAL);
       await p.ctx.store.put(keys.node("node-a"), node);
       assertEquals(await scanTaskOf(), null);
+    });
+
+    await t.step("the cluster-wide rate limit defers a due scan", async () => {
+      let clock = 0;
+      const empty = new TokenBucket(1, () => clock);
+      assertEquals(empty.take(), 0, "one token to start with");
+      assertEquals(await reconcilePoolScan(p.ctx, key, empty), 1000, "come back in 1 s");
+      assertEquals(await scanTaskOf(), null, "nothing queued");
+      clock = 500;
+      assertEquals(empty.take(), 500);
+      clock = 1000;
+      assertEquals(empty.take(), 0);
     });
 
     let scannedAt = 0;
