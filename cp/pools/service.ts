@@ -21,7 +21,7 @@ import type { PoolCreateRequest } from "../../shared/api/pools.ts";
 import { isUuid } from "../../shared/api/pools.ts";
 import { ApiError } from "../../shared/errors.ts";
 import type { CpContext } from "../context.ts";
-import { getSettings } from "../nodes/service.ts";
+import { getSettings, nodePools } from "../nodes/service.ts";
 import { keys, type NodeRecord, type PoolRecord, type VmRecord } from "../repo/records.ts";
 import { type KeyValue, rangeAll } from "../store/store.ts";
 import { inPool } from "./capacity.ts";
@@ -157,8 +157,7 @@ export async function createPool(ctx: CpContext, req: PoolCreateRequest): Promis
       { pool: req.name, node: req.node, id: existing.value.id },
     );
   }
-  const clash = (await rangeAll<PoolRecord>(ctx.store, keys.pools))
-    .find((kv) => kv.value.node === req.node && pathsOverlap(kv.value.path, path));
+  const clash = (await nodePools(ctx, req.node)).find((e) => pathsOverlap(e.value.path, path));
   if (clash) {
     throw new ApiError(
       "conflict",
@@ -281,10 +280,12 @@ export async function deletePool(
 export async function pushDesiredPools(ctx: CpContext, nodeName: string): Promise<void> {
   const node = (await ctx.store.get<NodeRecord>(keys.node(nodeName)))?.value;
   if (!node?.endpoint) return;
-  const desired = (await rangeAll<PoolRecord>(ctx.store, keys.pools))
-    .map((kv) => kv.value)
-    .filter((p) => p.node === nodeName)
-    .map((p) => ({ name: p.name, path: p.path }));
+  // The node's instances only (the pool informer's node index when wired): never every pool
+  // of the cluster, which made provisioning N nodes cost N² reads.
+  const desired = (await nodePools(ctx, nodeName)).map((e) => ({
+    name: e.value.name,
+    path: e.value.path,
+  }));
   try {
     await ctx.agents.putPools({ name: node.name, endpoint: node.endpoint }, desired);
   } catch (e) {
