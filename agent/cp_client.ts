@@ -8,7 +8,14 @@
 import { CP_CERT_ORG } from "../shared/constants.ts";
 import { ErrorEnvelopeSchema } from "../shared/errors.ts";
 import { type ClientTlsMaterial, requestTls } from "../shared/tls.ts";
+import type { Agent as HttpsAgent } from "node:https";
 import type { AgentIdentity } from "./bootstrap.ts";
+
+/** True for the errors of reusing a connection the other side has just closed. */
+function isStaleConnection(e: unknown): boolean {
+  const code = (e as { code?: string })?.code;
+  return code === "ECONNRESET" || code === "EPIPE" || /socket hang up/i.test(String(e));
+}
 
 /** The agent's mTLS client material from its identity. */
 export function cpTls(identity: AgentIdentity): ClientTlsMaterial {
@@ -20,6 +27,8 @@ export function cpTls(identity: AgentIdentity): ClientTlsMaterial {
  * empty body, e.g. 204).
  *
  * @param timeoutMs per-request timeout, ms
+ * @param agent a keep-alive agent (shared/tls.ts keepAliveAgent) to reuse connections; a
+ *   reused connection the server had just closed is retried once on a fresh one
  * @throws Error describing the transport failure, a server that is not a control plane, a
  *   timeout, or the CP's error envelope (`HTTP 404 not_found: …`)
  */
@@ -30,16 +39,27 @@ export async function postToCp(
   tls: ClientTlsMaterial,
   timeoutMs: number,
   signal?: AbortSignal,
+  agent?: HttpsAgent,
 ): Promise<unknown> {
   const timeout = AbortSignal.timeout(timeoutMs);
-  const res = await requestTls(cpUrl.replace(/\/+$/, "") + path, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify(body),
-    tls,
-    expect: { organization: CP_CERT_ORG },
-    signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
-  });
+  const send = (pooled?: HttpsAgent) =>
+    requestTls(cpUrl.replace(/\/+$/, "") + path, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+      tls,
+      expect: { organization: CP_CERT_ORG },
+      signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+      agent: pooled,
+    });
+  let res: Response;
+  try {
+    res = await send(agent);
+  } catch (e) {
+    // A kept-alive connection the server closed just as it was reused: once more, fresh.
+    if (!agent || !isStaleConnection(e)) throw e;
+    res = await send(undefined);
+  }
   const text = await res.text();
   let json: unknown = null;
   try {

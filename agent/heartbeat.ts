@@ -21,7 +21,8 @@ import {
 import { architectureOf } from "../shared/api/common.ts";
 import { MAX_REPORTED_IMAGES, type ObservedPool } from "../shared/api/nodes.ts";
 import type { Logger } from "../shared/log.ts";
-import type { ClientTlsMaterial } from "../shared/tls.ts";
+import { type ClientTlsMaterial, keepAliveAgent } from "../shared/tls.ts";
+import type { Agent as HttpsAgent } from "node:https";
 import type { Accelerator } from "./accel.ts";
 import type { AgentIdentity } from "./bootstrap.ts";
 import { cpTls, postToCp } from "./cp_client.ts";
@@ -132,6 +133,7 @@ export async function sendHeartbeat(
   o: HeartbeatOptions,
   tls: ClientTlsMaterial,
   signal?: AbortSignal,
+  agent?: HttpsAgent,
 ): Promise<HeartbeatResponse> {
   const body = HeartbeatRequestSchema.parse(await buildHeartbeat(o));
   const json = await postToCp(
@@ -141,6 +143,7 @@ export async function sendHeartbeat(
     tls,
     o.requestTimeoutMs ?? 10_000,
     signal,
+    agent,
   );
   const parsed = HeartbeatResponseSchema.safeParse(json);
   if (!parsed.success) throw new Error("invalid heartbeat response");
@@ -150,6 +153,9 @@ export async function sendHeartbeat(
 /** Starts the loop; the first heartbeat is sent immediately. */
 export function startHeartbeat(o: HeartbeatOptions): Heartbeat {
   const tls = cpTls(o.identity);
+  // One kept-alive connection for the loop's identity: the control plane's agent port keeps it
+  // open across intervals, so a steady agent does one TLS handshake, not one per heartbeat.
+  const connections = keepAliveAgent(1);
   const stopCtrl = new AbortController();
   let intervalMs = o.initialIntervalSeconds * 1000;
   let status: string | null = null;
@@ -172,7 +178,7 @@ export function startHeartbeat(o: HeartbeatOptions): Heartbeat {
     while (!stopCtrl.signal.aborted) {
       let next = intervalMs;
       try {
-        const res = await sendHeartbeat(o, tls, stopCtrl.signal);
+        const res = await sendHeartbeat(o, tls, stopCtrl.signal, connections);
         intervalMs = res.heartbeat_interval_seconds * 1000;
         next = intervalMs;
         if (failing || status !== res.node_status) {
@@ -202,6 +208,7 @@ export function startHeartbeat(o: HeartbeatOptions): Heartbeat {
       stopCtrl.abort();
       wake?.();
       await loop;
+      connections.destroy();
     },
     kick() {
       if (stopCtrl.signal.aborted) return;

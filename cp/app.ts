@@ -314,6 +314,8 @@ export async function startControlPlane(
       caPem: pki.ca.certPem,
       requireClientCert: false,
       fetch: agentApiApp(ctx).fetch,
+      // Agents keep their connection across heartbeats (a little over two intervals).
+      keepAliveTimeoutMs: (2 * cfg.nodes.heartbeat_interval_seconds + 5) * 1000,
     });
     cleanups.push(() => agentServer.close());
 

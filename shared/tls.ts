@@ -18,7 +18,12 @@
  *
  * @module
  */
-import { createServer, request as httpsRequest, type Server } from "node:https";
+import {
+  Agent as HttpsAgent,
+  createServer,
+  request as httpsRequest,
+  type Server,
+} from "node:https";
 import { checkServerIdentity, type PeerCertificate } from "node:tls";
 import { type IncomingMessage, STATUS_CODES } from "node:http";
 import type { TLSSocket } from "node:tls";
@@ -78,6 +83,12 @@ export interface TlsServeOptions {
    * destroyed.
    */
   onUpgrade?: (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
+  /**
+   * How long an idle keep-alive connection stays open, ms (default 5 000, node's). The
+   * control plane's agent port keeps connections across heartbeats (a little over two
+   * intervals), so a steady agent pays one TLS handshake per connection, not per heartbeat.
+   */
+  keepAliveTimeoutMs?: number;
 }
 
 /** A running TLS server. */
@@ -112,6 +123,11 @@ export async function serveTls(opts: TlsServeOptions): Promise<TlsServer> {
     rejectUnauthorized: opts.requireClientCert,
     minVersion: "TLSv1.2",
   }, listener);
+  if (opts.keepAliveTimeoutMs !== undefined) {
+    server.keepAliveTimeout = opts.keepAliveTimeoutMs;
+    // Must exceed keepAliveTimeout, or an idle connection's next request can be cut off.
+    server.headersTimeout = opts.keepAliveTimeoutMs + 5_000;
+  }
   const upgraded = new Set<Duplex>();
   const onUpgrade = opts.onUpgrade;
   if (onUpgrade) {
@@ -222,6 +238,21 @@ export interface TlsRequestInit {
   expect: ExpectedPeer;
   /** Largest response body accepted, bytes (default 8 MiB). */
   maxBodyBytes?: number;
+  /**
+   * A keep-alive `https.Agent` dedicated to this (URL, `tls`, `expect`) triple (see
+   * {@link keepAliveAgent}): connections are reused, each was checked against `expect` when
+   * it was opened. Omitted: a new connection per request.
+   */
+  agent?: HttpsAgent;
+}
+
+/**
+ * A keep-alive agent for {@link requestTls}: at most `maxSockets` connections, reused while
+ * idle. Use one per peer identity and client certificate (a renewed certificate gets a new
+ * agent); `destroy()` it when done.
+ */
+export function keepAliveAgent(maxSockets = 2): HttpsAgent {
+  return new HttpsAgent({ keepAlive: true, maxSockets, maxFreeSockets: maxSockets });
 }
 
 /** Why the server's certificate is not `expect` (null: it is). */
@@ -242,7 +273,8 @@ export function peerMismatch(cert: PeerCertificate, expect: ExpectedPeer): strin
 /**
  * An HTTPS request that verifies the server against `init.tls.caPem` (chain + host name, as
  * `fetch` does) AND checks its certificate subject against `init.expect`. Connections are not
- * pooled, so every request is checked. Resolves to a buffered `Response`.
+ * pooled unless `init.agent` is a dedicated keep-alive agent (every connection is checked when
+ * it opens). Resolves to a buffered `Response`.
  *
  * @throws Error on transport or TLS failure, identity mismatch, or a body over `maxBodyBytes`;
  *   the signal's reason when aborted
@@ -265,7 +297,8 @@ export function requestTls(url: URL | string, init: TlsRequestInit): Promise<Res
     const req = httpsRequest(url, {
       method: init.method ?? "GET",
       headers: init.headers,
-      agent: false, // no pooled sockets: each request's peer is checked
+      // Pooled only through a dedicated agent (checked when each connection was opened).
+      agent: init.agent ?? false,
       ca: init.tls.caPem,
       cert: init.tls.certPem,
       key: init.tls.keyPem,

@@ -39,6 +39,8 @@ export interface FakeCp {
   heartbeats: HeartbeatRequest[];
   /** Peers (CN) of heartbeats. */
   heartbeatPeers: string[];
+  /** The client port of each heartbeat's connection (one port: one kept-alive connection). */
+  heartbeatPorts: number[];
   /** Reports accepted (204), in arrival order. */
   reports: ReceivedReport[];
   /** While > 0, reports are answered 503 `store_unavailable` (and counted down). */
@@ -95,6 +97,7 @@ export async function startFakeCp(
     nodeName: opts.nodeName ?? "node-a",
     heartbeats: [],
     heartbeatPeers: [],
+    heartbeatPorts: [],
     reports: [],
     failReports: 0,
     refusedReports: 0,
@@ -135,6 +138,7 @@ export async function startFakeCp(
     }
     state.heartbeats.push(parsed.data);
     state.heartbeatPeers.push(peer.commonName ?? "");
+    state.heartbeatPorts.push(c.env.incoming.socket.remotePort ?? 0);
     return c.json({
       node_status: "ready",
       desired_pools: state.desiredPools,
@@ -194,6 +198,7 @@ export async function startFakeCp(
     caPem: ca.certPem,
     requireClientCert: false,
     fetch: app.fetch,
+    keepAliveTimeoutMs: 10_000,
   });
   const issueClient = async (cn: string, org: string) => {
     const csr = await createCsr(cn, splitSans([]));

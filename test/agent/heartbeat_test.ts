@@ -111,6 +111,41 @@ Deno.test("heartbeat: survives a control plane outage and resumes by itself", as
   }
 });
 
+Deno.test("heartbeat: a steady agent keeps one connection (one TLS handshake)", async () => {
+  const cp = await startFakeCp();
+  const t = await tempRoot();
+  const paths = agentPaths(t.cfg);
+  const { log } = memoryLogger();
+  const cert = await cp.agentClient("node-a");
+  const hb = startHeartbeat({
+    cpUrl: cp.url,
+    identity: { nodeName: "node-a", ...cert, caPem: cp.ca.certPem, bootstrapped: false },
+    endpoint: "https://127.0.0.1:9443",
+    accelerator: "tcg",
+    poolsDir: paths.poolsDir,
+    system: new SystemInfo(paths.stateDir, log),
+    pools: new PoolManager(paths.poolsDir, `${paths.stateDir}/desired-pools.json`, log),
+    vms: new VmManager({
+      paths,
+      qemu: t.cfg.qemu,
+      accelerator: "tcg",
+      hostArch: "amd64",
+      images: new ImageCache({ idleTimeoutMs: 1000 }),
+      log,
+    }),
+    initialIntervalSeconds: 1,
+    log,
+  });
+  try {
+    await until(() => cp.heartbeats.length >= 3);
+    assertEquals(new Set(cp.heartbeatPorts).size, 1, `ports: ${cp.heartbeatPorts}`);
+  } finally {
+    await hb.stop();
+    await cp.close();
+    await t.cleanup();
+  }
+});
+
 Deno.test("system info: readings for heartbeats", async (t) => {
   await t.step("df output parses into bytes; anything else is an error", () => {
     assertEquals(
