@@ -3,8 +3,8 @@
  * gets an instance of `storage_pools.default_pool_name` at `<pools_dir>/<name>` once (spec 001:
  * the CP "auto-provisions that pool on every node as it reaches ready"), if that path passes
  * the allowed-path gate (else one warning per node and path, nothing provisioned), and the
- * agent is told its desired pools at once (`PUT /v1/pools`, best effort: heartbeats carry
- * them too). The cluster default pool setting itself is seeded at startup.
+ * agent is told its desired pools at once (`PUT /v1/pools` in the background, bounded:
+ * cp/pools/push.ts; best effort: heartbeats carry them too). The cluster default pool setting itself is seeded at startup.
  *
  * "Once": the provisioning is recorded (`/pool-provisioned/<node>` with the node's id, in the
  * transaction that creates the instance, or when the node already has it), so an operator's
@@ -23,14 +23,16 @@ import {
 } from "../repo/records.ts";
 import { checkPoolPath, joinPoolPath } from "./paths.ts";
 import { pushDesiredPools } from "./service.ts";
+import { PushQueue } from "./push.ts";
 
 /** Builds the pool provisioner; the caller feeds it from the node informer and starts it. */
 export function poolProvisioner(ctx: CpContext): Controller {
   const warned = new Set<string>();
+  const pushes = new PushQueue((node) => pushDesiredPools(ctx, node));
   return new Controller({
     name: "pool",
     log: ctx.log,
-    reconcile: (nodeName) => provisionDefaultPool(ctx, nodeName, warned),
+    reconcile: (nodeName) => provisionDefaultPool(ctx, nodeName, warned, pushes),
   });
 }
 
@@ -42,6 +44,7 @@ export async function provisionDefaultPool(
   ctx: CpContext,
   nodeName: string,
   warned: Set<string>,
+  pushes?: PushQueue,
 ): Promise<void> {
   const node = (await ctx.store.get<NodeRecord>(keys.node(nodeName)))?.value;
   if (!node || node.status !== "ready" || !node.pools_dir) return;
@@ -96,5 +99,7 @@ export async function provisionDefaultPool(
   });
   if (!res.succeeded) return;
   ctx.log.info("default pool provisioned", { node: node.name, pool: name, path });
-  await pushDesiredPools(ctx, node.name);
+  // In the background (bounded): an unreachable agent must not stall the other nodes.
+  if (pushes) pushes.request(node.name);
+  else await pushDesiredPools(ctx, node.name);
 }
