@@ -15,7 +15,9 @@
 import { join } from "node:path";
 import { openKvStore } from "../cp/store/kv.ts";
 import { registerSimAgents, sendSimHeartbeat } from "./sim_agents.ts";
-import { freePort, startApi, tempRoot, TEST_ADMIN } from "../test/harness.ts";
+import { freePort, startApi, tempRoot, TEST_ADMIN, waitFor } from "../test/harness.ts";
+import { keys, type PoolRecord } from "../cp/repo/records.ts";
+import { rangeAll } from "../cp/store/store.ts";
 import { CpuProfiler, summarize } from "./cpu_profile.ts";
 
 /** One fan-in measurement. */
@@ -111,6 +113,14 @@ export async function fanIn(
     // provisioned, the second reports it ready); then every heartbeat is a steady-state one.
     await new Promise((r) => setTimeout(r, 2 * intervalS * 1000 + 2000));
     const store = await openKvStore(join(api.dataDir, "store.kv"));
+    // Then until every node's default pool is provisioned and reported ready (on a loaded
+    // machine that takes longer than two intervals), and one interval more.
+    await waitFor("every default pool ready", async () => {
+      const ready = (await rangeAll<PoolRecord>(store, keys.pools))
+        .filter((kv) => kv.value.status === "ready").length;
+      return ready >= agents;
+    }, 600_000, 1000);
+    await new Promise((r) => setTimeout(r, intervalS * 1000 + 2000));
     const rev0 = Number(await store.currentRevision());
     // What is written during the window, by key prefix (`/nodes/`, `/pools/`, …).
     const byPrefix = new Map<string, number>();
