@@ -14,8 +14,8 @@
  */
 import { join } from "node:path";
 import { openKvStore } from "../cp/store/kv.ts";
-import { registerSimAgents, sendSimHeartbeat } from "./sim_agents.ts";
-import { freePort, startApi, tempRoot, TEST_ADMIN, waitFor } from "../test/harness.ts";
+import { adminAuth, registerSimAgents, sendSimHeartbeat } from "./sim_agents.ts";
+import { freePort, startApi, tempRoot, waitFor } from "../test/harness.ts";
 import { keys, type PoolRecord } from "../cp/repo/records.ts";
 import { rangeAll } from "../cp/store/store.ts";
 import { CpuProfiler, summarize } from "./cpu_profile.ts";
@@ -79,12 +79,7 @@ export async function fanIn(
   const clients: Deno.HttpClient[] = [];
   let stop = false;
   try {
-    const login = await (await fetch(`${api.url}/v1/auth/login`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ email: TEST_ADMIN.email, password: TEST_ADMIN.password }),
-    })).json();
-    const auth = { authorization: `Bearer ${login.access_token}` };
+    const auth = await adminAuth(api);
     // Register every simulated agent through the real bootstrap (token → CSR → certificate).
     const ids = await registerSimAgents(api, auth, agents);
     for (const a of ids) clients.push(a.client);
@@ -115,11 +110,16 @@ export async function fanIn(
     const store = await openKvStore(join(api.dataDir, "store.kv"));
     // Then until every node's default pool is provisioned and reported ready (on a loaded
     // machine that takes longer than two intervals), and one interval more.
-    await waitFor("every default pool ready", async () => {
-      const ready = (await rangeAll<PoolRecord>(store, keys.pools))
-        .filter((kv) => kv.value.status === "ready").length;
-      return ready >= agents;
-    }, 600_000, 1000);
+    await waitFor(
+      "every default pool ready",
+      async () => {
+        const ready = (await rangeAll<PoolRecord>(store, keys.pools))
+          .filter((kv) => kv.value.status === "ready").length;
+        return ready >= agents;
+      },
+      600_000,
+      1000,
+    );
     await new Promise((r) => setTimeout(r, intervalS * 1000 + 2000));
     const rev0 = Number(await store.currentRevision());
     // What is written during the window, by key prefix (`/nodes/`, `/pools/`, …).

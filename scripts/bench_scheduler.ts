@@ -22,8 +22,8 @@ import { keys, type NodeRecord, type PoolRecord, type VmRecord } from "../cp/rep
 import type { NodeAllocation } from "../cp/vms/allocations.ts";
 import { openKvStore } from "../cp/store/kv.ts";
 import type { Op } from "../cp/store/store.ts";
-import { startApi, tempRoot, TEST_ADMIN, waitFor } from "../test/harness.ts";
-import { registerSimAgents, sendSimHeartbeat, type SimCapacity } from "./sim_agents.ts";
+import { startApi, tempRoot, waitFor } from "../test/harness.ts";
+import { adminAuth, registerSimAgents, sendSimHeartbeat, type SimCapacity } from "./sim_agents.ts";
 
 /** p-th percentile (nearest rank), of `xs`. */
 function pct(xs: number[], p: number): number {
@@ -153,12 +153,7 @@ export async function benchCreates(vms: number, creates: number): Promise<{
   });
   const clients: Deno.HttpClient[] = [];
   try {
-    const login = await (await fetch(`${api.url}/v1/auth/login`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ email: TEST_ADMIN.email, password: TEST_ADMIN.password }),
-    })).json();
-    const auth = { authorization: `Bearer ${login.access_token}` };
+    const auth = await adminAuth(api);
     const cap: SimCapacity = { cores: 4096, memoryMib: 4 * 1024 * 1024, diskBytes: 1e15 };
     const agents = await registerSimAgents(api, auth, nodes);
     for (const a of agents) clients.push(a.client);

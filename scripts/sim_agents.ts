@@ -8,7 +8,18 @@
 import { join } from "node:path";
 import { createCsr, splitSans } from "../shared/pki.ts";
 import { createTlsClient } from "../shared/tls.ts";
-import type { ApiHandle } from "../test/harness.ts";
+import { type ApiHandle, TEST_ADMIN } from "../test/harness.ts";
+
+/** The bearer header of the test admin (test/harness.ts TEST_ADMIN) on `api`. */
+export async function adminAuth(api: ApiHandle): Promise<Record<string, string>> {
+  const res = await fetch(`${api.url}/v1/auth/login`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ email: TEST_ADMIN.email, password: TEST_ADMIN.password }),
+  });
+  const login = await res.json();
+  return { authorization: `Bearer ${login.access_token}` };
+}
 
 /** One registered simulated agent. */
 export interface SimAgent {

@@ -15,14 +15,9 @@
  */
 import type { CpContext } from "../context.ts";
 import { Controller } from "../controllers/controller.ts";
-import {
-  keys,
-  type NodeRecord,
-  type PoolProvisionedRecord,
-  type PoolRecord,
-} from "../repo/records.ts";
+import { keys, type NodeRecord, type PoolProvisionedRecord } from "../repo/records.ts";
 import { checkPoolPath, joinPoolPath } from "./paths.ts";
-import { pushDesiredPools } from "./service.ts";
+import { newPoolRecord, pushDesiredPools } from "./service.ts";
 import { PushQueue } from "./push.ts";
 
 /** Builds the pool provisioner; the caller feeds it from the node informer and starts it. */
@@ -79,20 +74,7 @@ export async function provisionDefaultPool(
     }
     return;
   }
-  const pool: PoolRecord = {
-    id: crypto.randomUUID(),
-    name,
-    node: node.name,
-    type: "local_dir",
-    path,
-    status: "pending",
-    message: null,
-    total_bytes: null,
-    available_bytes: null,
-    images: [],
-    created_at: ts,
-    updated_at: ts,
-  };
+  const pool = newPoolRecord(name, node.name, path, ts);
   const res = await ctx.store.txn({
     compare: [{ key, absent: true }],
     success: [{ type: "put", key, value: pool }, markerOp],

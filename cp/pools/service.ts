@@ -167,20 +167,7 @@ export async function createPool(ctx: CpContext, req: PoolCreateRequest): Promis
     );
   }
   const ts = ctx.now().toISOString();
-  const pool: PoolRecord = {
-    id: crypto.randomUUID(),
-    name: req.name,
-    node: req.node,
-    type: req.type,
-    path,
-    status: "pending",
-    message: null,
-    total_bytes: null,
-    available_bytes: null,
-    images: [],
-    created_at: ts,
-    updated_at: ts,
-  };
+  const pool = newPoolRecord(req.name, req.node, path, ts, req.type);
   const res = await ctx.store.txn({
     compare: [{ key, absent: true }, { key: nodeKv.key, absent: false }],
     success: [{ type: "put", key, value: pool }],
@@ -270,6 +257,33 @@ export async function deletePool(
     return pool;
   }
   throw new ApiError("internal_error", `pool "${ref}": too many concurrent updates`);
+}
+
+/**
+ * A new pool instance record: `pending` until its agent reports the directory, no figures yet.
+ * `ts`: creation time (ISO).
+ */
+export function newPoolRecord(
+  name: string,
+  node: string,
+  path: string,
+  ts: string,
+  type: PoolRecord["type"] = "local_dir",
+): PoolRecord {
+  return {
+    id: crypto.randomUUID(),
+    name,
+    node,
+    type,
+    path,
+    status: "pending",
+    message: null,
+    total_bytes: null,
+    available_bytes: null,
+    images: [],
+    created_at: ts,
+    updated_at: ts,
+  };
 }
 
 /**

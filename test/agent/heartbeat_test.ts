@@ -4,12 +4,13 @@
  */
 import { assert, assertEquals } from "../assert.ts";
 import { agentPaths } from "../../agent/config.ts";
-import { startHeartbeat } from "../../agent/heartbeat.ts";
+import { type HeartbeatOptions, startHeartbeat } from "../../agent/heartbeat.ts";
 import { ImageCache } from "../../agent/images.ts";
 import { PoolManager } from "../../agent/pools.ts";
 import { parseDfOutput, SystemInfo, TEST_READINGS_ENV } from "../../agent/sysinfo.ts";
 import { VmManager } from "../../agent/vms.ts";
-import { startFakeCp } from "./fake_cp.ts";
+import { type FakeCp, startFakeCp } from "./fake_cp.ts";
+import type { Logger } from "../../shared/log.ts";
 import { memoryLogger, tempRoot } from "./helpers.ts";
 
 /** A TCP proxy to `port` that, while `down`, drops every connection (open ones included). */
@@ -60,15 +61,18 @@ async function until(pred: () => boolean, ms = 15_000): Promise<void> {
   }
 }
 
-Deno.test("heartbeat: survives a control plane outage and resumes by itself", async () => {
-  const cp = await startFakeCp();
-  const proxy = toggleProxy(Number(new URL(cp.url).port));
-  const t = await tempRoot();
+/** A heartbeat loop of node `node-a` (certificate `cert`) against `cpUrl`, 1 s interval. */
+function startTestHeartbeat(
+  t: Awaited<ReturnType<typeof tempRoot>>,
+  cpUrl: string,
+  cp: FakeCp,
+  cert: { certPem: string; keyPem: string },
+  log: Logger,
+  over: Partial<HeartbeatOptions> = {},
+) {
   const paths = agentPaths(t.cfg);
-  const { log, lines } = memoryLogger();
-  const cert = await cp.agentClient("node-a");
-  const hb = startHeartbeat({
-    cpUrl: `https://127.0.0.1:${proxy.port}`,
+  return startHeartbeat({
+    cpUrl,
     identity: { nodeName: "node-a", ...cert, caPem: cp.ca.certPem, bootstrapped: false },
     endpoint: "https://127.0.0.1:9443",
     accelerator: "tcg",
@@ -85,6 +89,17 @@ Deno.test("heartbeat: survives a control plane outage and resumes by itself", as
     }),
     initialIntervalSeconds: 1,
     log,
+    ...over,
+  });
+}
+
+Deno.test("heartbeat: survives a control plane outage and resumes by itself", async () => {
+  const cp = await startFakeCp();
+  const proxy = toggleProxy(Number(new URL(cp.url).port));
+  const t = await tempRoot();
+  const { log, lines } = memoryLogger();
+  const cert = await cp.agentClient("node-a");
+  const hb = startTestHeartbeat(t, `https://127.0.0.1:${proxy.port}`, cp, cert, log, {
     requestTimeoutMs: 2000,
   });
   const failures = () => lines.filter((l) => l.includes("heartbeat: failed")).length;
@@ -114,28 +129,9 @@ Deno.test("heartbeat: survives a control plane outage and resumes by itself", as
 Deno.test("heartbeat: a steady agent keeps one connection (one TLS handshake)", async () => {
   const cp = await startFakeCp();
   const t = await tempRoot();
-  const paths = agentPaths(t.cfg);
   const { log } = memoryLogger();
   const cert = await cp.agentClient("node-a");
-  const hb = startHeartbeat({
-    cpUrl: cp.url,
-    identity: { nodeName: "node-a", ...cert, caPem: cp.ca.certPem, bootstrapped: false },
-    endpoint: "https://127.0.0.1:9443",
-    accelerator: "tcg",
-    poolsDir: paths.poolsDir,
-    system: new SystemInfo(paths.stateDir, log),
-    pools: new PoolManager(paths.poolsDir, `${paths.stateDir}/desired-pools.json`, log),
-    vms: new VmManager({
-      paths,
-      qemu: t.cfg.qemu,
-      accelerator: "tcg",
-      hostArch: "amd64",
-      images: new ImageCache({ idleTimeoutMs: 1000 }),
-      log,
-    }),
-    initialIntervalSeconds: 1,
-    log,
-  });
+  const hb = startTestHeartbeat(t, cp.url, cp, cert, log);
   try {
     await until(() => cp.heartbeats.length >= 3);
     assertEquals(new Set(cp.heartbeatPorts).size, 1, `ports: ${cp.heartbeatPorts}`);
