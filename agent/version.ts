@@ -1,8 +1,10 @@
 /**
- * The agent's version, reported in heartbeats (`agent_version`).
+ * The agent's version, reported in heartbeats (`agent_version`): the release
+ * (shared/version.ts).
  *
  * @module
  */
+import { OTHERIX_VERSION } from "../shared/version.ts";
 
 /** `otherix-agent` version string. */
-export const AGENT_VERSION = "0.1.0-dev";
+export const AGENT_VERSION = OTHERIX_VERSION;

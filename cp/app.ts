@@ -45,6 +45,8 @@ import { vmTaskHandler } from "./vms/tasks.ts";
 import type { ObservedVm } from "../shared/api/vm_runtime.ts";
 import { type NodeAllocation, seedAllocations } from "./vms/allocations.ts";
 import { logPlacementSettings } from "./vms/placement.ts";
+import { openApiDocument } from "./openapi.ts";
+import { OTHERIX_VERSION } from "../shared/version.ts";
 import { TaskRegistry } from "./tasks/registry.ts";
 import { taskView } from "./tasks/queue.ts";
 import { Informer } from "./controllers/informer.ts";
@@ -193,6 +195,9 @@ export function publicApp(ctx: CpContext, signal?: AbortSignal): Hono<AppEnv> {
   app.use("*", requestLogger(ctx.log));
   app.use("*", bodyLimit(PUBLIC_BODY_LIMIT));
   app.route("/", healthRoutes(ctx.store));
+  // The OpenAPI document of this app (cp/openapi.ts), built once on first request.
+  let openapi: unknown = null;
+  app.get("/v1/openapi.json", (c) => c.json(openapi ??= openApiDocument(app, OTHERIX_VERSION)));
   app.route("/v1/auth", authRoutes(ctx));
   app.route("/v1/users", userRoutes(ctx));
   app.route("/v1/nodes/join-tokens", joinTokenRoutes(ctx));

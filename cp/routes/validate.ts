@@ -33,6 +33,16 @@ const WHAT: Record<keyof ValidationTargets, string> = {
 
 const JSON_MEDIA_TYPE = /^application\/([\w.-]+\+)?json$/i;
 
+/** What each `validate()` middleware checks, for the OpenAPI document (cp/openapi.ts). */
+const SCHEMAS = new WeakMap<object, { target: keyof ValidationTargets; schema: z.ZodType }>();
+
+/** The target and schema a middleware made by {@link validate} checks (undefined: not one). */
+export function validatorSchema(
+  mw: unknown,
+): { target: keyof ValidationTargets; schema: z.ZodType } | undefined {
+  return typeof mw === "function" ? SCHEMAS.get(mw) : undefined;
+}
+
 /**
  * Middleware validating `target` (`json` body, `query`, `param`, `header`, …) of the request
  * with `schema`; the parsed (defaults applied, transformed) value is available as
@@ -53,7 +63,10 @@ export function validate<T extends z.ZodType, Target extends keyof ValidationTar
   const inner = zValidator(target, schema, (result) => {
     if (!result.success) throw validationError(result.error as unknown as z.ZodError, WHAT[target]);
   });
-  if (target !== "json") return inner;
+  if (target !== "json") {
+    SCHEMAS.set(inner, { target, schema });
+    return inner;
+  }
   const json: typeof inner = async (c, next) => {
     const text = await c.req.text();
     let raw: unknown = {};
@@ -76,5 +89,6 @@ export function validate<T extends z.ZodType, Target extends keyof ValidationTar
     c.req.addValidatedData("json", result.data as object);
     await next();
   };
+  SCHEMAS.set(json, { target, schema });
   return json;
 }
