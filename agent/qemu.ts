@@ -51,6 +51,8 @@ export interface VmFilePaths {
   serialLog: string;
   serialSock: string;
   qmpSock: string;
+  /** The QEMU guest agent's channel (`<run>/vms/<id>/qga.sock`). */
+  qgaSock: string;
   /** `<run>/vms/<id>/qemu.pid`, locked by QEMU while it runs. */
   pidFile: string;
   vmJson: string;
@@ -70,6 +72,7 @@ export function vmFilePaths(vmsDir: string, vmSocketsDir: string, id: string): V
     serialLog: join(vmDir, "serial.log"),
     serialSock: join(sockDir, "serial.sock"),
     qmpSock: join(sockDir, "qmp.sock"),
+    qgaSock: join(sockDir, "qga.sock"),
     pidFile: join(sockDir, "qemu.pid"),
     vmJson: join(vmDir, "vm.json"),
     stateJson: join(vmDir, "state.json"),
@@ -106,8 +109,34 @@ export interface QemuSpec {
   firmwareArm64?: string | null;
   /** Start with the vCPUs halted (`-S`; QMP status `prelaunch` until `cont`). */
   paused?: boolean;
+  /**
+   * NICs on networks, index order: each a TAP the agent created (agent/net/) and its MAC.
+   * Empty or absent: one user-mode NAT NIC.
+   */
+  nics?: QemuNic[];
   /** Extra arguments appended verbatim (tests use it to provoke failures). */
   extraArgs?: string[];
+}
+
+/** A NIC on a network: the persistent TAP QEMU attaches to and the guest's MAC. */
+export interface QemuNic {
+  tap: string;
+  mac: string;
+}
+
+/**
+ * The NIC arguments: per NIC `-netdev tap,id=net<i>,ifname=<tap>,script=no,downscript=no
+ * -device virtio-net-pci,netdev=net<i>,mac=<mac>`; without NICs `-nic
+ * user,model=virtio-net-pci` (QEMU user-mode NAT).
+ */
+export function nicArgs(nics: QemuNic[] | undefined): string[] {
+  if (!nics?.length) return ["-nic", "user,model=virtio-net-pci"];
+  return nics.flatMap((n, i) => [
+    "-netdev",
+    `tap,id=net${i},ifname=${qemuEscape(n.tap)},script=no,downscript=no`,
+    "-device",
+    `virtio-net-pci,netdev=net${i},mac=${qemuEscape(n.mac)}`,
+  ]);
 }
 
 /** Escapes a QEMU option value (a `,` is written `,,`). */
@@ -125,13 +154,15 @@ export function qemuEscape(value: string): string {
  * -drive file=<seed>,media=cdrom,if=ide,format=raw,readonly=on
  * -chardev socket,id=serial0,path=<serial.sock>,server=on,wait=off,logfile=<serial.log>,logappend=on
  * -serial chardev:serial0 -qmp unix:<qmp.sock>,server=on,wait=off
- * -nic user,model=virtio-net-pci
+ * -chardev socket,id=qga0,path=<qga.sock>,server=on,wait=off -device virtio-serial-pci
+ * -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0
+ * -nic user,model=virtio-net-pci        (or the TAP NICs of {@link nicArgs})
  * -no-shutdown -daemonize -pidfile <qemu.pid> [-S]
  * ```
  *
  * arm64 uses `-machine virt,gic-version=max,accel=…`, the seed as a read-only virtio disk
- * (the virt machine has no IDE) and `-bios <firmwareArm64>` when set. The NIC is user-mode
- * networking (slirp) for now; bridged networking is a later iteration.
+ * (the virt machine has no IDE) and `-bios <firmwareArm64>` when set. A VM without networks
+ * has one user-mode networking NIC (slirp); one on networks has a virtio NIC per TAP.
  *
  * `logappend=on` makes QEMU open the serial log with `O_APPEND`: it is kept across QEMU
  * restarts of the VM, and QEMU keeps writing at its end after the agent truncates it (see
@@ -176,8 +207,14 @@ export function buildQemuArgs(spec: QemuSpec): string[] {
     "chardev:serial0",
     "-qmp",
     `unix:${qemuEscape(f.qmpSock)},server=on,wait=off`,
-    "-nic",
-    "user,model=virtio-net-pci",
+    // The QEMU guest agent's channel (guests running qemu-ga report their addresses).
+    "-chardev",
+    `socket,id=qga0,path=${qemuEscape(f.qgaSock)},server=on,wait=off`,
+    "-device",
+    "virtio-serial-pci,id=vser0",
+    "-device",
+    "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+    ...nicArgs(spec.nics),
     "-no-shutdown",
     "-daemonize",
     "-pidfile",

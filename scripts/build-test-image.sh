@@ -15,6 +15,16 @@
 # cloud-init NoCloud seed (ISO 9660 labelled "cidata"), prints
 #   otherix-test-image: hostname=<local-hostname>
 #   otherix-test-image: marker=<text>        (one per "otherix-marker:" line)
+#   otherix-test-image: ssh-authorized-key=<type> <comment>  (one per key)
+#   Cloud-init v. 0.0-otherix-test finished at <date>. Datasource DataSourceNoCloud.
+#     (cloud-init's final line; its error lines before it when the user-data
+#     has "otherix-fail-cloud-init: true")
+#   otherix-test-image: net <nic> <ifname> <mac> <addr>[,<addr>...]
+#     (one per NIC of the seed's "network-config", version 2, matched by MAC:
+#     static "addresses", "mtu", "routes" (to/via) or "gateway4",
+#     "nameservers" -> /etc/resolv.conf; a "dhcp4: true" NIC runs busybox
+#     udhcpc in the background and prints "net <nic> <ifname> <mac>
+#     dhcp <addr>/<prefix>" once it has a lease)
 # (or "otherix-test-image: no cidata seed found") on ttyS0, sets the hostname
 # and runs a respawning getty (login: root, no password; the shell prompt is
 # "/root # ") on ttyS0. Kernel messages stay off the console after the seed
@@ -67,6 +77,7 @@ WANTED_MODULES=(
   sr_mod cdrom isofs     # the seed CD-ROM and its ISO 9660 filesystem
   sd_mod                 # seeds attached as SCSI/SATA disks (/dev/sd*)
   virtio_pci virtio_blk  # the VM's own disk (/dev/vd*)
+  virtio_net             # NICs on Otherix networks (TAP + virtio-net-pci)
   button evdev           # ACPI power button as /dev/input/event* (read by acpid)
 )
 
@@ -333,6 +344,75 @@ EOF
 printf 'Otherix test image (log in as root, no password)\n\n' >"$ROOT/etc/issue"
 printf 'otherix-test\n' >"$ROOT/etc/hostname"
 
+# busybox udhcpc calls this with $1 = deconfig | bound | renew | leasefail |
+# nfail and the lease in the environment ($ip, $mask = prefix length, $router,
+# $dns); OTHERIX_NIC names the network-config entry for the console line.
+mkdir -p "$ROOT/etc/udhcpc"
+cat >"$ROOT/etc/udhcpc/script" <<'EOF'
+#!/bin/sh
+case "$1" in
+  deconfig) ip -4 addr flush dev "$interface" 2>/dev/null; ip link set dev "$interface" up ;;
+  bound|renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
+    [ -n "$dns" ] && for d in $dns; do echo "nameserver $d"; done >/etc/resolv.conf
+    [ "$1" = bound ] && echo "otherix-test-image: net ${OTHERIX_NIC:-?} $interface" \
+      "$(cat "/sys/class/net/$interface/address") dhcp $ip/$mask" >/dev/console
+    ;;
+esac
+exit 0
+EOF
+chmod 0755 "$ROOT/etc/udhcpc/script"
+
+# network-config (version 2) -> one line per NIC: "<nic> <mac> <mtu> <dhcp4>
+# <addr,...> <to>><via>,... <gateway4> <dns,...>" ("-": unset). Handles the
+# block style Otherix writes and inline lists ("addresses: [a, b]").
+cat >"$ROOT/etc/netcfg.awk" <<'EOF'
+function val(s) { sub(/^[^:]*:[ \t]*/, "", s); gsub(/["' \t]/, "", s); return s }
+function add(list, v) { return list == "" ? v : list "," v }
+function flush() {
+  if (nic != "")
+    print nic, dash(mac), dash(mtu), dash(dhcp), dash(addrs), dash(routes), dash(gw), dash(dns)
+  nic = mac = mtu = dhcp = addrs = routes = gw = dns = rto = rvia = sect = ""
+}
+function dash(v) { return v == "" ? "-" : v }
+function route() {
+  if (rto != "" && rvia != "") { routes = add(routes, rto ">" rvia); rto = rvia = "" }
+}
+/^[ \t]*(#|$)/ { next }
+/^ethernets:/ { eth = 1; next }
+/^[^ ]/ { if (eth) flush(); eth = 0; next }
+!eth { next }
+/^  [^ ]/ { flush(); nic = $1; sub(/:$/, "", nic); next }
+/^    [^ -]/ {
+  key = $1; sub(/:.*/, "", key); sect = key; v = val($0)
+  if (key == "mtu") mtu = v
+  else if (key == "dhcp4") dhcp = v
+  else if (key == "gateway4") gw = v
+  else if (key == "addresses" && v ~ /^\[/) { gsub(/[][]/, "", v); addrs = v }
+  if ($0 ~ /macaddress:/) {
+    m = $0; sub(/.*macaddress:[ \t]*/, "", m); gsub(/["'{} \t]/, "", m); mac = tolower(m)
+  }
+  next
+}
+{
+  line = $0
+  if (line ~ /macaddress:/) { mac = tolower(val(line)); next }
+  if (line ~ /^[ \t]*- /) { item = 1; sub(/^[ \t]*- /, "", line) } else item = 0
+  if (sect == "addresses" && item) { gsub(/["' \t]/, "", line); addrs = add(addrs, line) }
+  else if (sect == "routes") {
+    if (line ~ /^[ \t]*to:/) rto = val(line)
+    if (line ~ /^[ \t]*via:/) rvia = val(line)
+    route()
+  } else if (sect == "nameservers" && item) { gsub(/["' \t]/, "", line); dns = add(dns, line) }
+  else if (sect == "nameservers" && line ~ /addresses:.*\[/) {
+    v = val(line); gsub(/[][]/, "", v); dns = add(dns, v)
+  }
+}
+END { flush() }
+EOF
+
 # ACPI power button: busybox acpid reads /dev/input/event*, turns KEY_POWER
 # (from the button module's "Power Button" device) into the event
 # "button/power PWRF 00000080" and, by /etc/acpid.conf ("<substring>
@@ -484,6 +564,59 @@ fi
 [ -n "$HOSTNAME_VALUE" ] || HOSTNAME_VALUE=$(cat /etc/hostname)
 hostname "$HOSTNAME_VALUE"
 echo "$HOSTNAME_VALUE" >/etc/hostname
+
+# Networks: configure the NICs the seed's network-config names (see the header
+# and /etc/netcfg.awk). A NIC appears once virtio_net probed it: wait up to
+# ~10 s for its MAC.
+ip link set dev lo up
+iface_of() {
+  for f in /sys/class/net/*/address; do
+    [ "$(cat "$f")" = "$1" ] && { basename "$(dirname "$f")"; return 0; }
+  done
+  return 1
+}
+if [ -n "$SEED_DEV" ] && [ -f /mnt/seed/network-config ]; then
+  awk -f /etc/netcfg.awk /mnt/seed/network-config >/tmp/netcfg
+  while read -r nic mac mtu dhcp addrs routes gw dns; do
+    n=0
+    while ! ifc=$(iface_of "$mac") && [ "$n" -lt 40 ]; do sleep 0.25; n=$((n + 1)); done
+    if [ -z "$ifc" ]; then say "net $nic: no interface with MAC $mac"; continue; fi
+    [ "$mtu" != - ] && ip link set dev "$ifc" mtu "$mtu"
+    ip link set dev "$ifc" up
+    if [ "$dhcp" = true ]; then
+      OTHERIX_NIC=$nic udhcpc -i "$ifc" -s /etc/udhcpc/script -b -t 10 -T 2 >/dev/null 2>&1
+      continue
+    fi
+    [ "$addrs" != - ] && for a in $(echo "$addrs" | tr , ' '); do ip addr add "$a" dev "$ifc"; done
+    [ "$gw" != - ] && ip route replace default via "$gw" dev "$ifc"
+    [ "$routes" != - ] && for r in $(echo "$routes" | tr , ' '); do
+      to=${r%%>*}
+      case "$to" in 0.0.0.0/0 | default) to=default ;; esac
+      ip route replace "$to" via "${r#*>}" dev "$ifc"
+    done
+    [ "$dns" != - ] && for d in $(echo "$dns" | tr , ' '); do echo "nameserver $d"; done \
+      >/etc/resolv.conf
+    say "net $nic $ifc $mac $addrs"
+  done </tmp/netcfg
+fi
+
+# cloud-init readiness (agent/cloud_init.ts reads these lines on the serial
+# console). Once everything above processed the seed, print what cloud-init
+# prints when it ends: its final line, preceded by its error lines when the
+# user-data says "otherix-fail-cloud-init: true"; and one line per SSH key in
+# the user-data (type and comment), so tests see the merged keys arrive.
+if [ -n "$SEED_DEV" ]; then
+  grep -oE '(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp[0-9]+) [A-Za-z0-9+/=]+( [^"]*)?' \
+    /mnt/seed/user-data | while read -r ktype _kdata kcomment; do
+    say "ssh-authorized-key=$ktype ${kcomment:-}"
+  done
+  ci_date=$(date -u '+%a, %d %b %Y %H:%M:%S +0000')
+  if grep -qE '^[[:space:]]*otherix-fail-cloud-init:[[:space:]]*true' /mnt/seed/user-data; then
+    echo "Cloud-init v. 0.0-otherix-test running 'modules:final' at $ci_date. ERROR: otherix-fail-cloud-init is set"
+    echo "util.py[WARNING]: Failed to run module otherix-test (otherix-fail-cloud-init: true)"
+  fi
+  echo "Cloud-init v. 0.0-otherix-test finished at $ci_date. Datasource DataSourceNoCloud."
+fi
 
 # Respawn a login prompt on the serial console forever. getty runs in the
 # background so that a shutdown signal interrupts `wait` at once.

@@ -21,7 +21,7 @@ import {
 } from "../scheduler.ts";
 import { ApiError } from "../../shared/errors.ts";
 import { keys, type NodeRecord, type PoolRecord, type VmRecord } from "../repo/records.ts";
-import { type KeyValue, type Op, rangeAll } from "../store/store.ts";
+import { type Compare, type KeyValue, type Op, rangeAll } from "../store/store.ts";
 import {
   allocateWrite,
   emptyAllocation,
@@ -129,18 +129,30 @@ export async function dryRunPlacement(ctx: CpContext, req: PlacementRequest): Pr
 }
 
 /**
+ * A hook into the transaction that records a placed VM (e.g. IPAM, cp/networks/ipam.ts):
+ * given the placed record, returns the record to write (it may add fields) and its own
+ * guarded writes. Called once per attempt, so it must read what it guards afresh; its
+ * errors abort the create.
+ */
+export type RecordHook = (
+  vm: VmRecord,
+) => Promise<{ vm: VmRecord; compare: Compare[]; ops: Op[] }>;
+
+/**
  * Places `vm` (its `node`, `pool_path` are filled in here) and commits it with `ops` (the task
- * enqueue) in one transaction that also requires the VM name to be free.
+ * enqueue) and the `hook`'s writes in one transaction that also requires the VM name to be
+ * free.
  *
  * @returns the VM as recorded
  * @throws ApiError as {@link candidatesFor}, `no_eligible_nodes` (details: `reason`,
- *   `node_utilization`, `candidates`), `vm_already_exists`
+ *   `node_utilization`, `candidates`), `vm_already_exists`, or the hook's
  */
 export async function placeAndRecord(
   ctx: CpContext,
   req: PlacementRequest,
   vm: Omit<VmRecord, "node" | "pool_path">,
   opsFor: (vm: VmRecord) => Op[],
+  hook?: RecordHook,
 ): Promise<VmRecord> {
   const settings = placementSettings(ctx);
   const fresh = new Map<string, NodeAllocation>();
@@ -156,7 +168,9 @@ export async function placeAndRecord(
       fresh.set(winner.pool.node, current);
       continue;
     }
-    const record: VmRecord = { ...vm, node: winner.pool.node, pool_path: winner.pool.path };
+    const placed: VmRecord = { ...vm, node: winner.pool.node, pool_path: winner.pool.path };
+    const extra = hook ? await hook(placed) : { vm: placed, compare: [], ops: [] };
+    const record = extra.vm;
     const poolsOnNode = new Map(
       candidates.filter((c) => c.pool.node === record.node).map((c) => [c.pool.name, c.pool]),
     );
@@ -173,6 +187,7 @@ export async function placeAndRecord(
         // direction through this node's allocation).
         { key: keys.pool(record.pool, record.node), absent: false },
         ...alloc.compare,
+        ...extra.compare,
       ],
       success: [
         { type: "put", key: keys.vm(record.name), value: record },
@@ -180,6 +195,7 @@ export async function placeAndRecord(
         ...opsFor(
           record,
         ),
+        ...extra.ops,
       ],
     });
     if (res.succeeded) return record;
