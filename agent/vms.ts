@@ -10,6 +10,11 @@
  * prepared VM. `state.json` (agent/vm_state.ts) remembers whether QEMU should be running and
  * its last exit.
  *
+ * NICs (a create request's `nics`, shared/api/network_agent.ts; kept in `vm.json`): their
+ * networks stay wanted on the node from the create on, each QEMU launch first builds them and
+ * the VM's TAPs (agent/net/manager.ts `plumb`), the seed carries their `network-config`, and a
+ * delete removes the TAPs. A VM without NICs has QEMU's user-mode NAT NIC.
+ *
  * QEMU outlives the agent (agent/qemu.ts: `-daemonize`, pidfile, `-no-shutdown`). The agent
  * holds one QMP session per running VM:
  * - the session closing means QEMU exited; the exit is `requested` when the agent asked
@@ -50,13 +55,22 @@ import type {
   AgentVmCreateRequest,
 } from "../shared/api/agent.ts";
 import type { Architecture } from "../shared/api/common.ts";
-import type { ObservedVm, VmExit, VmExitReason, VmPhase } from "../shared/api/vm_runtime.ts";
+import type {
+  CloudInitCondition,
+  LearntNicAddress,
+  ObservedVm,
+  VmExit,
+  VmExitReason,
+  VmPhase,
+} from "../shared/api/vm_runtime.ts";
 import type { ProgressBytes, VmAction } from "../shared/api/tasks.ts";
 import type { Logger } from "../shared/log.ts";
 import { ProgressThrottle } from "../shared/progress_throttle.ts";
 import type { Accelerator } from "./accel.ts";
 import { checkActionPhase, type GuestShutdownClaim, runVerb, type VerbTarget } from "./actions.ts";
-import { buildSeedIso } from "./cloudinit.ts";
+import { buildSeedIso, networkConfigOf } from "./cloudinit.ts";
+import { NetManager } from "./net/manager.ts";
+import type { AgentNic } from "../shared/api/network_agent.ts";
 import type { AgentConfig, AgentPaths } from "./config.ts";
 import { createOverlay, imageInfo } from "./disks.ts";
 import {
@@ -81,9 +95,15 @@ import {
   type VmFilePaths,
   vmFilePaths,
 } from "./qemu.ts";
-import type { QmpEvent } from "./qmp.ts";
+import type { QmpClient, QmpEvent } from "./qmp.ts";
+import { tapName } from "./net/names.ts";
 import { SERIAL_LOG_CHECK_INTERVAL_MS, trimSerialLog } from "./serial_log.ts";
+import { CLOUD_INIT_STATE_FILE, CloudInitWatcher } from "./cloud_init.ts";
+import { NicAddressWatcher } from "./nic_addresses.ts";
 import { readVmState, writeVmState } from "./vm_state.ts";
+
+/** A VM create request, with the NICs of shared/api/network_agent.ts. */
+export type AgentVmCreateWithNics = AgentVmCreateRequest & { nics?: AgentNic[] };
 
 /** What `vm.json` holds. */
 export interface VmManifest {
@@ -100,6 +120,8 @@ export interface VmManifest {
   image_format?: string;
   pool: { name: string; path: string };
   user_data: string | null;
+  /** NICs on networks (agent/net/); absent or empty: one user-mode NAT NIC. */
+  nics?: AgentNic[];
   accelerator: Accelerator;
   created_at: string;
 }
@@ -166,9 +188,23 @@ export interface VmManagerOptions {
   firmwareArm64?: string | null;
   /** How long re-adoption waits for a live QEMU's QMP socket before retrying, ms (5 000). */
   adoptTimeoutMs?: number;
+  /** The node's networks (default: one on the host, under `paths`' state and run roots). */
+  net?: NetManager;
 }
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** A VM whose QEMU runs, as the metrics collector reads it (agent/metrics.ts). */
+export interface RunningVm {
+  id: string;
+  name: string;
+  /** QEMU's pid. */
+  pid: number;
+  /** The agent's open QMP session (read-only use: `query-*` commands). */
+  qmp: QmpClient;
+  /** Its TAP devices, NIC order (empty: user-mode NAT only). */
+  taps: string[];
+}
 
 /** Registry and lifecycle of the agent's VMs. */
 export class VmManager {
@@ -180,9 +216,31 @@ export class VmManager {
   #o: VmManagerOptions;
   #closing = false;
   #trimmer: { stop(): Promise<void> } | null = null;
+  /** cloud-init readiness from the serial logs (agent/cloud_init.ts). */
+  #cloudInit: CloudInitWatcher;
+  /** Addresses of NICs without IPAM (agent/nic_addresses.ts). */
+  #nicAddresses: NicAddressWatcher;
+  #net: NetManager;
 
   constructor(opts: VmManagerOptions) {
     this.#o = opts;
+    const announce = (id: string) => {
+      const r = this.#vms.get(id);
+      if (r) this.#notify(r);
+    };
+    this.#cloudInit = new CloudInitWatcher({
+      log: opts.log,
+      stateFile: join(opts.paths.stateDir, CLOUD_INIT_STATE_FILE),
+      onChange: announce,
+    });
+    this.#nicAddresses = new NicAddressWatcher({ log: opts.log, onChange: announce });
+    this.#net = opts.net ??
+      new NetManager({ stateDir: opts.paths.stateDir, runDir: opts.paths.runDir, log: opts.log });
+  }
+
+  /** The node's networks and the VMs' NICs (agent/net/manager.ts). */
+  get net(): NetManager {
+    return this.#net;
   }
 
   /**
@@ -208,6 +266,21 @@ export class VmManager {
       .sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id));
   }
 
+  /** VMs with a live QEMU and an open QMP session (for metrics; nothing is changed). */
+  running(): RunningVm[] {
+    return [...this.#vms.values()].flatMap((r) =>
+      r.qemu && !r.qemu.qmp.closedLocally
+        ? [{
+          id: r.id,
+          name: r.name,
+          pid: r.qemu.pid,
+          qmp: r.qemu.qmp,
+          taps: (r.manifest?.nics ?? []).map((n) => tapName(r.id, n.index)),
+        }]
+        : []
+    );
+  }
+
   /** The observed VM `id`, if known. */
   get(id: string): ObservedVm | undefined {
     const r = this.#vms.get(id);
@@ -221,6 +294,8 @@ export class VmManager {
       phase: r.phase,
       pid: r.qemu?.pid ?? r.pendingPid,
       exit: r.exit && { ...r.exit },
+      ...cloudInitOf(this.#cloudInit.condition(r.id)),
+      ...nicAddressesOf(this.#nicAddresses.addresses(r.id)),
     };
   }
 
@@ -341,6 +416,7 @@ export class VmManager {
   }
 
   #recordExit(r: VmRecord, reason: VmExitReason, detail: string | null): void {
+    this.#nicAddresses.forget(r.id);
     r.exit = { reason, at: new Date().toISOString(), detail };
     r.running = false;
     if (r.phase === "deleting") {
@@ -379,7 +455,12 @@ export class VmManager {
     const binary = m.architecture === "arm64"
       ? this.#o.qemu.binary_arm64
       : this.#o.qemu.binary_amd64;
+    // NICs on networks: their networks and TAPs exist before QEMU attaches (after a host
+    // reboot, this recreates them).
+    const nics = [...(m.nics ?? [])].sort((a, b) => a.index - b.index);
+    const taps = nics.length ? await this.#net.plumb(r.id, m.name, nics) : [];
     const args = buildQemuArgs({
+      nics: taps.map((tap, i) => ({ tap, mac: nics[i].mac })),
       name: m.name,
       architecture: m.architecture,
       accelerator,
@@ -392,6 +473,8 @@ export class VmManager {
     });
     await removeAll(files.sockDir);
     await Deno.mkdir(files.sockDir, { recursive: true, mode: 0o750 });
+    await this.#cloudInit.boot(r.id, files.serialLog);
+    this.#watchNics(r, nics);
     const log = this.#o.log.with({ vm_id: r.id, vm: r.name });
     log.info(`qemu: starting (${accelerator})`, { argv: [binary, ...args].join(" ") });
     const started = performance.now();
@@ -444,6 +527,7 @@ export class VmManager {
     const { vmsDir, vmSocketsDir } = this.#o.paths;
     await Deno.mkdir(vmsDir, { recursive: true, mode: 0o750 });
     await Deno.mkdir(vmSocketsDir, { recursive: true, mode: 0o750 });
+    await this.#net.load();
     const known = new Set<string>();
     for await (const e of Deno.readDir(vmsDir)) {
       if (!UUID_RE.test(e.name) || !e.isDirectory) continue;
@@ -454,9 +538,15 @@ export class VmManager {
         await killOrphan(files.pidFile).catch(() => null);
         await removeAll(files.vmDir);
         await removeAll(files.sockDir);
+        if (!this.#net.idle) {
+          await this.#net.removeTaps(e.name).catch((err) =>
+            this.#o.log.warn("vm: cannot remove TAPs", { vm_id: e.name, err: errorMessage(err) })
+          );
+        }
         continue;
       }
       known.add(e.name);
+      this.#net.register(e.name, manifest.name, manifest.nics ?? []);
       await this.#recoverOne(e.name, manifest, files);
     }
     for await (const e of Deno.readDir(vmSocketsDir)) {
@@ -472,6 +562,9 @@ export class VmManager {
       }
       await removeAll(join(vmSocketsDir, e.name));
     }
+    // The networks of the persisted desired set and of the VMs found (after a host reboot:
+    // bridges, VXLAN devices, dnsmasq rebuilt; TAPs come back with each VM's start).
+    if (!this.#net.idle) await this.#net.converge();
   }
 
   async #recoverOne(id: string, m: VmManifest, files: VmFilePaths): Promise<void> {
@@ -526,6 +619,8 @@ export class VmManager {
 
   #adopted(r: VmRecord, q: QemuInstance & { status: string }): void {
     this.#attach(r, q);
+    this.#cloudInit.resume(r.id, this.files(r.id).serialLog);
+    this.#watchNics(r, r.manifest?.nics ?? []);
     const log = this.#o.log.with({ vm_id: r.id, vm: r.name });
     if (q.status === "shutdown") {
       // The guest powered off while the agent was away; QEMU (-no-shutdown) still waits.
@@ -585,21 +680,23 @@ export class VmManager {
    *
    * @throws ApiError `path_not_allowed` (pool path outside `<state>/pools`),
    *   `validation_failed` (image basename), `download_failed`, `checksum_mismatch`,
-   *   `image_unavailable`, `vm_create_failed` (disk, seed, files), `qemu_spawn_failed`,
-   *   `task_cancelled` (deleted meanwhile). A freshly created VM leaves no files behind on
+   *   `image_unavailable`, `vm_create_failed` (disk, seed, files), `network_setup_failed` (a
+   *   NIC's network or TAP, agent/net/), `qemu_spawn_failed`, `task_cancelled` (deleted
+   *   meanwhile). A freshly created VM leaves no files behind on
    *   failure; a prepared one keeps its disk and stays `stopped`.
    */
-  create(req: AgentVmCreateRequest, hooks: OpHooks = {}): Promise<AgentTaskResult> {
+  create(req: AgentVmCreateWithNics, hooks: OpHooks = {}): Promise<AgentTaskResult> {
     this.files(req.vm.id);
     return this.#op(req.vm.id, (signal) => this.#create(req, hooks, signal));
   }
 
   async #create(
-    req: AgentVmCreateRequest,
+    req: AgentVmCreateWithNics,
     hooks: OpHooks,
     signal: AbortSignal,
   ): Promise<AgentTaskResult> {
     const { vm, pool } = req;
+    const nics = req.nics ?? [];
     const progress = hooks.progress ?? (() => {});
     const mark = hooks.mark ?? (() => {});
     const log = this.#o.log.with({ vm_id: vm.id, vm: vm.name });
@@ -643,6 +740,8 @@ export class VmManager {
       this.#notify(r);
     }
     this.#setPhase(r, prepared ? "starting" : "creating");
+    // Its networks stay wanted on this node from now on (agent/net/manager.ts).
+    if (nics.length && !prepared) this.#net.register(vm.id, vm.name, nics);
     try {
       try {
         await Deno.mkdir(this.#o.paths.poolsDir, { recursive: true, mode: 0o750 });
@@ -693,6 +792,7 @@ export class VmManager {
           vmId: vm.id,
           hostname: vm.name,
           userData: vm.user_data,
+          ...(nics.length ? { networkConfig: networkConfigOf(nics) } : {}),
           output: files.seed,
         });
         mark("seed");
@@ -709,6 +809,7 @@ export class VmManager {
           image_format: info.format,
           pool,
           user_data: vm.user_data ?? null,
+          ...(nics.length ? { nics } : {}),
           accelerator: this.#acceleratorFor(vm.architecture),
           created_at: new Date().toISOString(),
         };
@@ -736,6 +837,11 @@ export class VmManager {
           log.error("vm: cannot clean up VM directory", { err: errorMessage(err) })
         );
         await removeAll(files.sockDir).catch(() => {});
+        if (nics.length) {
+          await this.#net.unplumb(vm.id).catch((e) =>
+            log.error("vm: cannot remove NICs", { err: errorMessage(e) })
+          );
+        }
         if (existing) this.#setPhase(r, "stopped");
         else this.#forget(r);
       }
@@ -743,9 +849,20 @@ export class VmManager {
     }
   }
 
+  /** Looks for the addresses of VM `r`'s NICs without IPAM while it runs. */
+  #watchNics(r: VmRecord, nics: { mac: string; address: string | null }[]): void {
+    if (nics.length === 0) return;
+    // The guest-agent socket, once QEMU gets a guest-agent channel there (agent/qemu.ts).
+    const qga = this.files(r.id).qgaSock;
+    const watched = nics.map((n) => ({ mac: n.mac, ipam: n.address !== null }));
+    this.#nicAddresses.watch(r.id, watched, qga);
+  }
+
   #forget(r: VmRecord): void {
     if (this.#vms.get(r.id) !== r) return;
     this.#vms.delete(r.id);
+    this.#cloudInit.forget(r.id);
+    this.#nicAddresses.forget(r.id);
     this.#notify(r, true);
   }
 
@@ -877,6 +994,10 @@ export class VmManager {
         hooks.progress?.("removing files");
         await removeAll(files.vmDir);
         await removeAll(files.sockDir);
+        if (r?.manifest?.nics?.length || this.#net.hasVm(id)) {
+          hooks.progress?.("removing NICs");
+          await this.#net.unplumb(id);
+        }
       } catch (e) {
         throw new ApiError("vm_delete_failed", `delete vm ${id}: ${errorMessage(e)}`);
       }
@@ -981,11 +1102,15 @@ export class VmManager {
       });
     };
     timer = setTimeout(tick, intervalMs);
+    const cloudInit = this.#cloudInit.start();
+    const nicAddresses = this.#nicAddresses.start();
     const handle = {
       stop: async () => {
         stopped = true;
         clearTimeout(timer);
         await running.catch(() => {});
+        await cloudInit.stop();
+        await nicAddresses.stop();
         if (this.#trimmer === handle) this.#trimmer = null;
       },
     };
@@ -1009,7 +1134,20 @@ export class VmManager {
     await Promise.allSettled([...ops, ...this.#background]);
     await Promise.allSettled([...this.#vms.values()].map((r) => r.persisting));
     for (const r of this.#vms.values()) r.qemu?.qmp.close();
+    await this.#net.close();
   }
+}
+
+/** `{cloud_init}` for an observed VM, or nothing while it is not watched. */
+function cloudInitOf(c: CloudInitCondition | undefined): { cloud_init?: CloudInitCondition } {
+  return c ? { cloud_init: c } : {};
+}
+
+/** `{nic_addresses}` for an observed VM, or nothing when none was learnt. */
+function nicAddressesOf(
+  a: LearntNicAddress[] | undefined,
+): { nic_addresses?: LearntNicAddress[] } {
+  return a && a.length > 0 ? { nic_addresses: a } : {};
 }
 
 function shuttingDown(): ApiError {

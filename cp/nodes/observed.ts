@@ -98,5 +98,7 @@ export async function forgetObservedVms(ctx: CpContext, node: string): Promise<v
 /** True when two observations of one VM are equal. */
 function sameObservedVm(a: ObservedVm, b: ObservedVm): boolean {
   return a.name === b.name && a.phase === b.phase && a.pid === b.pid &&
-    JSON.stringify(a.exit) === JSON.stringify(b.exit);
+    JSON.stringify(a.exit) === JSON.stringify(b.exit) &&
+    JSON.stringify(a.cloud_init) === JSON.stringify(b.cloud_init) &&
+    JSON.stringify(a.nic_addresses) === JSON.stringify(b.nic_addresses);
 }

@@ -29,6 +29,7 @@ import { isTerminal } from "../../shared/api/tasks.ts";
 import { lastTaskOf } from "./service.ts";
 import { statusOfPhase } from "./transitions.ts";
 import { observedVm } from "../nodes/observed.ts";
+import { withLearntAddresses } from "./nic_addresses.ts";
 
 /** Builds the VM controller; the caller feeds it from the informers and starts it. */
 export function vmController(ctx: CpContext): Controller {
@@ -103,6 +104,8 @@ export async function reconcileVm(ctx: CpContext, name: string): Promise<Reconci
   if (status === "running") next.error = null;
   const newExit = seen.exit !== null && !sameExit(seen.exit, vm.last_exit);
   if (newExit) next.last_exit = seen.exit;
+  next.cloud_init = seen.cloud_init ?? null;
+  next.nics = withLearntAddresses(next.nics, seen.nic_addresses);
 
   if (
     status === "running" && vm.restart_count > 0 && vm.last_restart_at &&

@@ -180,7 +180,12 @@ Deno.test("vms: create, every verb with its phases, exits, delete (one tiny VM)"
         "state.json",
         "vm.json",
       ]);
-      assertEquals(await listDir(files.sockDir), ["qemu.pid", "qmp.sock", "serial.sock"]);
+      assertEquals(await listDir(files.sockDir), [
+        "qemu.pid",
+        "qga.sock",
+        "qmp.sock",
+        "serial.sock",
+      ]);
       const manifest = JSON.parse(await Deno.readTextFile(files.vmJson));
       assertEquals([manifest.user_data, manifest.image, manifest.image_format], [
         req.vm.user_data,

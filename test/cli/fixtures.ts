@@ -203,10 +203,10 @@ function denoDir(): string {
  */
 export async function runCli(
   args: string[],
-  opts: { home: string; env?: Record<string, string>; stdin?: string },
+  opts: { home: string; env?: Record<string, string>; stdin?: string; denoFlags?: string[] },
 ): Promise<CliResult> {
   const cmd = new Deno.Command(Deno.execPath(), {
-    args: denoRunArgs("otherix", STANDARD_SANDBOX, args),
+    args: denoRunArgs("otherix", STANDARD_SANDBOX, args, opts.denoFlags),
     clearEnv: true,
     env: {
       HOME: opts.home,

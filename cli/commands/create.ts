@@ -1,0 +1,43 @@
+/**
+ * `otherix create -f FILE… [--wait] [--wait-timeout D]` (spec 001 "Declarative manifests"):
+ * creates every resource of the manifests, ordered Network → StoragePool → VM; every resource
+ * must be new (`vm_already_exists` / `conflict` otherwise, before anything is created). The
+ * engine (cli/manifests/engine.ts) checks every document first and reports a failure midway
+ * with what was created.
+ *
+ * @module
+ */
+import type { Command } from "commander";
+import { connect, waitTimeoutOption } from "../common.ts";
+import type { Io } from "../io.ts";
+import { readManifests } from "../manifests/documents.ts";
+import { applyManifests } from "../manifests/engine.ts";
+
+/** Collects a repeatable option's values. */
+export function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}
+
+/** Registers `create` on `program`. */
+export function registerCreateCommand(program: Command, io: Io): void {
+  program.command("create")
+    .description(
+      "create the resources of manifest files (Network → StoragePool → VM; all must be new)",
+    )
+    .requiredOption(
+      "-f, --filename <file>",
+      "manifest file, multi-document YAML (repeatable; - reads stdin)",
+      collect,
+    )
+    .option("--wait", "wait for VM create tasks and pool reconciliation")
+    .addOption(waitTimeoutOption())
+    .action(async (opts, cmd: Command) => {
+      const docs = await readManifests(io, opts.filename);
+      const client = await connect(cmd, io);
+      await applyManifests(client, io, docs, {
+        mode: "create",
+        wait: Boolean(opts.wait),
+        waitTimeoutSeconds: opts.waitTimeout,
+      });
+    });
+}
