@@ -32,6 +32,7 @@ import {
   MIN_SERIAL_LOG_MAX_BYTES,
 } from "./serial_log.ts";
 import { DEFAULT_MAX_DOWNLOAD_BYTES } from "./images.ts";
+import { UrlPolicySchema } from "../shared/url_policy.ts";
 
 /** The agent config schema (defaults applied). */
 export const AgentConfigSchema = z.object({
@@ -103,9 +104,23 @@ export const AgentConfigSchema = z.object({
      */
     max_download_bytes: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER)
       .default(DEFAULT_MAX_DOWNLOAD_BYTES),
+    /**
+     * Which addresses images may be fetched from (shared/url_policy.ts), judged after DNS
+     * resolution on every connection: loopback and link-local refused by default.
+     */
+    url_policy: UrlPolicySchema.prefault({}),
   }).strict().prefault({}),
   log: z.object({
     level: z.enum(["debug", "info", "warn", "error"]).default("info"),
+  }).strict().prefault({}),
+  metrics: z.object({
+    /**
+     * Optional plain-HTTP listen address serving only `GET /metrics` (agent/metrics.ts), for
+     * a Prometheus without a cluster client certificate; unset (default): off, and the
+     * metrics are only on the mTLS port (control-plane certificate). The figures name VMs:
+     * bind it to a management address, not a public one.
+     */
+    listen: ListenAddressSchema.optional(),
   }).strict().prefault({}),
 }).strict();
 /** A validated agent config. */

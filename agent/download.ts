@@ -21,11 +21,19 @@
  * Downloads ask for `Accept-Encoding: identity`, so the digest covers the bytes as published
  * (what `sha256sum` of the file gives) and `Content-Length` counts those bytes.
  *
+ * Credentials in the URL (`http://user:pass@nas/img`) are sent as HTTP Basic authorization
+ * and appear as `***` in every error message and detail (shared/url_redact.ts). A failure
+ * before any response (DNS, refused, reset, TLS) is reported as one message that does not
+ * tell whether a port is open (agent/policy_fetch.ts `CONNECT_FAILED`); the cause stays in
+ * the error's `cause` for the agent's log.
+ *
  * @module
  */
 import { createHash } from "node:crypto";
 import { ApiError } from "../shared/errors.ts";
+import { redactUrl, splitCredentials } from "../shared/url_redact.ts";
 import { errorMessage, writeAll } from "./fsutil.ts";
+import { CONNECT_FAILED, UrlPolicyError } from "./policy_fetch.ts";
 import { formatBytes } from "./units.ts";
 
 /** Default bytes held between the network reader and the disk writer (16 MiB). */
@@ -93,8 +101,19 @@ export async function downloadToFile(o: DownloadOptions): Promise<DownloadResult
       o.idleTimeoutMs,
     );
   };
-  const failed = (why: string) =>
-    new ApiError("download_failed", `download ${o.url}: ${why}`, { url: o.url });
+  const shown = redactUrl(o.url);
+  const failed = (why: string, cause?: unknown) => {
+    const err = new ApiError("download_failed", `download ${shown}: ${why}`, { url: shown });
+    if (cause !== undefined) Object.defineProperty(err, "cause", { value: cause });
+    return err;
+  };
+  // Before any response: only a policy refusal says why; everything else is one message.
+  const connectFailed = (e: unknown) =>
+    signal.aborted
+      ? failed(why(e))
+      : e instanceof UrlPolicyError
+      ? failed(e.message)
+      : failed(CONNECT_FAILED, (e as Error)?.cause ?? e);
   const why = (e: unknown) => signal.aborted ? errorMessage(signal.reason) : errorMessage(e);
   const unwritable = (e: unknown) =>
     new ApiError("image_unavailable", `cannot write image cache ${o.dest}: ${errorMessage(e)}`);
@@ -102,11 +121,14 @@ export async function downloadToFile(o: DownloadOptions): Promise<DownloadResult
   try {
     let res: Response;
     try {
+      const { url, authorization } = splitCredentials(o.url);
       // identity: a transparently decompressed body would not match the published
       // checksum, nor the Content-Length, which then counts the compressed bytes.
-      res = await (o.fetch ?? fetch)(o.url, { signal, headers: { "accept-encoding": "identity" } });
+      const headers: Record<string, string> = { "accept-encoding": "identity" };
+      if (authorization) headers.authorization = authorization;
+      res = await (o.fetch ?? fetch)(url, { signal, headers });
     } catch (e) {
-      throw failed(why(e));
+      throw connectFailed(e);
     }
     if (!res.ok || !res.body) {
       await res.body?.cancel().catch(() => {});

@@ -43,6 +43,12 @@
  * one whose `Content-Length` or streamed body exceeds `images.max_download_bytes` fails with
  * `download_failed` (a server that omits or lies about the length cannot fill the disk).
  *
+ * Fetch policy and credentials: with `urlPolicy` (agent config `images.url_policy`), every
+ * connection goes only to an address the policy allows, judged after DNS resolution
+ * (agent/policy_fetch.ts). Credentials in a URL are used for the download only: the `.source`
+ * sidecar, log lines and error messages carry the URL with them redacted to `***`
+ * (shared/url_redact.ts), so an entry's source identity ignores credentials.
+ *
  * Entries are not removed by the agent (no garbage collection yet).
  *
  * @module
@@ -53,7 +59,10 @@ import { ApiError } from "../shared/errors.ts";
 import { imageBasenameOf, imageUrlProblem } from "../shared/api/images.ts";
 import type { CachedImage } from "../shared/api/nodes.ts";
 import type { Logger } from "../shared/log.ts";
+import type { UrlPolicy } from "../shared/url_policy.ts";
+import { redactUrl } from "../shared/url_redact.ts";
 import { downloadToFile } from "./download.ts";
+import { policyFetch } from "./policy_fetch.ts";
 import { errorMessage } from "./fsutil.ts";
 import {
   type CacheEntry,
@@ -189,8 +198,14 @@ export interface ImageCacheOptions {
   filesystemSpace?: (path: string) => Promise<FsSpace>;
   /** Receives a warning when the free space cannot be determined (the download goes on). */
   log?: Logger;
-  /** `fetch` to use (tests may inject one). */
+  /** `fetch` to use (tests may inject one; it then bypasses `urlPolicy`). */
   fetch?: typeof fetch;
+  /**
+   * `images.url_policy`: connect only to addresses it allows, judged after DNS resolution on
+   * every connection (agent/policy_fetch.ts). The agent always sets it (agent/main.ts);
+   * unset (unit tests of the cache itself) fetches without a policy.
+   */
+  urlPolicy?: UrlPolicy;
   /**
    * Pipeline tuning of agent/download.ts (bytes; defaults there): reader-writer queue,
    * write size, background flush interval.
@@ -224,8 +239,12 @@ export class ImageCache {
   #publish = new KeyedMutex();
   #opts: ImageCacheOptions;
 
+  #fetch?: typeof fetch;
+
   constructor(opts: ImageCacheOptions) {
     this.#opts = opts;
+    this.#fetch = opts.fetch ??
+      (opts.urlPolicy ? policyFetch({ policy: opts.urlPolicy }) : undefined);
   }
 
   /**
@@ -244,14 +263,15 @@ export class ImageCache {
     // Also refuses file:, data: and blob: URLs (which `fetch` would read): only the network
     // is a source.
     const basename = imageBasename(opts.url);
-    const source = normalizeSource(opts.url);
+    // The source identity, as stored and logged: credentials redacted.
+    const source = normalizeSource(redactUrl(opts.url));
     const want = opts.sha256?.toLowerCase();
     const dir = join(opts.poolPath, "images");
     const key = `${dir}\n${source}\n${want ?? ""}`;
     try {
       const { value, leader } = await this.#flights.run(
         key,
-        (ctx) => this.#fetch(opts, { dir, basename, source, want }, ctx.signal, ctx.progress),
+        (ctx) => this.#flight(opts, { dir, basename, source, want }, ctx.signal, ctx.progress),
         {
           signal: opts.signal,
           onProgress: opts.onProgress && ((p) => opts.onProgress!(p.received, p.total)),
@@ -272,7 +292,7 @@ export class ImageCache {
   }
 
   /** One flight: the cached entry, or a download verified and published. */
-  async #fetch(
+  async #flight(
     opts: EnsureImageOptions,
     id: { dir: string; basename: string; source: string; want: string | undefined },
     signal: AbortSignal,
@@ -299,10 +319,21 @@ export class ImageCache {
         idleTimeoutMs: this.#opts.idleTimeoutMs,
         maxBytes: this.#opts.maxDownloadBytes ?? DEFAULT_MAX_DOWNLOAD_BYTES,
         signal,
-        fetch: this.#opts.fetch,
+        fetch: this.#fetch,
         checkLength: (n) => this.#checkFreeSpace(opts, dir, n),
         onProgress: (received, total) => progress({ received, total }),
         ...t,
+      }).catch((e) => {
+        // The task error says only that the connection failed; the node's log says why.
+        const cause = (e as Error)?.cause;
+        if (cause !== undefined) {
+          this.#opts.log?.warn("image: download failed", {
+            source,
+            err: errorMessage(e),
+            cause: redactUrl(errorMessage(cause)),
+          });
+        }
+        throw e;
       });
       if (want && got.sha256 !== want) {
         const note = cached.length
@@ -310,7 +341,7 @@ export class ImageCache {
           : "";
         throw new ApiError(
           "checksum_mismatch",
-          `image ${opts.url}: SHA-256 is ${got.sha256}, expected ${want}${note}`,
+          `image ${source}: SHA-256 is ${got.sha256}, expected ${want}${note}`,
           { expected: want, actual: got.sha256 },
         );
       }

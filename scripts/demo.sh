@@ -102,6 +102,9 @@ nodes:
   stale_threshold_seconds: 30
 storage_pools:
   allowed_path_prefixes: ["$ROOT/var/lib/otherix/pools/"]
+images:
+  url_policy:
+    allow_loopback: true   # the demo serves its image from 127.0.0.1
 YAML
 cat >"$ROOT/etc/otherix/agent.yaml" <<YAML
 paths:
@@ -113,6 +116,9 @@ server:
   advertise_url: "https://127.0.0.1:$AGENT_PORT"
 heartbeat:
   interval_seconds: 5
+images:
+  url_policy:
+    allow_loopback: true   # the demo serves its image from 127.0.0.1
 YAML
 
 say "starting otherix-api on :$API_PORT (embedded store, first boot creates the cluster CA)"

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { Command } from "commander";
+import { type Command, Option } from "commander";
 import { ApiTokenCreateResponseSchema, LoginResponseSchema } from "../../shared/api/auth.ts";
 import { ApiClient } from "../client.ts";
 import { globalsOf, outputOption } from "../common.ts";
@@ -20,7 +20,8 @@ import {
   upsertCluster,
   useCluster,
 } from "../config_store.ts";
-import { UsageError } from "../errors.ts";
+import { CliError, UsageError } from "../errors.ts";
+import { API_TOKEN_PREFIX } from "../../shared/constants.ts";
 import type { Io } from "../io.ts";
 import { confirm } from "../prompt.ts";
 import {
@@ -158,11 +159,19 @@ export function registerConfigCommands(program: Command, io: Io): void {
 
   config.command("list")
     .description("list configured clusters")
-    .action(async (_opts, cmd: Command) => {
+    .addOption(
+      new Option("-o, --output <format>", "output format (wide: adds the masked TOKEN)")
+        .choices(["table", "wide"]).default("table"),
+    )
+    .action(async (opts: { output: string }, cmd: Command) => {
       const cfg = await loadConfig(configPathOf(cmd, io));
+      const wide = opts.output === "wide";
       io.out(renderTable(
-        ["name", "server", "current"],
-        cfg.clusters.map((c) => [c.name, c.server, c.name === cfg["current-cluster"] ? "*" : ""]),
+        wide ? ["name", "server", "current", "token"] : ["name", "server", "current"],
+        cfg.clusters.map((c) => {
+          const row = [c.name, c.server, c.name === cfg["current-cluster"] ? "*" : ""];
+          return wide ? [...row, maskToken(c.token)] : row;
+        }),
       ));
     });
 
@@ -204,13 +213,18 @@ export function registerConfigCommands(program: Command, io: Io): void {
     });
 
   config.command("remove")
-    .description("remove a cluster entry (asks for confirmation unless --force)")
+    .description(
+      "remove a cluster entry and revoke its API token on the server (asks for confirmation " +
+        "unless --force)",
+    )
     .argument("<name>", "cluster name")
     .option("--force", "do not ask for confirmation")
+    .option("--no-revoke", "keep the API token valid on the server")
     .action(async (name: string, opts, cmd: Command) => {
       const path = configPathOf(cmd, io);
       const cfg = await loadConfig(path);
-      if (!findCluster(cfg, name)) throw notFound(name, path);
+      const entry = findCluster(cfg, name);
+      if (!entry) throw notFound(name, path);
       if (!opts.force) {
         if (!io.stdinIsTerminal()) {
           throw new UsageError(
@@ -222,7 +236,48 @@ export function registerConfigCommands(program: Command, io: Io): void {
           throw new UsageError(`aborted: cluster "${name}" was not removed`);
         }
       }
+      if (opts.revoke !== false) {
+        await revokeStoredToken(entry.server, entry.token, globalsOf(cmd).requestTimeout, io);
+      }
       await saveConfig(path, removeCluster(cfg, name, path));
       io.out(`cluster removed: ${name}\n`);
     });
+}
+
+/** Longest wait for the server when `config remove` revokes a token, seconds. */
+export const REVOKE_TIMEOUT_SECONDS = 10;
+
+/**
+ * Best effort: revokes the stored API token on its server (`DELETE
+ * /v1/users/me/api-tokens/current`, authenticated with the token itself) and says what
+ * happened — `server-side token revoked` on stdout, or a warning on stderr when it could not
+ * (the entry is removed either way).
+ */
+export async function revokeStoredToken(
+  server: string,
+  token: string,
+  timeoutSeconds: number,
+  io: Io,
+): Promise<void> {
+  if (!token.startsWith(API_TOKEN_PREFIX)) {
+    io.err("note: the stored credential is not an API token; nothing to revoke on the server\n");
+    return;
+  }
+  const client = new ApiClient({
+    endpoint: server,
+    token,
+    timeoutMs: Math.min(timeoutSeconds, REVOKE_TIMEOUT_SECONDS) * 1000,
+    fetch: io.fetch,
+  });
+  try {
+    await client.text("DELETE", "/v1/users/me/api-tokens/current");
+    io.out("server-side token revoked\n");
+  } catch (e) {
+    const why = e instanceof CliError ? e.render() : String((e as Error)?.message ?? e);
+    io.err(
+      `warning: could not revoke the server-side token (${why}); it stays valid until ` +
+        "revoked: run 'otherix token list' and 'otherix token revoke <id>' with another " +
+        "credential\n",
+    );
+  }
 }

@@ -15,14 +15,28 @@ import { can, type Permission } from "../../shared/rbac.ts";
 import { type ApiTokenRecord, keys, type UserRecord } from "../repo/records.ts";
 import type { Store } from "../store/store.ts";
 import { getUser } from "../users/service.ts";
-import { verifyAccessToken } from "./jwt.ts";
+import { type JwtKeySource, verifyAccessToken } from "./jwt.ts";
 import { hashToken, isApiTokenShape } from "./tokens.ts";
 
-/** Hono env of authenticated routes: the caller and how they authenticated. */
+/** What the audit log (cp/audit/) records of a request beyond what it sees itself. */
+export interface AuditNote {
+  /** The email a login was attempted for (never the password). */
+  email?: string;
+  /** Why it failed, when the status alone does not say (e.g. `throttled`). */
+  reason?: string;
+}
+
+/**
+ * Hono env of the public API: the caller and how they authenticated (API tokens: the token's
+ * id), and what a handler adds for the audit log.
+ */
 export type AppEnv = {
   Variables: {
     user: UserRecord;
     authKind: "jwt" | "api_token";
+    /** The id of the API token the caller authenticated with (API tokens only). */
+    apiTokenId: string;
+    audit: AuditNote;
   };
 };
 
@@ -33,10 +47,10 @@ export type AppEnv = {
  */
 export async function authenticateBearer(
   store: Store,
-  jwtSecret: Uint8Array,
+  jwtSecret: JwtKeySource,
   token: string,
   now: Date = new Date(),
-): Promise<{ user: UserRecord; kind: "jwt" | "api_token" }> {
+): Promise<{ user: UserRecord; kind: "jwt" | "api_token"; tokenId?: string }> {
   if (token.startsWith(API_TOKEN_PREFIX)) {
     if (!isApiTokenShape(token)) throw new ApiError("unauthenticated", "invalid API token");
     const rec = await store.get<ApiTokenRecord>(keys.apiToken(await hashToken(token)));
@@ -46,7 +60,7 @@ export async function authenticateBearer(
     }
     const user = await getUser(store, rec.value.user_id);
     if (!user) throw new ApiError("unauthenticated", "invalid API token");
-    return { user, kind: "api_token" };
+    return { user, kind: "api_token", tokenId: rec.value.id };
   }
   const claims = await verifyAccessToken(jwtSecret, token, now);
   const user = await getUser(store, claims.sub);
@@ -62,7 +76,7 @@ export async function authenticateBearer(
  */
 export function authMiddleware(
   store: Store,
-  jwtSecret: Uint8Array,
+  jwtSecret: JwtKeySource,
   now: () => Date = () => new Date(),
 ): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
@@ -71,9 +85,10 @@ export function authMiddleware(
     if (!m) {
       throw new ApiError("unauthenticated", "missing bearer token (Authorization: Bearer …)");
     }
-    const { user, kind } = await authenticateBearer(store, jwtSecret, m[1], now());
+    const { user, kind, tokenId } = await authenticateBearer(store, jwtSecret, m[1], now());
     c.set("user", user);
     c.set("authKind", kind);
+    if (tokenId) c.set("apiTokenId", tokenId);
     await next();
   };
 }

@@ -32,6 +32,7 @@ import { DEFAULT_CONSOLE_TOKEN_TTL_SECONDS } from "../../shared/constants.ts";
 import { ApiError } from "../../shared/errors.ts";
 import { can } from "../../shared/rbac.ts";
 import { type AppEnv, authMiddleware, requirePermission } from "../auth/middleware.ts";
+import { requireVmOwnership } from "../auth/ownership.ts";
 import type { CpContext } from "../context.ts";
 import { keys, type NodeRecord } from "../repo/records.ts";
 import { getUser } from "../users/service.ts";
@@ -75,6 +76,7 @@ export function consoleRoutes(ctx: CpContext, opts: ConsoleRoutesOptions = {}): 
     authMiddleware(ctx.store, ctx.jwtSecret, now),
     requirePermission("vm:console"),
     validate("param", NameParam),
+    requireVmOwnership(ctx),
     async (c) => {
       const vm = await getVm(ctx, c.req.valid("param").name);
       if (NOT_ATTACHABLE.has(vm.status)) {

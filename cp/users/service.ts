@@ -1,7 +1,12 @@
 /**
- * Users: creation (email unique, case-insensitive), lookup, login, and the first-boot admin
- * from `OTHERIX_BOOTSTRAP_ADMIN_EMAIL` / `OTHERIX_BOOTSTRAP_ADMIN_PASSWORD` (spec: "Setup",
- * step 3).
+ * Users: creation (email unique, case-insensitive), lookup (by id or email), role changes,
+ * password resets and changes, deletion (with the user's API tokens), API-token revocation,
+ * login, and the first-boot admin from `OTHERIX_BOOTSTRAP_ADMIN_EMAIL` /
+ * `OTHERIX_BOOTSTRAP_ADMIN_PASSWORD` (spec: "Setup", step 3).
+ *
+ * The last admin can be neither demoted nor deleted: such a change is one transaction that
+ * compares every admin's record, so two concurrent changes cannot both remove "the other"
+ * admin (409 `conflict`).
  *
  * @module
  */
@@ -11,8 +16,8 @@ import type { Logger } from "../../shared/log.ts";
 import type { Role } from "../../shared/rbac.ts";
 import type { User } from "../../shared/api/auth.ts";
 import { dummyHash, hashPassword, verifyPassword } from "../auth/passwords.ts";
-import { keys, type UserRecord } from "../repo/records.ts";
-import { rangeAll, type Store } from "../store/store.ts";
+import { type ApiTokenRecord, keys, type UserRecord } from "../repo/records.ts";
+import { type Compare, type Op, rangeAll, type Store } from "../store/store.ts";
 
 /** Env var naming the first-boot admin's email. */
 export const BOOTSTRAP_EMAIL_ENV = "OTHERIX_BOOTSTRAP_ADMIN_EMAIL";
@@ -134,4 +139,157 @@ export async function ensureBootstrapAdmin(
   const user = await createUser(store, { email, password, role: "admin" });
   log.info("bootstrap admin created", { email: user.email, user_id: user.id });
   return user;
+}
+
+/**
+ * Reads a user by reference: a user id (UUID) or an email address.
+ *
+ * @throws ApiError `not_found`
+ */
+export async function resolveUser(store: Store, ref: string): Promise<UserRecord> {
+  const user = ref.includes("@") ? await getUserByEmail(store, ref) : await getUser(store, ref);
+  if (!user) throw new ApiError("not_found", `user ${ref} not found`);
+  return user;
+}
+
+/** Transaction compares that hold while the set of admins is unchanged. */
+async function adminsUnchanged(store: Store): Promise<{ admins: number; compare: Compare[] }> {
+  const admins = (await rangeAll<UserRecord>(store, keys.users))
+    .filter((kv) => kv.value.role === "admin");
+  return {
+    admins: admins.length,
+    compare: admins.map((kv) => ({ key: kv.key, modRevision: kv.modRevision })),
+  };
+}
+
+const lastAdmin = (user: UserRecord, what: string) =>
+  new ApiError(
+    "conflict",
+    `${user.email} is the last admin and cannot be ${what}: make another user admin first`,
+    { user_id: user.id },
+  );
+
+/**
+ * Sets a user's role (takes effect on their next request: credentials carry no role).
+ *
+ * @throws ApiError `not_found`, `conflict` (the last admin would be demoted)
+ */
+export async function setRole(store: Store, ref: string, role: Role): Promise<UserRecord> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const user = await resolveUser(store, ref);
+    const kv = (await store.get<UserRecord>(keys.user(user.id)))!;
+    const guard = await adminsUnchanged(store);
+    if (user.role === "admin" && role !== "admin" && guard.admins <= 1) {
+      throw lastAdmin(user, "demoted");
+    }
+    const next: UserRecord = { ...kv.value, role };
+    const res = await store.txn({
+      compare: [{ key: kv.key, modRevision: kv.modRevision }, ...guard.compare],
+      success: [{ type: "put", key: kv.key, value: next }],
+    });
+    if (res.succeeded) return next;
+  }
+  throw new ApiError("conflict", "users changed concurrently; retry");
+}
+
+/**
+ * Sets a user's password (admin reset, or after {@link changeOwnPassword}'s check).
+ *
+ * @throws ApiError `not_found`
+ */
+export async function setPassword(
+  store: Store,
+  ref: string,
+  password: string,
+): Promise<UserRecord> {
+  const hash = await hashPassword(password);
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const user = await resolveUser(store, ref);
+    const kv = (await store.get<UserRecord>(keys.user(user.id)))!;
+    const next: UserRecord = { ...kv.value, password_hash: hash };
+    const res = await store.txn({
+      compare: [{ key: kv.key, modRevision: kv.modRevision }],
+      success: [{ type: "put", key: kv.key, value: next }],
+    });
+    if (res.succeeded) return next;
+  }
+  throw new ApiError("conflict", "user changed concurrently; retry");
+}
+
+/**
+ * Changes the caller's own password after checking the current one.
+ *
+ * @throws ApiError `permission_denied` (wrong current password)
+ */
+export async function changeOwnPassword(
+  store: Store,
+  user: UserRecord,
+  current: string,
+  next: string,
+): Promise<void> {
+  if (!(await verifyPassword(current, user.password_hash))) {
+    throw new ApiError("permission_denied", "the current password is wrong");
+  }
+  await setPassword(store, user.id, next);
+}
+
+/**
+ * Deletes a user, their email index and every API token of theirs. Their VMs stay (an
+ * operator or admin manages them); their access tokens stop working at once.
+ *
+ * @throws ApiError `not_found`, `conflict` (the last admin)
+ */
+export async function deleteUser(store: Store, ref: string): Promise<UserRecord> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const user = await resolveUser(store, ref);
+    const kv = (await store.get<UserRecord>(keys.user(user.id)))!;
+    const guard = await adminsUnchanged(store);
+    if (user.role === "admin" && guard.admins <= 1) throw lastAdmin(user, "deleted");
+    const tokens = await rangeAll<{ token_hash: string }>(store, keys.userApiTokens(user.id));
+    const ops: Op[] = [
+      { type: "delete", key: kv.key },
+      { type: "delete", key: keys.userByEmail(user.email) },
+      ...tokens.flatMap((t) => [
+        { type: "delete" as const, key: t.key },
+        { type: "delete" as const, key: keys.apiToken(t.value.token_hash) },
+      ]),
+    ];
+    const res = await store.txn({
+      compare: [{ key: kv.key, modRevision: kv.modRevision }, ...guard.compare],
+      success: ops,
+    });
+    if (res.succeeded) return user;
+  }
+  throw new ApiError("conflict", "users changed concurrently; retry");
+}
+
+/**
+ * Revokes API token `tokenId` of user `userId`.
+ *
+ * @throws ApiError `not_found`
+ */
+export async function revokeApiToken(
+  store: Store,
+  userId: string,
+  tokenId: string,
+): Promise<void> {
+  const idx = await store.get<{ token_hash: string }>(keys.userApiToken(userId, tokenId));
+  if (!idx) throw new ApiError("not_found", `api token ${tokenId} not found`);
+  await store.txn({
+    compare: [],
+    success: [
+      { type: "delete", key: keys.apiToken(idx.value.token_hash) },
+      { type: "delete", key: idx.key },
+    ],
+  });
+}
+
+/** The API tokens of a user (records, never their secrets' plaintext). */
+export async function listApiTokens(store: Store, userId: string): Promise<ApiTokenRecord[]> {
+  const out: ApiTokenRecord[] = [];
+  for (const idx of await rangeAll<{ token_hash: string }>(store, keys.userApiTokens(userId))) {
+    const t = await store.get<ApiTokenRecord>(keys.apiToken(idx.value.token_hash));
+    if (t) out.push(t.value);
+  }
+  return out;
 }

@@ -14,6 +14,11 @@
  * Input goes through Hono's validator middleware with the shared schemas. Names are DNS
  * labels; UUID literals are refused with 400 `validation_failed`.
  *
+ * Ownership (cp/auth/ownership.ts): `vm:write` changes only the caller's own VMs
+ * (`owner_id`); changing another user's VM needs `vm:manage` (operator, admin), else 403
+ * `permission_denied`. `image_url` must pass `images.url_policy` (shared/url_policy.ts), else
+ * 400 `validation_failed` on `image_url`.
+ *
  * @module
  */
 import { Hono } from "hono";
@@ -28,6 +33,7 @@ import {
   VmDeleteQuerySchema,
 } from "../../shared/api/vms.ts";
 import { type AppEnv, authMiddleware, requirePermission } from "../auth/middleware.ts";
+import { checkImageUrlPolicy, requireVmOwnership } from "../auth/ownership.ts";
 import type { CpContext } from "../context.ts";
 import { validate } from "../routes/validate.ts";
 import { keys, type VmRecord } from "../repo/records.ts";
@@ -57,6 +63,7 @@ export function vmRoutes(ctx: CpContext): Hono<AppEnv> {
     validate("json", VmCreateRequestSchema),
     async (c) => {
       const body = c.req.valid("json");
+      checkImageUrlPolicy(ctx, body.image_url);
       if (c.req.valid("query").dry_run) return c.json(await dryRunCreate(ctx, body));
       return c.json(await createVm(ctx, body, c.get("user").id), 202);
     },
@@ -81,6 +88,7 @@ export function vmRoutes(ctx: CpContext): Hono<AppEnv> {
     "/:name",
     requirePermission("vm:write"),
     validate("param", NameParam),
+    requireVmOwnership(ctx),
     validate("query", VmDeleteQuerySchema),
     async (c) => {
       const { name } = c.req.valid("param");
@@ -93,6 +101,7 @@ export function vmRoutes(ctx: CpContext): Hono<AppEnv> {
       `/:name/${action}`,
       requirePermission("vm:write"),
       validate("param", NameParam),
+      requireVmOwnership(ctx),
       validate("json", VmActionRequestSchemas[action] as z.ZodType<{ timeout_seconds?: number }>),
       async (c) => {
         const { name } = c.req.valid("param");

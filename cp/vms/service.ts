@@ -20,6 +20,7 @@ import { imageBasenameOf } from "../../shared/api/images.ts";
 import type { PlacementDecision } from "../../shared/api/placement.ts";
 import type { Vm, VmActionRequest, VmCreateRequest, VmLastTask } from "../../shared/api/vms.ts";
 import { ApiError, isErrorCode } from "../../shared/errors.ts";
+import { redactText, redactUrl } from "../../shared/url_redact.ts";
 import { AgentError } from "../agent_client.ts";
 import type { CpContext } from "../context.ts";
 import { failpoint } from "../failpoints.ts";
@@ -28,11 +29,17 @@ import { keys, type TaskRecord, type VmRecord } from "../repo/records.ts";
 import type { PlacementRequest } from "../scheduler.ts";
 import { dryRunPlacement, placeAndRecord } from "./placement.ts";
 import { readAllocation, releaseWrite } from "./allocations.ts";
+import { attachWrite, checkNetworksExist, releaseNicsWrite } from "../networks/ipam.ts";
+import { mergeCloudConfig } from "./cloud_config.ts";
 import type { KeyValue } from "../store/store.ts";
 import { enqueueOps, newTask, taskView, terminal } from "../tasks/queue.ts";
 import { busyStatusOf, checkTransition, desiredPhaseOf } from "./transitions.ts";
 
-/** The public view of a VM (user-data, pool path and bookkeeping are not served). */
+/**
+ * The public view of a VM (user-data, pool path and bookkeeping are not served). Credentials
+ * in `image_url` and in error messages are shown as `***` (shared/url_redact.ts): the record
+ * keeps them for dispatch to the agent only.
+ */
 export function vmView(v: VmRecord): Vm {
   const {
     user_data: _u,
@@ -41,7 +48,15 @@ export function vmView(v: VmRecord): Vm {
     last_restart_at: _r,
     ...view
   } = v;
-  return view;
+  const err = <T extends { message: string } | null>(e: T): T =>
+    e ? { ...e, message: redactText(e.message) } : e;
+  return {
+    ...view,
+    image_url: redactUrl(v.image_url),
+    error: err(v.error),
+    last_task: v.last_task ? { ...v.last_task, error: err(v.last_task.error) } : null,
+    nics: v.nics ?? [],
+  };
 }
 
 /** The summary of `t` a VM record keeps as `last_task`. */
@@ -112,7 +127,8 @@ export async function dryRunCreate(
  * Records a VM to create and queues its `vm.create` task.
  *
  * @throws ApiError `default_pool_not_set`, `pool_not_found`, `node_not_found`,
- *   `pool_not_on_node`, `no_eligible_nodes`, `vm_already_exists`
+ *   `pool_not_on_node`, `no_eligible_nodes`, `vm_already_exists`, `network_not_found`,
+ *   `network_addresses_exhausted`
  */
 export async function createVm(
   ctx: CpContext,
@@ -139,7 +155,7 @@ export async function createVm(
     vcpus: req.vcpus,
     memory_mb: req.memory_mb,
     disk_gib: req.disk_gib,
-    user_data: req.user_data ?? null,
+    user_data: mergeCloudConfig(req.user_data, req.ssh_authorized_keys),
     pool: poolName,
     status: "pending",
     desired_phase: "running",
@@ -156,7 +172,22 @@ export async function createVm(
   const task = newTask("vm.create", vm, now);
   vm.active_task_id = task.id;
   vm.last_task = lastTaskOf(task);
-  const placed = await placeAndRecord(ctx, placementReq, vm, () => enqueueOps(task));
+  // NICs: networks checked before placement; MACs and addresses allocated in the same
+  // transaction as the VM record (cp/networks/ipam.ts).
+  const networks = req.networks ?? [];
+  if (networks.length) await checkNetworksExist(ctx, networks);
+  const placed = await placeAndRecord(
+    ctx,
+    placementReq,
+    { ...vm, nics: [] },
+    () => enqueueOps(task),
+    networks.length
+      ? async (rec) => {
+        const w = await attachWrite(ctx, rec, networks);
+        return { vm: { ...rec, nics: w.nics }, compare: w.compare, ops: w.ops };
+      }
+      : undefined,
+  );
   ctx.log.info("vm create queued", {
     vm: vm.name,
     vm_id: vm.id,
@@ -218,13 +249,15 @@ export async function deleteVm(ctx: CpContext, name: string, force = false): Pro
             : []),
         ];
         const release = releaseWrite(await readAllocation(ctx, vm.node), vm, now.toISOString());
+        const nics = await releaseNicsWrite(ctx, vm);
         const res = await store.txn({
           compare: [
             { key: kv.key, modRevision: kv.modRevision },
             ...(active ? [{ key: active.key, modRevision: active.modRevision }] : []),
             ...release.compare,
+            ...nics.compare,
           ],
-          success: [...ops, ...release.ops],
+          success: [...ops, ...release.ops, ...nics.ops],
         });
         if (!res.succeeded) continue;
         ctx.log.warn("vm force-deleted while its node is away", {

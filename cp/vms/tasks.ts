@@ -37,6 +37,8 @@ import { failpoint } from "../failpoints.ts";
 import { findNode } from "../nodes/service.ts";
 import { observedVm } from "../nodes/observed.ts";
 import { readAllocation, releaseWrite } from "./allocations.ts";
+import { releaseNicsWrite } from "../networks/ipam.ts";
+import { agentNicsOf } from "../networks/nics.ts";
 import { keys, type TaskRecord, type VmRecord } from "../repo/records.ts";
 import type { KeyValue } from "../store/store.ts";
 import { ClaimLostError, type TaskHandler, type TaskRuntime } from "../tasks/registry.ts";
@@ -221,7 +223,9 @@ async function dispatch(
       }
       if (!vm) throw new TaskFailure({ code: catchAll(task.type), message: "no VM record" });
       if (task.type === "vm.create") {
+        const nics = await agentNicsOf(ctx, vm); // NICs: shared/api/network_agent.ts
         return await ctx.agents.createVm(target, {
+          ...(nics.length ? { nics } : {}),
           task_id: task.id,
           vm: {
             id: vm.id,
@@ -430,10 +434,16 @@ async function finishProjected(
     const release = deleting
       ? releaseWrite(await readAllocation(rt.ctx, vm.node), vm, now)
       : { compare: [], ops: [] };
+    // …and its NICs' addresses and MACs (cp/networks/ipam.ts).
+    const nics = deleting ? await releaseNicsWrite(rt.ctx, vm) : { compare: [], ops: [] };
     const ok = await rt.finish(error, {
-      compare: [{ key: vmKv.key, modRevision: vmKv.modRevision }, ...release.compare],
+      compare: [
+        { key: vmKv.key, modRevision: vmKv.modRevision },
+        ...release.compare,
+        ...nics.compare,
+      ],
       ops: next === null
-        ? (deleting ? [{ type: "delete", key: vmKv.key }, ...release.ops] : [])
+        ? (deleting ? [{ type: "delete", key: vmKv.key }, ...release.ops, ...nics.ops] : [])
         : [{ type: "put", key: vmKv.key, value: next }],
     });
     if (ok) return;

@@ -28,8 +28,10 @@ import {
   TimestampSchema,
 } from "./common.ts";
 import { imageUrlProblem } from "./images.ts";
+import { VmNetworksSchema, VmNicSchema } from "./networks.ts";
 import { TaskSchema, type VmAction } from "./tasks.ts";
-import { VmExitSchema, VmPhaseSchema } from "./vm_runtime.ts";
+import { CloudInitConditionSchema, VmExitSchema, VmPhaseSchema } from "./vm_runtime.ts";
+import { cloudConfigProblem, MAX_SSH_KEYS, sshPublicKeyProblem } from "./cloud_config.ts";
 
 /**
  * An image URL: http(s), at most 2048 characters, naming a file the agent's image cache may use
@@ -55,6 +57,27 @@ export const RestartPolicySchema = z.enum(["always", "on-failure", "never"]);
 /** A restart policy. */
 export type RestartPolicy = z.infer<typeof RestartPolicySchema>;
 
+/**
+ * cloud-init user-data: cloud-config (`#cloud-config` first line, then one YAML mapping; the
+ * rule of shared/api/cloud_config.ts), at most `VM_LIMITS.userDataBytes` bytes (UTF-8).
+ */
+export const UserDataSchema = z.string().refine(
+  (s) => new TextEncoder().encode(s).length <= VM_LIMITS.userDataBytes,
+  `must be at most ${VM_LIMITS.userDataBytes} bytes`,
+).superRefine((s, ctx) => {
+  const problem = cloudConfigProblem(s);
+  if (problem) ctx.addIssue({ code: "custom", message: problem });
+});
+
+/**
+ * One SSH public key, a line of a `.pub` file (`ssh-ed25519 AAAA… comment`); the rule of
+ * shared/api/cloud_config.ts (type known, blob well-formed for it, no options).
+ */
+export const SshPublicKeySchema = z.string().superRefine((k, ctx) => {
+  const problem = sshPublicKeyProblem(k);
+  if (problem) ctx.addIssue({ code: "custom", message: `not an SSH public key: ${problem}` });
+});
+
 /** `POST /v1/vms` body. */
 export const VmCreateRequestSchema = z.object({
   name: ResourceNameSchema,
@@ -70,16 +93,28 @@ export const VmCreateRequestSchema = z.object({
   /** Root disk size, GiB (the overlay is grown to this; never shrunk below the image). */
   disk_gib: z.number().int().min(VM_LIMITS.diskGib.min).max(VM_LIMITS.diskGib.max)
     .default(VM_LIMITS.diskGib.default),
-  /** cloud-init user-data, verbatim (NoCloud `user-data`). */
-  user_data: z.string().refine(
-    (s) => new TextEncoder().encode(s).length <= VM_LIMITS.userDataBytes,
-    `must be at most ${VM_LIMITS.userDataBytes} bytes`,
-  ).optional(),
+  /**
+   * cloud-init user-data ({@link UserDataSchema}: cloud-config), the NoCloud `user-data`; with
+   * `ssh_authorized_keys`, the keys are merged into it (cp/vms/cloud_config.ts).
+   */
+  user_data: UserDataSchema.optional(),
+  /**
+   * SSH public keys for the guest's default user, appended to the user-data's top-level
+   * `ssh_authorized_keys` (at most `MAX_SSH_KEYS`); a malformed one is 400 `validation_failed`
+   * naming its index (`ssh_authorized_keys.<i>`).
+   */
+  ssh_authorized_keys: z.array(SshPublicKeySchema).max(MAX_SSH_KEYS).optional(),
   /** Pool name; omitted means the cluster default pool. */
   pool: ResourceNameSchema.optional(),
   /** Placement hint: exactly this node. */
   node: ResourceNameSchema.optional(),
   restart_policy: RestartPolicySchema.default("on-failure"),
+  /**
+   * Networks to attach, by name, one NIC each, first NIC first (shared/api/networks.ts);
+   * omitted: one QEMU user-mode NAT NIC. 404 `network_not_found`, 409
+   * `network_addresses_exhausted`.
+   */
+  networks: VmNetworksSchema.optional(),
 }).strict();
 /** VM create body (input form: defaults optional). */
 export type VmCreateRequestInput = z.input<typeof VmCreateRequestSchema>;
@@ -152,6 +187,17 @@ export const VmSchema = z.object({
   last_task: VmLastTaskSchema.nullable(),
   /** The last task's error, when it failed. */
   error: ErrorInfoSchema.nullable(),
+  /**
+   * cloud-init in the guest's current boot, as its node's agent reads it on the serial
+   * console (absent: not reported yet, or a control plane that does not project it).
+   */
+  cloud_init: CloudInitConditionSchema.nullable().optional(),
+  /**
+   * The NICs on networks, index order, with their MACs and addresses (shared/api/networks.ts);
+   * empty for a VM with only the user-mode NAT NIC. Always served; optional in the type for
+   * records written before networks existed.
+   */
+  nics: z.array(VmNicSchema).optional(),
   created_at: TimestampSchema,
   updated_at: TimestampSchema,
 });

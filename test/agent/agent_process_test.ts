@@ -111,6 +111,8 @@ async function writeAgentFiles(root: string, cp: FakeCp, fingerprint = cp.finger
       '  listen: "127.0.0.1:0"',
       "heartbeat:",
       "  interval_seconds: 1",
+      "images:", // images come from loopback: opt in (refused by default)
+      "  url_policy: {allow_loopback: true}",
       "log:",
       "  level: debug",
     ].join("\n") + "\n",

@@ -32,7 +32,8 @@ async function withCp(fn: (w: World) => Promise<void>): Promise<void> {
   const cfg = parseApiConfig(
     `server:\n  listen: 127.0.0.1:0\n  agent_listen: 127.0.0.1:0\n` +
       `store:\n  data_dir: ${dir}/data\n` +
-      `workers:\n  enabled: false\n`,
+      `workers:\n  enabled: false\n` +
+      `images:\n  url_policy: {allow_loopback: true}\n`, // loopback image URLs: opt in
   );
   const cp = await startControlPlane(cfg, createLogger("api", "error"), {
     getEnv: (n) =>

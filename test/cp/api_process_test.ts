@@ -171,6 +171,8 @@ Deno.test({
         "  stale_threshold_seconds: 2",
         "storage_pools:",
         `  allowed_path_prefixes: ["${root}/agent/pools/"]`,
+        "images:", // images come from loopback: opt in (refused by default)
+        "  url_policy: {allow_loopback: true}",
         "workers:",
         "  poll_interval_ms: 100",
         "log:",

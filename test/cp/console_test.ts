@@ -165,8 +165,6 @@ async function consoleStack() {
 
   const putNode = (endpoint: string | null) =>
     store.put(keys.node("node-c"), { id: crypto.randomUUID(), name: "node-c", endpoint });
-  const putVm = (name: string, id: string, status: string) =>
-    store.put(keys.vm(name), { id, name, node: "node-c", status });
   const user = async (role: Role) => {
     const u = await createUser(store, {
       email: `${role}-${crypto.randomUUID().slice(0, 8)}@example.com`,
@@ -176,6 +174,10 @@ async function consoleStack() {
     const jwt = await issueAccessToken(ctx.jwtSecret, { sub: u.id, role }, 3600, clock.now());
     return { ...u, password: `${role}-password`, jwt: jwt.token };
   };
+  // The developer the VMs belong to: developers attach only to their own VMs' consoles.
+  const dev = await user("developer");
+  const putVm = (name: string, id: string, status: string) =>
+    store.put(keys.vm(name), { id, name, node: "node-c", status, owner_id: dev.id });
 
   return {
     ctx,
@@ -189,6 +191,7 @@ async function consoleStack() {
     putNode,
     putVm,
     user,
+    dev,
     async close() {
       agent.bridge.closeAll();
       impostor.bridge.closeAll();
@@ -286,7 +289,7 @@ Deno.test("cp console: tickets, redemption and the WebSocket proxy", async (t) =
     return tk;
   };
   try {
-    const dev = await s.user("developer");
+    const dev = s.dev;
     const viewer = await s.user("viewer");
 
     await t.step("a viewer may not type into a guest: 403 at ticket creation", async () => {
@@ -377,7 +380,7 @@ Deno.test("cp console: tickets, redemption and the WebSocket proxy", async (t) =
       await s.ctx.store.put(keys.user(op.id), { ...rec, role: "viewer" });
       assertEquals(await refusal(s.base, tk.websocket_path), [403, "permission_denied"]);
       const tk2 = await newTicket(dev.jwt);
-      const other = await s.user("developer");
+      const other = await s.user("operator");
       const tk3 = await newTicket(other.jwt);
       await s.ctx.store.delete(keys.user(other.id));
       assertEquals(await refusal(s.base, tk3.websocket_path), [403, "permission_denied"]);
@@ -507,7 +510,7 @@ Deno.test({
       ],
     });
     try {
-      const dev = await s.user("developer");
+      const dev = s.dev;
       const viewer = await s.user("viewer");
       const problems: string[] = [];
       const page = await browser.newPage();

@@ -127,6 +127,8 @@ export async function withPoolCtx(
   const ctx: CpContext = {
     cfg: parseApiConfig(
       `store:\n  data_dir: ${dir}\nstorage_pools:\n  allowed_path_prefixes: [${dir}/pools/]\n` +
+        // Tests use loopback image URLs: opt in (shared/url_policy.ts refuses them by default).
+        `images:\n  url_policy:\n    allow_loopback: true\n` +
         `workers:\n  poll_interval_ms: 50\n${extraYaml}`,
     ),
     log: logs.logger("debug"),
