@@ -38,6 +38,7 @@ import { PoolManager } from "./pools.ts";
 import { mtlsReportSender, startReporter } from "./report.ts";
 import { mtlsRenewRequester, startRenewer } from "./renew.ts";
 import { createAgentApp, startAgentServer } from "./server.ts";
+import { AgentMetrics } from "./metrics.ts";
 import { hostName, SystemInfo } from "./sysinfo.ts";
 import { TaskManager } from "./tasks.ts";
 import { AGENT_VERSION } from "./version.ts";
@@ -121,6 +122,7 @@ export async function main(argv: string[]): Promise<void> {
   const images = new ImageCache({
     idleTimeoutMs: cfg.images.download_idle_timeout_seconds * 1000,
     maxDownloadBytes: cfg.images.max_download_bytes,
+    urlPolicy: cfg.images.url_policy,
     log,
   });
   const vms = new VmManager({
@@ -145,7 +147,15 @@ export async function main(argv: string[]): Promise<void> {
   const tasks = new TaskManager(vms, log);
 
   let kickHeartbeat = () => {};
-  const app = createAgentApp({ tasks, vms, pools, log, onPoolsChanged: () => kickHeartbeat() });
+  const metrics = new AgentMetrics(vms);
+  const app = createAgentApp({
+    tasks,
+    vms,
+    pools,
+    log,
+    metrics,
+    onPoolsChanged: () => kickHeartbeat(),
+  });
   const consoles = createConsoleUpgrade({ vms, log });
   let server;
   try {
@@ -172,6 +182,28 @@ export async function main(argv: string[]): Promise<void> {
     endpoint,
     node: identity.nodeName,
   });
+
+  // Optional plain-HTTP metrics port (config `metrics.listen`; default off).
+  let metricsServer: Deno.HttpServer | null = null;
+  const ml = cfg.metrics.listen;
+  if (ml) {
+    try {
+      metricsServer = Deno.serve(
+        { hostname: ml.hostname, port: ml.port, onListen: () => {} },
+        async (req) =>
+          new URL(req.url).pathname === "/metrics" && req.method === "GET"
+            ? new Response(await metrics.render(), {
+              headers: { "content-type": metrics.contentType },
+            })
+            : new Response("not found\n", { status: 404 }),
+      );
+    } catch (e) {
+      fatal(log, `agent: cannot listen on ${ml.hostname}:${ml.port} (metrics): ${errorMessage(e)}`);
+    }
+    log.info("agent: serving plain-HTTP metrics", {
+      listen: `${ml.hostname}:${(metricsServer.addr as Deno.NetAddr).port}`,
+    });
+  }
 
   const heartbeatOptions = {
     cpUrl: cfg.bootstrap.cp_url ?? "",
@@ -230,6 +262,7 @@ export async function main(argv: string[]): Promise<void> {
     await heartbeat.stop();
     await reporter.stop();
     consoles.closeAll();
+    await metricsServer?.shutdown();
     await server.close();
     await vms.close();
     log.info("agent: stopped");

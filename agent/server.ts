@@ -11,6 +11,8 @@
  * - `PUT /v1/pools` → 204: applies the desired pools at once (as a heartbeat answer would)
  * - `POST /v1/pools/scan` → 200 AgentPoolScan (shared/api/pools.ts): one desired pool's
  *   figures, cached images and VM disks (agent/pools.ts `scan`)
+ * - `PUT /v1/networks` → 204: the node's desired networks, applied at once (agent/net/);
+ *   `GET /v1/networks` → what is applied (shared/api/network_agent.ts)
  * - `GET /v1/vms/{id}/console-log?tail_bytes=N` → `text/plain`
  * - `GET /v1/vms/{id}/console` → WebSocket (agent/console.ts, through the server's
  *   `onUpgrade`)
@@ -31,13 +33,17 @@ import type { Buffer } from "node:buffer";
 import {
   AgentPoolsRequestSchema,
   AgentVmActionRequestSchema,
-  AgentVmCreateRequestSchema,
   AgentVmDeleteQuerySchema,
 } from "../shared/api/agent.ts";
+import {
+  AgentNetworksRequestSchema,
+  AgentVmCreateWithNicsRequestSchema,
+} from "../shared/api/network_agent.ts";
 import { ConsoleLogQuerySchema } from "../shared/api/vms.ts";
 import { AgentPoolScanRequestSchema } from "../shared/api/pools.ts";
 import { CP_CERT_ORG } from "../shared/constants.ts";
 import { ApiError, parseOrThrow } from "../shared/errors.ts";
+import { bodyLimit } from "../shared/body_limit.ts";
 import { errorHandler, jsonBody, notFoundHandler, queryOf, requestLogger } from "../shared/http.ts";
 import type { Logger } from "../shared/log.ts";
 import { peerOf, serveTls, type TlsEnv, type TlsServer } from "../shared/tls.ts";
@@ -46,6 +52,7 @@ import { imageBasename } from "./images.ts";
 import type { PoolManager } from "./pools.ts";
 import type { TaskManager } from "./tasks.ts";
 import type { VmManager } from "./vms.ts";
+import type { AgentMetrics } from "./metrics.ts";
 import { AGENT_VERSION } from "./version.ts";
 
 /** What the routes need. */
@@ -53,12 +60,21 @@ export interface AgentAppDeps {
   tasks: TaskManager;
   vms: VmManager;
   pools: PoolManager;
+  /** Per-VM metrics served at `GET /metrics` (absent: no such route). */
+  metrics?: AgentMetrics;
   /** Called after `PUT /v1/pools` changed the desired set (main.ts: send a heartbeat). */
   onPoolsChanged?: () => void;
   log: Logger;
 }
 
 const IdSchema = z.string().uuid();
+
+/**
+ * Largest request body the agent accepts, bytes (4 MiB: a VM create carries at most 64 KiB of
+ * user-data; pool and network lists are far smaller). Larger: 400 `validation_failed`, judged
+ * on `content-length` before the body is read.
+ */
+export const AGENT_SERVER_BODY_LIMIT = 4 * 1024 * 1024;
 
 /** The agent's Hono app (served by {@link startAgentServer}). */
 export function createAgentApp(deps: AgentAppDeps): Hono<TlsEnv> {
@@ -79,11 +95,13 @@ export function createAgentApp(deps: AgentAppDeps): Hono<TlsEnv> {
     }
     await next();
   });
+  app.use("*", bodyLimit<TlsEnv>(AGENT_SERVER_BODY_LIMIT));
 
   app.get("/healthz", (c) => c.json({ status: "ok", version: AGENT_VERSION }));
 
   app.post("/v1/vms", async (c) => {
-    const req = await jsonBody(c, AgentVmCreateRequestSchema);
+    // The create request plus its NICs (shared/api/network_agent.ts).
+    const req = await jsonBody(c, AgentVmCreateWithNicsRequestSchema);
     const known = deps.tasks.get(req.task_id);
     if (!known) imageBasename(req.vm.image_url); // 400 before a task exists
     return c.json(deps.tasks.submitCreate(req), 202);
@@ -103,6 +121,14 @@ export function createAgentApp(deps: AgentAppDeps): Hono<TlsEnv> {
     }
     return c.body(null, 204);
   });
+
+  app.put("/v1/networks", async (c) => {
+    const req = await jsonBody(c, AgentNetworksRequestSchema);
+    await deps.vms.net.setDesired(req.networks);
+    return c.body(null, 204);
+  });
+
+  app.get("/v1/networks", (c) => c.json({ items: deps.vms.net.list() }));
 
   app.post("/v1/pools/scan", async (c) => {
     const req = await jsonBody(c, AgentPoolScanRequestSchema);
@@ -127,6 +153,15 @@ export function createAgentApp(deps: AgentAppDeps): Hono<TlsEnv> {
   });
 
   app.get("/v1/vms", (c) => c.json({ items: deps.vms.list() }));
+
+  // Prometheus text format (agent/metrics.ts); control-plane certificate like every route.
+  const metrics = deps.metrics;
+  if (metrics) {
+    app.get(
+      "/metrics",
+      async (c) => c.body(await metrics.render(), 200, { "content-type": metrics.contentType }),
+    );
+  }
 
   app.get("/v1/vms/:id/console-log", async (c) => {
     const id = parseOrThrow(IdSchema, c.req.param("id"), "vm id");

@@ -11,7 +11,8 @@ import { loadConfig, resolveConfigPath } from "./config_store.ts";
 import { parseDuration } from "./duration.ts";
 import { UsageError } from "./errors.ts";
 import type { Io } from "./io.ts";
-import { OUTPUT_FORMATS, type OutputFormat } from "./render.ts";
+import { z } from "zod";
+import { listEnvelope, OUTPUT_FORMATS, type OutputFormat, renderAs } from "./render.ts";
 import { resolveTarget } from "./resolve.ts";
 
 /** Default `--request-timeout`, seconds. */
@@ -124,4 +125,45 @@ export function seg(name: string): string {
     throw new UsageError(`invalid name "${name}": must not be empty, "." or ".."`);
   }
   return encodeURIComponent(name);
+}
+
+/** What {@link printList} needs of a list command. */
+export interface ListOutput<T> {
+  /** API path of the paginated list (`{items, next_cursor}`). */
+  path: string;
+  /** The item schema. */
+  item: z.ZodType<T>;
+  /** Filters sent as query parameters (undefined ones are left out). */
+  filters: Record<string, string | number | undefined>;
+  /** `--limit` / `--cursor` as parsed (both undefined: fetch every page). */
+  limit?: number;
+  cursor?: string;
+  /** `json` / `yaml` print the raw envelope; anything else the human table. */
+  format: string;
+  table: (items: T[]) => string;
+}
+
+/**
+ * Prints a list the way every `… list` command does: one page with `--limit/--cursor` (the
+ * next cursor on stderr as `next page: --cursor C`), else every page; `-o json|yaml` print the
+ * API's envelope, other formats `table(items)`.
+ *
+ * @throws ApiCallError / TransportError from the API
+ */
+export async function printList<T>(client: ApiClient, io: Io, o: ListOutput<T>): Promise<void> {
+  const raw = o.format === "json" || o.format === "yaml";
+  if (o.limit !== undefined || o.cursor !== undefined) {
+    const page = await client.json(
+      "GET",
+      o.path,
+      z.object({ items: z.array(o.item), next_cursor: z.string().nullable() }),
+      { query: { ...o.filters, limit: o.limit, cursor: o.cursor } },
+    );
+    if (raw) return io.out(renderAs(o.format, page.raw, String));
+    io.out(o.table(page.data.items));
+    if (page.data.next_cursor) io.err(`next page: --cursor ${page.data.next_cursor}\n`);
+    return;
+  }
+  const { items, raw: all } = await client.listAll(o.path, o.item, o.filters);
+  io.out(raw ? renderAs(o.format, listEnvelope(all), String) : o.table(items));
 }

@@ -5,17 +5,75 @@
  * @module
  */
 import { Command, CommanderError } from "commander";
-import { registerClusterCommands } from "./commands/cluster.ts";
-import { registerConfigCommands } from "./commands/config.ts";
-import { registerNodeCommands } from "./commands/node.ts";
-import { registerPoolCommands } from "./commands/pool.ts";
-import { registerVmCommands } from "./commands/vm.ts";
 import { addGlobalOptions } from "./common.ts";
 import { CliError } from "./errors.ts";
 import { denoIo, type Io } from "./io.ts";
+import { addHelpExamples } from "./help_examples.ts";
 
-/** Builds the full `otherix` command tree writing through `io`. */
-export function buildProgram(io: Io): Command {
+/** Registers one top-level command group on the program. */
+type GroupLoader = (program: Command, io: Io) => Promise<void>;
+
+/**
+ * The top-level command groups, in help order, each loaded on demand (start-up: a command
+ * imports only its own module graph, e.g. `vm list` never loads the console's WebSocket
+ * client or the manifest engine).
+ */
+const GROUPS: [string, GroupLoader][] = [
+  ["config", async (p, io) => (await import("./commands/config.ts")).registerConfigCommands(p, io)],
+  ["node", async (p, io) => (await import("./commands/node.ts")).registerNodeCommands(p, io)],
+  ["vm", async (p, io) => (await import("./commands/vm.ts")).registerVmCommands(p, io)],
+  ["pool", async (p, io) => (await import("./commands/pool.ts")).registerPoolCommands(p, io)],
+  [
+    "network",
+    async (p, io) => (await import("./commands/network.ts")).registerNetworkCommands(p, io),
+  ],
+  [
+    "cluster",
+    async (p, io) => (await import("./commands/cluster.ts")).registerClusterCommands(p, io),
+  ],
+  ["create", async (p, io) => (await import("./commands/create.ts")).registerCreateCommand(p, io)],
+  ["apply", async (p, io) => (await import("./commands/apply.ts")).registerApplyCommand(p, io)],
+  ["delete", async (p, io) => (await import("./commands/delete.ts")).registerDeleteCommand(p, io)],
+  ["user", async (p, io) => (await import("./commands/user.ts")).registerUserCommands(p, io)],
+  ["token", async (p, io) => (await import("./commands/token.ts")).registerTokenCommands(p, io)],
+  ["audit", async (p, io) => (await import("./commands/audit.ts")).registerAuditCommands(p, io)],
+  ["whoami", async (p, io) => (await import("./commands/whoami.ts")).registerWhoamiCommand(p, io)],
+  ["login", async (p, io) => (await import("./commands/login.ts")).registerLoginCommand(p, io)],
+  ["doctor", async (p, io) => (await import("./commands/doctor.ts")).registerDoctorCommand(p, io)],
+  [
+    "completion",
+    async (p, io) => (await import("./commands/completion.ts")).registerCompletionCommand(p, io),
+  ],
+];
+
+/** Root options that take a value (their argument is not a command name). */
+const VALUE_OPTIONS = new Set([
+  "--config",
+  "--cluster",
+  "--endpoint",
+  "--token",
+  "--request-timeout",
+]);
+
+/**
+ * The top-level command `argv` invokes: its first word that is neither an option nor a root
+ * option's value; undefined when there is none (`otherix`, `otherix --help`).
+ */
+export function invokedGroup(argv: string[]): string | undefined {
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === "--") return argv[i + 1];
+    if (!a.startsWith("-")) return a;
+    if (VALUE_OPTIONS.has(a)) i++;
+  }
+  return undefined;
+}
+
+/**
+ * Builds the `otherix` command tree writing through `io`: with `only`, just that command
+ * group (a known name); otherwise every group (help, unknown commands, completion scripts).
+ */
+export async function buildProgram(io: Io, only?: string): Promise<Command> {
   const program = new Command("otherix")
     .description("Otherix CLI: manage clusters, nodes and VMs")
     .exitOverride()
@@ -23,11 +81,13 @@ export function buildProgram(io: Io): Command {
     .configureHelp({ showGlobalOptions: true })
     .showHelpAfterError("(add --help for usage)");
   addGlobalOptions(program);
-  registerConfigCommands(program, io);
-  registerNodeCommands(program, io);
-  registerVmCommands(program, io);
-  registerPoolCommands(program, io);
-  registerClusterCommands(program, io);
+  if (only === "__complete") {
+    (await import("./commands/completion.ts")).registerCompleteHelper(program, io);
+    return program;
+  }
+  const one = GROUPS.find(([name]) => name === only && name !== "completion");
+  for (const [, load] of one ? [one] : GROUPS) await load(program, io);
+  addHelpExamples(program);
   return program;
 }
 
@@ -37,7 +97,7 @@ export function buildProgram(io: Io): Command {
  */
 export async function run(argv: string[], io: Io): Promise<number> {
   try {
-    await buildProgram(io).parseAsync(argv, { from: "user" });
+    await (await buildProgram(io, invokedGroup(argv))).parseAsync(argv, { from: "user" });
     return 0;
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 1; // commander printed it

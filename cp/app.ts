@@ -1,8 +1,8 @@
 /**
  * Wires the control plane: store → PKI → JWT secret → bootstrap admin → agent client →
  * informer caches → public API (HTTP, or HTTPS when `server.tls_cert_file`/`tls_key_file`
- * are set) → agent API (TLS) → controllers (node, pool provisioner, VM, pool scan) → task
- * worker. Logs one `otherix-api started` line with both listen addresses, the bound ports and
+ * are set) → agent API (TLS) → controllers (node, pool provisioner, VM, pool scan, network) →
+ * task worker. Logs one `otherix-api started` line with both listen addresses, the bound ports and
  * the CA fingerprint.
  *
  * @module
@@ -13,16 +13,20 @@ import { errorHandler, notFoundHandler, requestLogger } from "../shared/http.ts"
 import type { Logger } from "../shared/log.ts";
 import { serveTls, type TlsServer } from "../shared/tls.ts";
 import { type AgentClient, createAgentClient } from "./agent_client.ts";
-import { loadOrCreateJwtSecret } from "./auth/jwt.ts";
+import { JwtKeyring } from "./auth/jwt.ts";
 import type { AppEnv } from "./auth/middleware.ts";
 import type { ApiConfig } from "./config.ts";
 import type { CpContext } from "./context.ts";
 import { ensureClusterPki, type HostFacts, hostFacts } from "./pki.ts";
-import { bodyLimit } from "./routes/body_limit.ts";
+import { bodyLimit, requireJsonContentType } from "./routes/body_limit.ts";
 import { authRoutes } from "./routes/auth.ts";
 import { healthRoutes } from "./routes/health.ts";
 import { userRoutes } from "./users/routes.ts";
+import { auditLogFor } from "./audit/log.ts";
+import { auditMiddleware } from "./audit/middleware.ts";
+import { auditRoutes } from "./audit/routes.ts";
 import { openKvStore } from "./store/kv.ts";
+import { secureDataDir } from "./store/file_modes.ts";
 import type { Store } from "./store/store.ts";
 import { startWorker, type Worker } from "./tasks/worker.ts";
 import { ensureBootstrapAdmin } from "./users/service.ts";
@@ -38,6 +42,12 @@ import { poolProvisioner } from "./pools/controller.ts";
 import { poolScanHandler } from "./pools/scan.ts";
 import { poolScanController, scanKeyOf } from "./pools/scan_controller.ts";
 import { clusterRoutes } from "./cluster/routes.ts";
+import { networkRoutes } from "./networks/routes.ts";
+import {
+  startNetworkController,
+  vmNetworksIndex,
+  VMS_BY_NETWORK_INDEX,
+} from "./networks/controller.ts";
 import { vmController } from "./vms/controller.ts";
 import { taskRoutes, vmRoutes } from "./vms/routes.ts";
 import { vmView } from "./vms/service.ts";
@@ -46,6 +56,7 @@ import type { ObservedVm } from "../shared/api/vm_runtime.ts";
 import { type NodeAllocation, seedAllocations } from "./vms/allocations.ts";
 import { logPlacementSettings } from "./vms/placement.ts";
 import { openApiDocument } from "./openapi.ts";
+import { CpMetrics } from "./metrics.ts";
 import { OTHERIX_VERSION } from "../shared/version.ts";
 import { TaskRegistry } from "./tasks/registry.ts";
 import { taskView } from "./tasks/queue.ts";
@@ -121,7 +132,11 @@ export function startCaches(ctx: CpContext): Caches {
     vms: new Informer<VmRecord>({
       store: ctx.store,
       prefix: keys.vms,
-      indexers: { node: (v) => [v.node], id: (v) => [v.id] },
+      indexers: {
+        node: (v) => [v.node],
+        id: (v) => [v.id],
+        [VMS_BY_NETWORK_INDEX]: vmNetworksIndex,
+      },
       onError,
     }),
     nodes: new Informer<NodeRecord>({ store: ctx.store, prefix: keys.nodes, onError }),
@@ -193,17 +208,28 @@ export function publicApp(ctx: CpContext, signal?: AbortSignal): Hono<AppEnv> {
   app.onError(errorHandler(ctx.log));
   app.notFound(notFoundHandler);
   app.use("*", requestLogger(ctx.log));
+  // Every call that is not a read, and every failed login (cp/audit/).
+  app.use("*", auditMiddleware(auditLogFor(ctx), () => ctx.now()));
+  if (ctx.metrics) app.use("*", ctx.metrics.http());
   app.use("*", bodyLimit(PUBLIC_BODY_LIMIT));
+  app.use("*", requireJsonContentType());
   app.route("/", healthRoutes(ctx.store));
+  // Prometheus exposition (cp/metrics.ts); scrape it like any exporter.
+  app.get("/metrics", async (c) => {
+    if (!ctx.metrics) return c.notFound();
+    return c.body(await ctx.metrics.text(), 200, { "content-type": ctx.metrics.contentType });
+  });
   // The OpenAPI document of this app (cp/openapi.ts), built once on first request.
   let openapi: unknown = null;
   app.get("/v1/openapi.json", (c) => c.json(openapi ??= openApiDocument(app, OTHERIX_VERSION)));
   app.route("/v1/auth", authRoutes(ctx));
   app.route("/v1/users", userRoutes(ctx));
+  app.route("/v1/audit", auditRoutes(ctx));
   app.route("/v1/nodes/join-tokens", joinTokenRoutes(ctx));
   app.route("/v1/nodes", nodeRoutes(ctx));
   app.route("/v1/pools", poolRoutes(ctx));
   app.route("/v1/cluster", clusterRoutes(ctx));
+  app.route("/v1/networks", networkRoutes(ctx));
   app.route("/", consolePageRoutes(ctx));
   app.route("/v1/vms", consoleRoutes(ctx));
   app.route("/v1/vms", vmRoutes(ctx));
@@ -259,12 +285,16 @@ export async function startControlPlane(
     cleanups.length = 0;
   };
   try {
-    await Deno.mkdir(cfg.store.data_dir, { recursive: true, mode: 0o700 });
-    const store: Store = await openKvStore(join(cfg.store.data_dir, "store.kv"));
+    // The data dir holds the CA key and the JWT keys: 0700/0600, or no start (file_modes.ts).
+    const storeFile = join(cfg.store.data_dir, "store.kv");
+    const secured = await secureDataDir(cfg.store.data_dir, storeFile);
+    for (const f of secured.fixed) log.warn("data dir: permissions tightened", f);
+    const store: Store = await openKvStore(storeFile);
     cleanups.push(() => store.close());
 
     const pki = await ensureClusterPki(store, cfg, log, opts.host ?? hostFacts());
-    const jwtSecret = await loadOrCreateJwtSecret(store);
+    const jwtSecret = await JwtKeyring.load(store);
+    cleanups.push(() => jwtSecret.stop());
     await ensureBootstrapAdmin(store, opts.getEnv ?? ((n) => Deno.env.get(n)), log);
 
     const agents: AgentClient = createAgentClient(pki.ca.certPem, pki.replica);
@@ -279,6 +309,7 @@ export async function startControlPlane(
       agents,
       now: opts.now ?? (() => new Date()),
     };
+    ctx.metrics = new CpMetrics(ctx);
     await seedClusterSettings(ctx);
     await seedAllocations(ctx);
     logPlacementSettings(ctx);
@@ -293,6 +324,9 @@ export async function startControlPlane(
       await Promise.all(controllers.map((c) => c.stop()));
       for (const i of Object.values(caches)) i.stop();
     });
+    // Networks: each node's agent kept in step with the networks its VMs use.
+    const networks = await startNetworkController(ctx, caches);
+    cleanups.push(() => networks.stop());
 
     const tls = cfg.server.tls_cert_file && cfg.server.tls_key_file
       ? {
@@ -301,6 +335,7 @@ export async function startControlPlane(
       }
       : {};
     const app = publicApp(ctx, stopAll.signal);
+    await auditLogFor(ctx).prune(ctx.now()); // retention, also after a long downtime
     const server = Deno.serve({
       hostname: cfg.server.listen.hostname,
       port: cfg.server.listen.port,

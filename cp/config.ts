@@ -29,6 +29,7 @@ import {
   STANDARD_ROOTS,
 } from "../shared/constants.ts";
 import { ResourceNameSchema } from "../shared/api/common.ts";
+import { UrlPolicySchema } from "../shared/url_policy.ts";
 import { PLACEMENT_ALGORITHMS } from "./scheduler.ts";
 
 /** One pressure condition's settings (`placement.pressure.<kind>`). */
@@ -73,9 +74,55 @@ export const ApiConfigSchema = z.object({
     /** Extra DNS names / IPs for the replica certificate's SANs. */
     additional_sans: z.array(z.string().min(1)).default([]),
   }).strict().prefault({}),
+  agent_client: z.object({
+    /**
+     * The control plane's mTLS client for agents (spec 001 "Phase D"): its material is the
+     * cluster CA and this replica's certificate under `<data_dir>/pki`, issued on first boot
+     * and kept by the `cp_cert` block. The task workers need it ("Phase 2 lock", below); the
+     * production example (deploy/config/api.example.yaml) starts with it off.
+     */
+    enabled: z.boolean().default(true),
+  }).strict().prefault({}),
   auth: z.object({
     /** Access-token (JWT) lifetime, seconds. */
     jwt_ttl_seconds: z.number().int().min(60).max(24 * 3600).default(DEFAULT_JWT_TTL_SECONDS),
+    /**
+     * Failed-login throttling (cp/auth/login_throttle.ts): after `max_failures_per_email`
+     * failures for one email, or `max_failures_per_address` from one source address, within
+     * `window_seconds`, logins answer 429 `too_many_requests` with `Retry-After`.
+     */
+    login_throttle: z.object({
+      max_failures_per_email: z.number().int().min(1).max(1000).default(5),
+      max_failures_per_address: z.number().int().min(1).max(100_000).default(20),
+      window_seconds: z.number().int().min(1).max(24 * 3600).default(300),
+    }).strict().prefault({}),
+    /**
+     * OIDC sign-on (`otherix login --oidc`, cp/auth/oidc.ts); absent: off. Users are created
+     * on first sign-in with the role their `role_claim` maps to (the most powerful match),
+     * else `default_role`; without either the sign-in is refused.
+     */
+    oidc: z.object({
+      /** The issuer URL (its `/.well-known/openid-configuration` is read). */
+      issuer: z.string().url(),
+      /** The client id registered at the issuer for the CLI (a public client, PKCE). */
+      client_id: z.string().min(1),
+      scopes: z.array(z.string().min(1)).min(1).default(["openid", "email", "profile"]),
+      /** The ID-token claim holding the email (the user's login). */
+      email_claim: z.string().min(1).default("email"),
+      /** The ID-token claim whose value(s) map to a role (a string or an array). */
+      role_claim: z.string().min(1).default("groups"),
+      /** Claim value → role. */
+      role_mapping: z.record(z.string(), z.enum(["admin", "operator", "developer", "viewer"]))
+        .default({}),
+      /** The role of a user no mapping matches (null: refuse them). */
+      default_role: z.enum(["admin", "operator", "developer", "viewer"]).nullable().default(null),
+    }).strict().optional(),
+  }).strict().prefault({}),
+  audit: z.object({
+    /** Audit entries kept at most (the oldest go first), cp/audit/. */
+    max_entries: z.number().int().min(100).max(1_000_000).default(10_000),
+    /** Audit entries older than this are dropped, days. */
+    max_age_days: z.number().int().min(1).max(3650).default(90),
   }).strict().prefault({}),
   nodes: z.object({
     /** Heartbeat cadence the control plane asks agents for, seconds. */
@@ -148,6 +195,14 @@ export const ApiConfigSchema = z.object({
     restart_backoff_reset_seconds: z.number().int().min(1).max(7 * 24 * 3600)
       .default(DEFAULT_RESTART_BACKOFF.resetSeconds),
   }).strict().prefault({}),
+  images: z.object({
+    /**
+     * Which image URLs `vm create` accepts (shared/url_policy.ts): IP literals in every form
+     * and `localhost` names are judged here; host names are judged by the agent after it
+     * resolves them (its own `images.url_policy`). Loopback and link-local refused by default.
+     */
+    url_policy: UrlPolicySchema.prefault({}),
+  }).strict().prefault({}),
   console: z.object({
     /** Lifetime of a single-use console token, seconds. */
     token_ttl_seconds: z.number().int().min(1).max(600).default(DEFAULT_CONSOLE_TOKEN_TTL_SECONDS),
@@ -186,7 +241,21 @@ export const ApiConfigSchema = z.object({
       message: "server.tls_cert_file and server.tls_key_file must be set together",
     });
   }
+  if (cfg.workers.enabled && !cfg.agent_client.enabled) {
+    ctx.addIssue({ code: "custom", path: ["workers", "enabled"], message: PHASE2_LOCK_MESSAGE });
+  }
 });
+
+/**
+ * Why a config with `workers.enabled: true` and `agent_client.enabled: false` is refused
+ * (spec 001 "Phase D": the production config "refuses to start with workers.enabled: true
+ * until operators provision real mTLS material (Phase 2 lock)").
+ */
+export const PHASE2_LOCK_MESSAGE =
+  "Phase 2 lock: the task workers dispatch to agents over mTLS and need the agent client; " +
+  "set agent_client.enabled: true once its material (the cluster CA and this replica's " +
+  "certificate under <data_dir>/pki, issued on the first boot) is in place, or keep " +
+  "workers.enabled: false (tasks are then accepted but never run)";
 /** A validated control-plane config. */
 export type ApiConfig = z.infer<typeof ApiConfigSchema>;
 

@@ -7,11 +7,13 @@ import type { Logger } from "../shared/log.ts";
 import type { AgentClient } from "./agent_client.ts";
 import type { ApiConfig } from "./config.ts";
 import type { ClusterPki } from "./pki.ts";
+import type { JwtKeySource } from "./auth/jwt.ts";
 import type { Store } from "./store/store.ts";
 import type { Informer } from "./controllers/informer.ts";
 import type { ClusterSettings, NodeRecord, PoolRecord, VmRecord } from "./repo/records.ts";
 import type { ObservedVm } from "../shared/api/vm_runtime.ts";
 import type { NodeAllocation } from "./vms/allocations.ts";
+import type { CpMetrics } from "./metrics.ts";
 
 /**
  * The shared informer caches (cp/controllers/informer.ts) of this process, with indexes:
@@ -34,8 +36,8 @@ export interface CpContext {
   log: Logger;
   store: Store;
   pki: ClusterPki;
-  /** HS256 key of access tokens. */
-  jwtSecret: Uint8Array;
+  /** HS256 keys of access tokens: the keyring (cp/auth/jwt.ts), or one bare secret (tests). */
+  jwtSecret: JwtKeySource;
   /** mTLS client for agent endpoints. */
   agents: AgentClient;
   /** Clock (tests may inject one). */
@@ -47,4 +49,6 @@ export interface CpContext {
    * between the persisted `last_heartbeat_at` refreshes (cp/nodes/service.ts applyHeartbeat).
    */
   liveness?: Map<string, number>;
+  /** Prometheus metrics (cp/metrics.ts), when wired. */
+  metrics?: CpMetrics;
 }

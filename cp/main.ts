@@ -11,8 +11,10 @@ import { DEFAULT_API_CONFIG_FILE } from "../shared/constants.ts";
 import { createLogger } from "../shared/log.ts";
 import { startControlPlane } from "./app.ts";
 import { loadApiConfig } from "./config.ts";
+import { BACKUP_COMMANDS, runBackupCommand } from "./backup_cli.ts";
 
 const USAGE = `usage: otherix-api [--config FILE]
+       otherix-api backup|restore …   (see otherix-api backup --help)
 
 The Otherix control plane: public REST API, agent-facing TLS API, task workers.
 
@@ -81,6 +83,8 @@ async function main(args: string[]): Promise<number | null> {
 }
 
 if (import.meta.main) {
-  const code = await main(Deno.args);
+  const [first, ...rest] = Deno.args;
+  const sub = BACKUP_COMMANDS.find((c) => c === first);
+  const code = sub ? await runBackupCommand(sub, rest) : await main(Deno.args);
   if (code !== null) Deno.exit(code);
 }

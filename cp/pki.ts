@@ -5,7 +5,8 @@
  * - The cluster CA (ECDSA P-256) lives in the store (`/cluster/ca`, cert + key) so every
  *   replica shares it; its certificate is also written to `<data_dir>/pki/ca.crt` for
  *   operators. If that file and the store disagree, startup fails with
- *   {@link CaDivergenceError}.
+ *   {@link CaDivergenceError}. The store file, like everything in the data dir, is 0600 in a
+ *   0700 directory (cp/store/file_modes.ts), so no other local user reads the CA key.
  * - Each replica has its own certificate (CN = `cp_cert.replica_name` or the hostname,
  *   O = `CP_CERT_ORG`, serverAuth + clientAuth) in `<data_dir>/pki/cp.crt` / `cp.key` (0600),
  *   kept replica-local. It is reused across boots and re-issued when it does not chain to the
@@ -39,6 +40,19 @@ export class CaDivergenceError extends Error {
     super(message);
     this.name = "CaDivergenceError";
   }
+}
+
+/**
+ * The troubleshooting reference's message for a cluster CA whose on-disk copy (`diskPath`,
+ * fingerprint `diskFp`) differs from the store's ("active etcd CA", `activeFp`), with its
+ * recovery (spec 000: "cluster CA divergence: on-disk CA ... does not match active etcd CA").
+ * Used at startup and by `otherix-api restore` (cp/backup.ts).
+ */
+export function caDivergenceMessage(diskPath: string, diskFp: string, activeFp: string): string {
+  return `cluster CA divergence: on-disk CA ${diskPath} (${diskFp}) does not match active etcd ` +
+    `CA (${activeFp}). Make the two consistent: restore the matching CA (otherix-api restore ` +
+    `from a backup of this cluster), or for dev \`make etcd-reset\` (deno task etcd-reset) ` +
+    `wipes both together; see README.md "Backups"`;
 }
 
 /** Host facts used for the replica certificate's name and SANs. */
@@ -158,9 +172,8 @@ export async function ensureClusterPki(
     if (diskCa !== null) {
       const fp = await safeFingerprint(diskCa);
       throw new CaDivergenceError(
-        `cluster CA divergence: on-disk CA ${paths.caCert} (${fp}) does not match active ` +
-          `store CA (none: the store has no CA). Restore the matching store, or remove ` +
-          `${paths.dir} to start a new cluster`,
+        caDivergenceMessage(paths.caCert, fp, "none: the store has no CA") +
+          ` (or remove ${paths.dir} to start a new cluster)`,
       );
     }
     const ca = await createCa();
@@ -179,15 +192,11 @@ export async function ensureClusterPki(
   }
   const caFingerprint = await certFingerprint(stored.cert_pem);
   if (diskCa === null) {
-    await writeAtomic(paths.caCert, stored.cert_pem, 0o644);
+    await writeAtomic(paths.caCert, stored.cert_pem, 0o600);
   } else {
     const diskFp = await safeFingerprint(diskCa);
     if (diskFp !== caFingerprint) {
-      throw new CaDivergenceError(
-        `cluster CA divergence: on-disk CA ${paths.caCert} (${diskFp}) does not match active ` +
-          `store CA (${caFingerprint}). Make the two consistent: restore the matching CA or ` +
-          `store`,
-      );
+      throw new CaDivergenceError(caDivergenceMessage(paths.caCert, diskFp, caFingerprint));
     }
   }
   const ca: CertAndKey = { certPem: stored.cert_pem, keyPem: stored.key_pem };
@@ -203,7 +212,7 @@ export async function ensureClusterPki(
   } else {
     replica = await issueServerCert(ca, name, CP_CERT_ORG, splitSans(sans));
     await writeAtomic(paths.replicaKey, replica.keyPem, 0o600);
-    await writeAtomic(paths.replicaCert, replica.certPem, 0o644);
+    await writeAtomic(paths.replicaCert, replica.certPem, 0o600);
     log.info("replica certificate issued", { replica: name, reason, sans });
   }
   return { ca, caFingerprint, replica, replicaName: name };

@@ -19,7 +19,10 @@
  * - the scheduler (scripts/bench_scheduler.ts): placements per second and p99 decision latency
  *   of `decide()` at 10, 100 and 1,000 nodes, and `POST /v1/vms` latency at 0 and 10,000 VMs.
  *
- * `--only vm|fanin|download|scheduler` runs one part.
+ * - CLI cold start (scripts/bench_cli.ts): `otherix vm list` / `vm get` against `virsh list`
+ *   and a `deno run` hello world.
+ *
+ * `--only vm|fanin|download|scheduler|cli` runs one part.
  *
  * Phase boundaries come from the task's `timings` (cp/repo/records.ts TaskRecord), read from
  * the store file after each run; the client's clock and the control plane's are the same
@@ -40,6 +43,7 @@ import { ensureTestImage } from "../test/test_image.ts";
 import { benchDownload, printDownloadBench } from "./bench_download.ts";
 import { fanIn } from "./bench_fanin.ts";
 import { benchScheduler } from "./bench_scheduler.ts";
+import { benchCli as benchCliStartup } from "./bench_cli.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -48,7 +52,7 @@ const { values } = parseArgs({
     cli: { type: "string", default: "5" },
     /** Heartbeat fan-in sizes (comma-separated; empty: skip). */
     fanin: { type: "string", default: "500,2000" },
-    /** `vm`, `fanin`, `download` or `scheduler` (that part only); default all. */
+    /** `vm`, `fanin`, `download`, `scheduler` or `cli` (that part only); default all. */
     only: { type: "string", default: "" },
     /** Size of the first-download bench's file, MiB. */
     "download-mib": { type: "string", default: "1024" },
@@ -326,8 +330,8 @@ async function benchFloor(c: Cluster, accel: "kvm" | "tcg") {
 }
 
 const part = (name: string) => values.only === "" || values.only === name;
-if (!["", "vm", "fanin", "download", "scheduler"].includes(values.only)) {
-  console.error(`--only: expected vm, fanin, download or scheduler, got "${values.only}"`);
+if (!["", "vm", "fanin", "download", "scheduler", "cli"].includes(values.only)) {
+  console.error(`--only: expected vm, fanin, download, scheduler or cli, got "${values.only}"`);
   Deno.exit(2);
 }
 if (part("vm")) await benchVms();
@@ -360,6 +364,7 @@ if (part("download")) {
   );
 }
 if (part("scheduler")) await benchScheduler();
+if (part("cli")) await benchCliStartup(15);
 
 async function benchVms() {
   const c = await startCluster({ prefix: "otx-bench" });

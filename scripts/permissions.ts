@@ -8,15 +8,19 @@
  * - `otherix-agent`: read its three roots, write its state and run roots, run only QEMU,
  *   `qemu-img`, the ISO builder, `df` (the root filesystem's figures), and `pgrep` / `pkill`
  *   (which it calls only with `-F <pidfile> -L`: QEMU outlives the agent, so it is no child
- *   the agent could signal, and the sandbox has no `Deno.kill`; see agent/qemu.ts), use the
- *   network, read `OTHERIX_*`
+ *   the agent could signal, and the sandbox has no `Deno.kill`; see agent/qemu.ts), the
+ *   networking tools `ip`, `bridge`, `iptables`, `sysctl` and `dnsmasq` (agent/net/; the
+ *   agent calls them with fixed argument shapes, but `ip` and `dnsmasq` can themselves run
+ *   programs, so they need the host capabilities the README lists and are no boundary
+ *   against a compromised agent), use the network, read `OTHERIX_*`
  *   env vars and a few system figures. No shell, no other files. (Deno refuses `/dev`,
  *   `/proc` and `/sys` to anything short of `--allow-all`, so accelerator detection probes
  *   through QEMU and `qemu-img`, which run outside the sandbox; see `agent/accel.ts`.)
  * - `otherix-api`: read its config and data dir, write its data dir, network, `OTHERIX_*` env,
  *   hostname; Deno KV (`--unstable-kv`). Runs nothing.
  * - `otherix`: the operator's own CLI: reads `--user-data @file` and its config anywhere the
- *   operator points it, so file access is open; network; env. Runs nothing.
+ *   operator points it, so file access is open; network; env. Runs only `ssh` (the
+ *   system OpenSSH client, looked up on PATH: `otherix vm ssh`).
  *
  * @module
  */
@@ -37,6 +41,17 @@ export const AGENT_RUN_ALLOWLIST = [
   // The root filesystem's size and free space: Deno's statfs would need read access to `/`
   // (every file); see agent/sysinfo.ts.
   "df",
+  // CPU time and resident memory of the QEMU processes for the per-VM metrics (agent/
+  // metrics.ts: `ps -o pid=,cputimes=,rss= -p PIDS`; /proc is outside the sandbox).
+  "ps",
+  // Networks (agent/net/): links, TAPs and addresses; VXLAN forwarding entries; NAT and
+  // FORWARD rules; IPv4 forwarding; DHCP + DNS of managed bridges (a daemon that outlives the
+  // agent, found and signalled through its pidfile with pgrep / pkill).
+  "ip",
+  "bridge",
+  "iptables",
+  "sysctl",
+  "dnsmasq",
 ] as const;
 
 /** System information the agent reads (heartbeat figures, accelerator detection). */
@@ -60,6 +75,24 @@ export const DAEMON_ENV_ALLOWLIST = [
   "WS_NO_BUFFER_UTIL",
   "WS_NO_UTF_8_VALIDATE",
 ] as const;
+
+/**
+ * Where the CLI may find the system OpenSSH client (`otherix vm ssh`): the `ssh` on this
+ * process's PATH when there is one, and the usual install paths. Absolute paths, never the bare
+ * name: Deno resolves a bare `--allow-run` name at every start and prints a notice when it is
+ * not on PATH, which would land on the stderr of every command on hosts without ssh.
+ */
+export function sshClientPaths(path = Deno.env.get("PATH") ?? ""): string[] {
+  const found = path.split(":").filter((d) => d.startsWith("/")).map((d) => `${d}/ssh`)
+    .find((p) => {
+      try {
+        return Deno.statSync(p).isFile;
+      } catch {
+        return false;
+      }
+    });
+  return [...new Set([...(found ? [found] : []), "/usr/bin/ssh", "/usr/local/bin/ssh"])];
+}
 
 /** Roots of a sandbox. */
 export interface SandboxRoots {
@@ -117,6 +150,7 @@ export function permissionFlags(binary: Binary, roots: SandboxRoots = STANDARD_S
         "--allow-net",
         "--allow-env",
         "--allow-sys=hostname",
+        `--allow-run=${sshClientPaths().join(",")}`,
         "--no-prompt",
       ];
   }

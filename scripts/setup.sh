@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Otherix needs on a fresh Debian/Ubuntu machine; re-running is harmless.
 #   - Deno (pinned; from the npm package `deno`, or Deno's official installer where npm is absent)
-#   - Debian packages the agent and the tests use (QEMU, qemu-img, genisoimage, and the
-#     offline test-image inputs: kernel, busybox, syslinux, mtools)
+#   - Debian packages the agent and the tests use (QEMU, qemu-img, genisoimage, the network
+#     tools: iproute2, dnsmasq-base, iptables; and the offline test-image inputs: kernel,
+#     busybox, syslinux, mtools)
 #   - the npm dependencies (deno install, against the committed deno.lock)
 # Usage: scripts/setup.sh            (everything)
 #        OTHERIX_SKIP_APT=1 scripts/setup.sh   (skip Debian packages)
@@ -16,11 +17,18 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils genisoimage   # agent: emulator, disk tool, NoCloud ISO builder
   busybox-static syslinux syslinux-common mtools dosfstools cpio kmod   # offline test image
   ca-certificates curl procps   # procps: pgrep/pkill (the agent's pidfile-locked force stop)
+  iproute2 dnsmasq-base iptables   # agent networks: bridges/VXLAN/TAPs, DHCP+DNS, NAT
 )
 # Only for the test suite (scripts/test.sh sets OTHERIX_SETUP_TESTS=1): the browser the
-# console page is tested in (driven by npm playwright-core), `script` for pty tests.
+# console page is tested in (driven by npm playwright-core), `script` for pty tests, the
+# official Prometheus client's exposition parser (test/prometheus.ts).
 if [ "${OTHERIX_SETUP_TESTS:-}" = "1" ]; then
-  APT_PACKAGES+=(chromium bsdutils)
+  APT_PACKAGES+=(chromium bsdutils python3-prometheus-client)
+  # test/deploy: systemd-analyze verifies the units in deploy/systemd (systemd need not run);
+  # strace checks the control plane's system calls against its unit's filter.
+  APT_PACKAGES+=(systemd strace)
+  # zsh and fish load the `otherix completion` scripts for real (test/cli/completion_test.ts).
+  APT_PACKAGES+=(zsh fish)
 fi
 
 log() { printf '>> setup: %s\n' "$*" >&2; }

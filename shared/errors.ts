@@ -27,6 +27,10 @@ export const ERROR_CODES = {
   vm_invalid_state: 409,
   /** Another task is in flight on the VM; details.task_id. */
   vm_busy: 409,
+  /** No NIC of the VM has a known address (`otherix vm ssh`). */
+  vm_has_no_address: 409,
+  /** cloud-init reported an error on the VM's console (`vm create --wait=cloud-init`). */
+  cloud_init_failed: 409,
   task_not_found: 404,
   /** A task was cancelled (a `vm delete` cancels the VM's in-flight create). */
   task_cancelled: 409,
@@ -39,6 +43,24 @@ export const ERROR_CODES = {
   default_pool_not_set: 400,
   /** The agent could not scan a pool directory (statfs, listing); the task error says why. */
   pool_scan_failed: 500,
+  network_not_found: 404,
+  network_already_exists: 409,
+  /** A network's subnet overlaps another network's (details: subnet, network, network_subnet). */
+  network_subnet_overlap: 409,
+  /** No free address is left in the network's subnet (details: network, subnet). */
+  network_addresses_exhausted: 409,
+  /**
+   * An agent could not set a network up on its node (a missing host bridge, an `ip`, dnsmasq
+   * or iptables failure); the message has the tool's own words.
+   */
+  network_setup_failed: 500,
+  /** A request body that is not `Content-Type: application/json` (details.content_type). */
+  unsupported_media_type: 415,
+  /**
+   * Too many failed logins for an email or from an address: retry after the `Retry-After`
+   * header's seconds (details.retry_after_seconds).
+   */
+  too_many_requests: 429,
   // bootstrap
   token_expired: 401,
   token_exhausted: 401,

@@ -172,6 +172,10 @@ export async function startApi(opts: StartApiOptions): Promise<ApiHandle> {
     nodes: { heartbeat_interval_seconds: 2, stale_threshold_seconds: 10 },
     storage_pools: { allowed_path_prefixes: [join(opts.root, "var/lib/otherix/pools") + "/"] },
     workers: { poll_interval_ms: 250 },
+    // Test VMs take 1 vCPU each and mostly idle; a 2-core CI host runs several at once.
+    placement: { resources: { cpu: { overcommit_ratio: 8 } } },
+    // Tests serve images from loopback: opt in (shared/url_policy.ts refuses it by default).
+    images: { url_policy: { allow_loopback: true } },
     log: { level: "debug" },
   }, opts.config ?? {});
   const configFile = join(configDir, "api.yaml");
@@ -234,6 +238,11 @@ export interface StartAgentOptions {
   config?: Record<string, unknown>;
   env?: Record<string, string>;
   port?: number;
+  /**
+   * A command the agent runs under, e.g. `["ip", "netns", "exec", "<ns>"]` to run it in a
+   * network namespace (which must let it reach `cpUrl`); the agent's argv follows it.
+   */
+  wrap?: string[];
 }
 
 /**
@@ -251,6 +260,8 @@ export async function startAgent(opts: StartAgentOptions): Promise<AgentHandle> 
     paths: { config_dir: configDir, state_dir: stateDir, run_dir: runDir },
     server: { listen: `127.0.0.1:${port}`, advertise_url: `https://127.0.0.1:${port}` },
     heartbeat: { interval_seconds: 2 },
+    // Tests serve images from loopback: opt in (shared/url_policy.ts refuses it by default).
+    images: { url_policy: { allow_loopback: true } },
     log: { level: "debug" },
   }, opts.config ?? {});
   const configFile = join(configDir, "agent.yaml");
@@ -270,10 +281,12 @@ export async function startAgent(opts: StartAgentOptions): Promise<AgentHandle> 
     });
   }
   const roots: SandboxRoots = { config: configDir, state: stateDir, run: runDir };
+  const argv = [Deno.execPath(), ...denoRunArgs("otherix-agent", roots, ["--config", configFile])];
+  const [bin, ...args] = [...(opts.wrap ?? []), ...argv];
   const proc = new Proc(
     `agent:${opts.nodeName}`,
-    new Deno.Command(Deno.execPath(), {
-      args: denoRunArgs("otherix-agent", roots, ["--config", configFile]),
+    new Deno.Command(bin, {
+      args,
       cwd: REPO_ROOT,
       env: { ...baseEnv(), ...opts.env },
       clearEnv: true,

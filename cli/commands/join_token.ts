@@ -13,7 +13,7 @@
  *
  * @module
  */
-import type { Command } from "commander";
+import { type Command, Option } from "commander";
 import {
   type JoinToken,
   JoinTokenCreateResponseSchema,
@@ -48,16 +48,20 @@ export function expiresCell(expiresAt: string, now: number): string {
  * The `list` table: `ID NODE USES EXPIRES CREATED_BY`, `USES` as `<uses>/<max_uses>` (so
  * `1/1` is used up), `CREATED_BY` the creator's user id. Never a token.
  */
-export function joinTokenTable(tokens: JoinToken[], now: number): string {
+export function joinTokenTable(tokens: JoinToken[], now: number, wide = false): string {
+  const headers = ["id", "node", "uses", "expires", "created_by"];
   return renderTable(
-    ["id", "node", "uses", "expires", "created_by"],
-    tokens.map((t) => [
-      t.id,
-      t.node_name,
-      `${t.uses}/${t.max_uses}`,
-      expiresCell(t.expires_at, now),
-      t.created_by,
-    ]),
+    wide ? [...headers, "created", "expired"] : headers,
+    tokens.map((t) => {
+      const row = [
+        t.id,
+        t.node_name,
+        `${t.uses}/${t.max_uses}`,
+        expiresCell(t.expires_at, now),
+        t.created_by,
+      ];
+      return wide ? [...row, t.created_at, t.expired ? "yes" : "no"] : row;
+    }),
   );
 }
 
@@ -97,12 +101,19 @@ export function registerJoinTokenCommands(node: Command, io: Io): void {
 
   joinToken.command("list")
     .description("list join tokens (metadata only; expired and used-up ones until revoked)")
-    .addOption(outputOption("table", ["table", "json", "yaml"]))
+    .addOption(
+      new Option("-o, --output <format>", "output format (wide: adds CREATED, EXPIRED)")
+        .choices(["table", "wide", "json", "yaml"]).default("table"),
+    )
     .action(async (opts, cmd: Command) => {
       const client = await connect(cmd, io);
       const { items, raw } = await client.listAll(PATH, JoinTokenSchema);
       const format = opts.output as OutputFormat;
-      io.out(renderAs(format, listEnvelope(raw), () => joinTokenTable(items, io.now())));
+      io.out(renderAs(
+        format,
+        listEnvelope(raw),
+        () => joinTokenTable(items, io.now(), opts.output === "wide"),
+      ));
     });
 
   joinToken.command("revoke")

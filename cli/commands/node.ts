@@ -14,7 +14,7 @@ import {
   NodeStatusSchema,
   type PressureCondition,
 } from "../../shared/api/nodes.ts";
-import { connect, outputOption, parseIntArg, seg } from "../common.ts";
+import { connect, outputOption, parseIntArg, printList, seg } from "../common.ts";
 import { registerJoinTokenCommands } from "./join_token.ts";
 import { UsageError } from "../errors.ts";
 import { confirm } from "../prompt.ts";
@@ -23,7 +23,6 @@ import type { Io } from "../io.ts";
 import {
   formatBytes,
   type KvEntry,
-  listEnvelope,
   type OutputFormat,
   renderAs,
   renderKeyValues,
@@ -190,27 +189,17 @@ export function registerNodeCommands(program: Command, io: Io): void {
         .choices(["table", "wide", "text", "json", "yaml"]).default("table"),
     )
     .action(async (opts, cmd: Command) => {
-      const client = await connect(cmd, io);
-      const filters = { architecture: opts.architecture, status: opts.status };
       const format = opts.output as OutputFormat | "wide";
-      const table = (items: Node[]) =>
-        nodeTable(items, io.now(), { wide: format === "wide", showIds: opts.showIds });
-      if (opts.limit !== undefined || opts.cursor !== undefined) {
-        const page = await client.json(
-          "GET",
-          "/v1/nodes",
-          z.object({ items: z.array(NodeSchema), next_cursor: z.string().nullable() }),
-          { query: { ...filters, limit: opts.limit, cursor: opts.cursor } },
-        );
-        if (format === "json" || format === "yaml") {
-          return io.out(renderAs(format, page.raw, String));
-        }
-        io.out(table(page.data.items));
-        if (page.data.next_cursor) io.err(`next page: --cursor ${page.data.next_cursor}\n`);
-        return;
-      }
-      const { items, raw } = await client.listAll("/v1/nodes", NodeSchema, filters);
-      io.out(renderAs(format === "wide" ? "table" : format, listEnvelope(raw), () => table(items)));
+      await printList(await connect(cmd, io), io, {
+        path: "/v1/nodes",
+        item: NodeSchema,
+        filters: { architecture: opts.architecture, status: opts.status },
+        limit: opts.limit,
+        cursor: opts.cursor,
+        format,
+        table: (items: Node[]) =>
+          nodeTable(items, io.now(), { wide: format === "wide", showIds: opts.showIds }),
+      });
     });
 
   for (const [verb, what] of [["cordon", "take no new VMs"], ["uncordon", "take VMs again"]]) {

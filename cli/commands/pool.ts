@@ -9,6 +9,8 @@
  * - `get NAME` prints the aggregated view (every instance, `is_cluster_default`); `get UUID`
  *   the flat instance view with the agent-reported detail (available bytes, disk pressure,
  *   reconciliation status, last scan, cached images as `name (sha <12 hex>, size)`).
+ *   `get NAME -o yaml` prints apply-ready StoragePool manifests (spec 003: "the YAML form
+ *   projects an apply-ready manifest"; cli/manifests/pool_kind.ts), `-o json` the raw view.
  * - `create NAME --node N --path P [--type local_dir] [--wait]` prints
  *   `pool <name> created on node <node>` with `type:` and `path:`; `--wait` polls until the
  *   agent reports `ready` (`pool <name> ready on node <node>`) or `failed` (exit 1), 60 s.
@@ -21,7 +23,6 @@
  * @module
  */
 import { type Command, Option } from "commander";
-import { z } from "zod";
 import {
   isUuid,
   type Pool,
@@ -36,7 +37,14 @@ import type { PressureCondition } from "../../shared/api/nodes.ts";
 import { POOL_CREATE_WAIT_SECONDS } from "../../shared/constants.ts";
 import { isErrorCode } from "../../shared/errors.ts";
 import type { ApiClient } from "../client.ts";
-import { connect, outputOption, parseIntArg, seg, waitTimeoutOption } from "../common.ts";
+import {
+  connect,
+  outputOption,
+  parseIntArg,
+  printList,
+  seg,
+  waitTimeoutOption,
+} from "../common.ts";
 import { formatAge } from "../duration.ts";
 import { ApiCallError, CliError, UsageError, WaitTimeoutError } from "../errors.ts";
 import type { Io } from "../io.ts";
@@ -44,13 +52,14 @@ import { confirm } from "../prompt.ts";
 import {
   formatBytes,
   type KvEntry,
-  listEnvelope,
   type OutputFormat,
   renderAs,
   renderKeyValues,
   renderTable,
 } from "../render.ts";
 import { waitForTask } from "../wait.ts";
+import { projectPool } from "../manifests/pool_kind.ts";
+import { renderManifests } from "../manifests/render.ts";
 
 /** A pool instance the agent reported `failed` while `create --wait` waited. */
 class PoolFailedError extends CliError {
@@ -81,8 +90,14 @@ export function poolStatusText(p: PoolInstanceView): string {
 }
 
 /** The `pool list` table (spec columns; `showIds` puts the instance ID first). */
-export function poolTable(pools: PoolInstanceView[], now: number, showIds = false): string {
+export function poolTable(
+  pools: PoolInstanceView[],
+  now: number,
+  showIds = false,
+  wide = false,
+): string {
   const headers = ["name", "node", "type", "path", "available", "status", "default", "age"];
+  if (wide) headers.push("total", "images", "vm_disks");
   if (showIds) headers.unshift("id");
   return renderTable(
     headers,
@@ -97,6 +112,13 @@ export function poolTable(pools: PoolInstanceView[], now: number, showIds = fals
         p.is_default ? "yes" : "",
         formatAge(p.created_at, now),
       ];
+      if (wide) {
+        row.push(
+          p.total_bytes === null ? "-" : formatBytes(p.total_bytes),
+          String(p.images_total),
+          p.last_scan ? String(p.last_scan.vm_disk_count) : "-",
+        );
+      }
       if (showIds) row.unshift(p.id);
       return row;
     }),
@@ -244,28 +266,20 @@ export function registerPoolCommands(program: Command, io: Io): void {
       parseIntArg,
     )
     .option("--cursor <cursor>", "continue a paged listing")
-    .addOption(outputOption("table", ["table", "text", "json", "yaml"]))
+    .addOption(
+      new Option("-o, --output <format>", "output format (wide: adds TOTAL, IMAGES, VM_DISKS)")
+        .choices(["table", "wide", "text", "json", "yaml"]).default("table"),
+    )
     .action(async (opts, cmd: Command) => {
-      const client = await connect(cmd, io);
-      const filters = { node: opts.node, type: opts.type };
-      const format = opts.output as OutputFormat;
-      const table = (items: PoolInstanceView[]) => poolTable(items, io.now(), opts.showIds);
-      if (opts.limit !== undefined || opts.cursor !== undefined) {
-        const page = await client.json(
-          "GET",
-          "/v1/pools",
-          z.object({ items: z.array(PoolInstanceViewSchema), next_cursor: z.string().nullable() }),
-          { query: { ...filters, limit: opts.limit, cursor: opts.cursor } },
-        );
-        if (format === "json" || format === "yaml") {
-          return io.out(renderAs(format, page.raw, String));
-        }
-        io.out(table(page.data.items));
-        if (page.data.next_cursor) io.err(`next page: --cursor ${page.data.next_cursor}\n`);
-        return;
-      }
-      const { items, raw } = await client.listAll("/v1/pools", PoolInstanceViewSchema, filters);
-      io.out(renderAs(format, listEnvelope(raw), () => table(items)));
+      await printList(await connect(cmd, io), io, {
+        path: "/v1/pools",
+        item: PoolInstanceViewSchema,
+        filters: { node: opts.node, type: opts.type },
+        limit: opts.limit,
+        cursor: opts.cursor,
+        format: opts.output,
+        table: (items) => poolTable(items, io.now(), opts.showIds, opts.output === "wide"),
+      });
     });
 
   pool.command("get")
@@ -288,6 +302,7 @@ export function registerPoolCommands(program: Command, io: Io): void {
         );
       }
       const { data, raw } = await client.json("GET", path, PoolSchema);
+      if (format === "yaml") return io.out(renderManifests(projectPool(data)));
       io.out(
         renderAs(
           format,

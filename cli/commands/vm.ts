@@ -10,6 +10,13 @@
  * failed task being `api_error: <code>: <message>` (exit 1). `list --watch` / `get --watch`
  * print the current state, then one row / object per change (`watch.ts`).
  *
+ * Reachability (issue 8): `create --ssh-key` (repeatable, `@FILE` or inline) sends keys the
+ * control plane merges into the cloud-config; `create --wait=cloud-init` waits past `running`
+ * until cloud-init finished in the guest (`wait_cloud_init.ts`); `get` shows `cloud_init` and
+ * each NIC's addresses, `list -o wide` an ADDRESSES column; `ssh` runs the system ssh
+ * (`vm_ssh.ts`). `get -o yaml` prints the VM as an apply-ready manifest (spec "Declarative
+ * manifests"; `-o json` stays the raw view).
+ *
  * @module
  */
 import { type Command, Option } from "commander";
@@ -45,35 +52,78 @@ import {
   renderYaml,
   TableWriter,
 } from "../render.ts";
-import { waitForTask } from "../wait.ts";
 import { renderPlacement } from "../placement_table.ts";
 import { PlacementDecisionSchema } from "../../shared/api/placement.ts";
-import { type Watched, watchKind } from "../watch.ts";
+import type { Watched } from "../watch.ts";
+import { readSshKeys } from "../ssh_keys.ts";
+import { addressText, allAddresses, vmNics } from "../vm_nics.ts";
+import { addVmSshCommand } from "./vm_ssh.ts";
+
+/** Repeatable option: collects each value (like create.ts's `collect`, without its imports). */
+const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
 const VM_COLUMNS = ["name", "status", "node", "pool", "image", "age"];
 
-/** Headers of `vm list` (and `vm get -o table`). */
-function vmHeaders(showIds: boolean): string[] {
-  return showIds ? ["id", ...VM_COLUMNS] : VM_COLUMNS;
+/** Headers of `vm list` (and `vm get -o table`); `wide` adds ADDRESSES. */
+function vmHeaders(showIds: boolean, wide = false): string[] {
+  const headers = showIds ? ["id", ...VM_COLUMNS] : [...VM_COLUMNS];
+  return wide ? [...headers, "addresses"] : headers;
 }
 
-/** One `vm list` row; `status` overrides the VM's (`deleted` under `--watch`). */
-function vmRow(vm: Vm, showIds: boolean, now: number, status: string = vm.status): string[] {
+/** The ADDRESSES cell: every NIC's addresses, comma-separated; `-` when none is known. */
+export function addressesText(vm: Vm): string {
+  const all = allAddresses(vm);
+  return all.length > 0 ? all.join(",") : "-";
+}
+
+/**
+ * One `vm list` row; `status` overrides the VM's (`deleted` under `--watch`); `wide` adds the
+ * ADDRESSES cell.
+ */
+function vmRow(
+  vm: Vm,
+  showIds: boolean,
+  now: number,
+  status: string = vm.status,
+  wide = false,
+): string[] {
   const row = [vm.name, status, vm.node, vm.pool, vm.image, formatAge(vm.created_at, now)];
+  if (wide) row.push(addressesText(vm));
   return showIds ? [vm.id, ...row] : row;
 }
 
-/** The `vm list` table. */
-function vmTable(vms: Vm[], showIds: boolean, now: number): string {
-  const rows = vms.map((v) => vmRow(v, showIds, now));
-  const table = new TableWriter(vmHeaders(showIds), rows);
+/** The `vm list` table (`wide`: with ADDRESSES). */
+function vmTable(vms: Vm[], showIds: boolean, now: number, wide = false): string {
+  const rows = vms.map((v) => vmRow(v, showIds, now, v.status, wide));
+  const table = new TableWriter(vmHeaders(showIds, wide), rows);
   return table.header() + rows.map((r) => table.row(r)).join("");
+}
+
+/** `done`, `pending`, or `error (<the console line>)`. */
+function cloudInitText(ci: Vm["cloud_init"]): string | null {
+  if (!ci) return null;
+  return ci.status === "error" && ci.detail ? `error (${ci.detail})` : ci.status;
+}
+
+/**
+ * `nics:` entries of `vm get`: each NIC (`nic<index>`) with its network, MAC and addresses
+ * (`10.245.0.10/24 (ipam)`; `-` while none is known); omitted for a VM without NICs.
+ */
+function nicEntries(vm: Vm): KvEntry[] | null {
+  const nics = vmNics(vm);
+  if (nics.length === 0) return null;
+  return nics.map((n): KvEntry => [`nic${n.index}`, [
+    ["network", n.network],
+    ["mac", n.mac],
+    ["addresses", n.addresses.length > 0 ? n.addresses.map(addressText).join(", ") : "-"],
+  ]]);
 }
 
 /**
  * `key: value` view of a VM, in the order of the spec's sample ("Step 4 — observe the VM"),
  * with the lifecycle fields after `desired_phase`; unset fields are omitted. The last task's
  * error is shown under `last_task`; the top-level `error` only when it says something else.
+ * `cloud_init` and the NICs (`nics:`) follow.
  */
 export function vmKeyValues(vm: Vm): KvEntry[] {
   const errorText = (e: Vm["error"]) => (e ? `${e.code}: ${e.message}` : null);
@@ -116,6 +166,8 @@ export function vmKeyValues(vm: Vm): KvEntry[] {
         : null,
     ],
     ["error", error !== null && error !== errorText(task?.error ?? null) ? error : null],
+    ["cloud_init", cloudInitText(vm.cloud_init)],
+    ["nics", nicEntries(vm)],
     ["created_at", vm.created_at],
     ["updated_at", vm.updated_at],
   ];
@@ -195,16 +247,36 @@ export function registerVmCommands(program: Command, io: Io): void {
     .option("--vcpus <n>", "virtual CPUs", parseIntArg)
     .option("--memory-mb <n>", "memory, MiB", parseIntArg)
     .option("--disk-gib <n>", "root disk size, GiB", parseIntArg)
-    .option("--user-data <data>", "cloud-init user-data: inline text, or @file to read a file")
+    .option(
+      "--user-data <data>",
+      "cloud-config user-data (#cloud-config + YAML): inline text, or @file to read a file",
+    )
+    .option(
+      "--ssh-key <key>",
+      "SSH public key for the guest's default user: @FILE (e.g. @~/.ssh/id_ed25519.pub) or" +
+        " the key inline (repeatable)",
+      collect,
+    )
     .option("--pool <pool>", "storage pool (default: the cluster default pool)")
     .option("--node <node>", "place the VM on exactly this node")
+    .option(
+      "--network <name>",
+      "attach a NIC to this network (repeatable, first NIC first; default: user-mode NAT)",
+      (v: string, prev: string[] = []) => [...prev, v],
+    )
     .addOption(
       new Option(
         "--restart-policy <policy>",
         "what happens when QEMU exits unasked (server default: on-failure)",
       ).choices(RestartPolicySchema.options),
     )
-    .option("--wait", "wait until the VM is running")
+    .addOption(
+      new Option(
+        "--wait [condition]",
+        "wait until the VM is running (--wait), or until cloud-init finished in it" +
+          " (--wait=cloud-init)",
+      ).choices(["running", "cloud-init"]),
+    )
     .option(
       "--dry-run",
       "show where the VM would be placed and why (every candidate node); create nothing. " +
@@ -224,8 +296,10 @@ export function registerVmCommands(program: Command, io: Io): void {
       if (opts.diskGib !== undefined) body.disk_gib = opts.diskGib;
       const userData = await userDataOf(opts.userData, io);
       if (userData !== undefined) body.user_data = userData;
+      if (opts.sshKey !== undefined) body.ssh_authorized_keys = await readSshKeys(opts.sshKey, io);
       if (opts.pool !== undefined) body.pool = opts.pool;
       if (opts.node !== undefined) body.node = opts.node;
+      if (opts.network !== undefined) body.networks = opts.network;
       if (opts.restartPolicy !== undefined) body.restart_policy = opts.restartPolicy;
 
       const client = await connect(cmd, io);
@@ -239,6 +313,7 @@ export function registerVmCommands(program: Command, io: Io): void {
         }
         return;
       }
+      const started = io.now();
       const created = await client.json("POST", "/v1/vms", TaskSchema, { body });
       const format = opts.output as OutputFormat;
       const task = created.data;
@@ -247,39 +322,68 @@ export function registerVmCommands(program: Command, io: Io): void {
         return;
       }
       if (format === "text") io.out(`created task=${task.id} status=${task.status}\n`);
+      const { waitForTask } = await import("../wait.ts");
       const done = await waitForTask(client, io, task.id, {
         timeoutSeconds: opts.waitTimeout,
         hint: `check with 'otherix vm get ${name}'`,
       });
       finishTask(io, format, done.task, done.raw, "vm_create_failed");
       if (format === "text") io.out(`vm running task=${task.id}\n`);
+      if (opts.wait === "cloud-init") {
+        const left = Math.max(1, opts.waitTimeout - (io.now() - started) / 1000);
+        const { waitForCloudInit } = await import("../wait_cloud_init.ts");
+        const ci = await waitForCloudInit(client, io, name, left);
+        if (format === "text") io.out(`vm ${name} cloud-init ${ci.status}\n`);
+      }
     });
 
   vm.command("list")
     .description("list VMs (--watch: then a row per change, until Ctrl+C)")
     .option("--show-ids", "add an ID column")
     .option("-w, --watch", "after the list, print a row for every change (Ctrl+C stops)")
-    .addOption(outputOption("table", ["table", "text", "json", "yaml"]))
+    .addOption(
+      new Option("-o, --output <format>", "output format (wide: adds ADDRESSES)")
+        .choices(["table", "wide", "text", "json", "yaml"]).default("table"),
+    )
     .action(async (opts, cmd: Command) => {
       const client = await connect(cmd, io);
-      const format = opts.output as OutputFormat;
+      const wide = opts.output === "wide";
+      const format = (wide ? "table" : opts.output) as OutputFormat;
       const showIds = Boolean(opts.showIds);
       if (opts.watch) return await watchList(client, io, format, showIds);
       const { items, raw } = await client.listAll("/v1/vms", VmSchema);
-      io.out(renderAs(format, listEnvelope(raw), () => vmTable(items, showIds, io.now())));
+      io.out(
+        renderAs(
+          format,
+          listEnvelope(raw),
+          () => vmTable(items, showIds, io.now(), wide),
+        ),
+      );
     });
 
   vm.command("get")
     .description("show one VM (--watch: then the VM again after every change, until Ctrl+C)")
     .argument("<name>", "VM name")
     .option("-w, --watch", "after the VM, print it again after every change (Ctrl+C stops)")
-    .addOption(outputOption("text"))
+    .addOption(
+      new Option(
+        "-o, --output <format>",
+        "output format (yaml: an apply-ready manifest; json: the raw view)",
+      ).choices(["table", "text", "json", "yaml"]).default("text"),
+    )
     .action(async (name: string, opts, cmd: Command) => {
       const path = `/v1/vms/${seg(name)}`;
       const client = await connect(cmd, io);
       const format = opts.output as OutputFormat;
       if (opts.watch) return await watchOne(client, io, format, name);
       const { data, raw } = await client.json("GET", path, VmSchema);
+      if (format === "yaml") {
+        const [{ renderManifests }, { projectVm }] = await Promise.all([
+          import("../manifests/render.ts"),
+          import("../manifests/vm_kind.ts"),
+        ]);
+        return io.out(renderManifests([projectVm(data)]));
+      }
       io.out(renderOne(
         format,
         raw,
@@ -323,6 +427,7 @@ export function registerVmCommands(program: Command, io: Io): void {
         return;
       }
       if (format === "text") io.out(`deleted task=${task.id} status=${task.status}\n`);
+      const { waitForTask } = await import("../wait.ts");
       const done = await waitForTask(client, io, task.id, {
         timeoutSeconds: opts.waitTimeout,
         hint: `check with 'otherix vm get ${name}'`,
@@ -378,6 +483,8 @@ export function registerVmCommands(program: Command, io: Io): void {
       const { runConsole } = await import("../console.ts");
       await runConsole({ name, client, timeoutMs: globalsOf(cmd).requestTimeout * 1000 });
     });
+
+  addVmSshCommand(vm, io);
 }
 
 /** `vm <action> NAME [--timeout D] [--wait]`. */
@@ -406,6 +513,7 @@ async function runAction(
     return;
   }
   if (format === "text") io.out(line);
+  const { waitForTask } = await import("../wait.ts");
   const done = await waitForTask(client, io, task.id, {
     timeoutSeconds: opts.waitTimeout,
     hint: `check with 'otherix vm get ${name}'`,
@@ -429,6 +537,7 @@ async function watchList(
     if (format === "json" || format === "yaml") return writeDocument(io, format, w.raw);
     io.out(table!.row(vmRow(w.object, showIds, io.now(), status)));
   };
+  const { watchKind } = await import("../watch.ts");
   await watchKind(client, io, {
     kind: "vm",
     schema: VmSchema,
@@ -463,6 +572,7 @@ async function watchOne(
       : renderKeyValues(vmKeyValues(w.object));
     io.out((printed++ === 0 ? "" : "\n") + text);
   };
+  const { watchKind } = await import("../watch.ts");
   await watchKind(client, io, {
     kind: "vm",
     name,

@@ -24,6 +24,9 @@
  * | `/task-claims/<id>` | {@link TaskClaim}, attached to the claiming worker's lease |
  * | `/agent-tasks/<id>` | the agent's view of task `<id>` (AgentTask), from reports |
  * | `/console-tokens/<sha256 hex>` | a console ticket, on a lease (cp/console/tickets.ts) |
+ * | `/networks/<name>` | {@link NetworkRecord} |
+ * | `/network-allocations/<name>` | its VMs, addresses, MACs (cp/networks/ipam.ts) |
+ * | `/network-registry` | subnets, bridges, VNIs of all networks (cp/networks/service.ts) |
  *
  * @module
  */
@@ -73,6 +76,11 @@ export const keys = {
   taskClaim: (id: string) => `/task-claims/${id}`,
   agentTasks: "/agent-tasks/",
   agentTask: (id: string) => `/agent-tasks/${id}`,
+  networks: "/networks/",
+  network: (name: string) => `/networks/${name}`,
+  networkAllocations: "/network-allocations/",
+  networkAllocation: (name: string) => `/network-allocations/${name}`,
+  networkRegistry: "/network-registry",
 } as const;
 
 /** The cluster CA as stored (`/cluster/ca`). */
@@ -242,4 +250,22 @@ export type TaskRecord = Task & {
 export interface TaskClaim {
   worker: string;
   claimed_at: string;
+}
+
+/**
+ * A network (`/networks/<name>`): the public view's configuration (shared/api/networks.ts
+ * `Network`) without the figures computed from its allocation.
+ */
+export interface NetworkRecord {
+  id: string;
+  name: string;
+  type: "bridge" | "overlay";
+  managed: boolean;
+  bridge_name: string;
+  mtu: number | null;
+  subnet: string | null;
+  gateway: string | null;
+  vni: number | null;
+  created_at: string;
+  updated_at: string;
 }

@@ -18,6 +18,7 @@
  *
  * @module
  */
+import { redactText } from "../../shared/url_redact.ts";
 import { isTerminal } from "../../shared/api/tasks.ts";
 import { ProgressThrottle, sameProgress } from "../../shared/progress_throttle.ts";
 import type { CpContext } from "../context.ts";
@@ -263,9 +264,12 @@ export async function startWorker(
           false,
         );
       },
-      finish: async (error, extra = {}) => {
+      finish: async (raw, extra = {}) => {
+        // Task errors may quote an image URL: its credentials reach neither record nor log.
+        const error = raw && { ...raw, message: redactText(raw.message) };
         const ok = await write(terminal(task, error, ctx.now()), extra, true);
         if (ok) {
+          ctx.metrics?.taskFinished(task);
           if (error) {
             tlog.warn("task failed", { code: error.code, message: error.message });
           } else tlog.info("task succeeded");

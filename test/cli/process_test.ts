@@ -134,7 +134,7 @@ Deno.test("process: vm list (all pages) table, --show-ids, -o json; vm get -o js
     pool: "fast-ssd",
     node: "node-b",
     status: "creating",
-    created_at: new Date(Date.now() - 20_000).toISOString(),
+    created_at: new Date(Date.now() - 120_000).toISOString(),
   });
   const api = startFakeApi({
     "GET /v1/vms": (_req, seen) =>
@@ -152,7 +152,7 @@ Deno.test("process: vm list (all pages) table, --show-ids, -o json; vm get -o js
         r.stdout,
         "NAME        STATUS     NODE     POOL       IMAGE              AGE\n" +
           "demo-vm     running    node-a   default    otherix-test.img   5m\n" +
-          "pinned-vm   creating   node-b   fast-ssd   otherix-test.img   20s\n",
+          "pinned-vm   creating   node-b   fast-ssd   otherix-test.img   2m\n",
       );
       const ids = await runCli(["vm", "list", "--show-ids"], { home, env });
       assertMatch(ids.stdout.split("\n")[0], /^ID\s+NAME\s+STATUS/);

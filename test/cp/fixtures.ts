@@ -62,7 +62,9 @@ export async function startTestCp(
       `store:\n  data_dir: ${dataDir}\n` +
       `storage_pools:\n  allowed_path_prefixes: [${dataDir}/agent-pools/]\n` +
       `nodes:\n  heartbeat_interval_seconds: 1\n  stale_threshold_seconds: ${staleThresholdSeconds}\n` +
-      `workers:\n  poll_interval_ms: 50\n  agent_unreachable_timeout_seconds: 1\n`,
+      `workers:\n  poll_interval_ms: 50\n  agent_unreachable_timeout_seconds: 1\n` +
+      // Tests serve images from loopback: opt in (refused by default).
+      `images:\n  url_policy:\n    allow_loopback: true\n`,
   );
   return await startControlPlane(cfg, capture.logger(), {
     getEnv: (n) =>

@@ -83,14 +83,14 @@ Deno.test("pki: on-disk CA that differs from the store CA fails startup", async 
     const e = await assertRejects(() => ensureClusterPki(store, cfg, log, host));
     assert(e instanceof CaDivergenceError);
     assertStringIncludes(e.message, "cluster CA divergence: on-disk CA");
-    assertStringIncludes(e.message, "does not match active store CA");
+    assertStringIncludes(e.message, "does not match active etcd CA");
     // Wiped store, stale on-disk CA: also divergence (the CA key is gone).
     await store.close();
     await Deno.remove(`${dir}/store.kv`);
     store = await openKvStore(`${dir}/store.kv`);
     const e2 = await assertRejects(() => ensureClusterPki(store, cfg, log, host));
     assert(e2 instanceof CaDivergenceError);
-    assertStringIncludes(e2.message, "does not match active store CA");
+    assertStringIncludes(e2.message, "does not match active etcd CA");
   } finally {
     await store.close();
     await Deno.remove(dir, { recursive: true });

@@ -12,7 +12,8 @@ const roots = { config: "/t/etc/otherix", state: "/t/var/lib/otherix", run: "/t/
 Deno.test("permissions: the agent may run only QEMU, qemu-img, the ISO builder, pgrep, pkill", () => {
   const flags = permissionFlags("otherix-agent", roots);
   assertEquals(flags.filter((f) => f.startsWith("--allow-run")), [
-    "--allow-run=qemu-system-x86_64,qemu-system-aarch64,qemu-img,genisoimage,pgrep,pkill",
+    "--allow-run=qemu-system-x86_64,qemu-system-aarch64,qemu-img,genisoimage,pgrep,pkill,df,ps," +
+    "ip,bridge,iptables,sysctl,dnsmasq",
   ]);
   assertEquals(
     flags.find((f) => f.startsWith("--allow-run")),
