@@ -12,7 +12,7 @@ import { assert, assertEquals, assertMatch, assertStringIncludes } from "../asse
 import { parseMacHost } from "../../dev/scripts/lima.ts";
 import { resolveEnv } from "../../dev/scripts/env.ts";
 import { REPO_ROOT } from "../../scripts/permissions.ts";
-import { freePort, startApi, tempRoot, TEST_ADMIN } from "../harness.ts";
+import { freePort, startApi, tempRoot, TEST_ADMIN, waitFor } from "../harness.ts";
 import { invocations, killPidFile, runTask, SEED_SUMMARY, show } from "./helpers.ts";
 
 const TEMPLATE = join(REPO_ROOT, "dev/lima/otherix-dev.yaml");
@@ -280,8 +280,15 @@ Deno.test({
           assertStringIncludes(benv, `\nOTHERIX_BOOTSTRAP__CP_URL=${api.agentUrl}\n`);
           assertMatch(benv, /\nOTHERIX_BOOTSTRAP__CA_FINGERPRINT=sha256:[0-9a-f]{64}\n/);
           assertStringIncludes(benv, "\nOTHERIX_BOOTSTRAP__NODE_NAME=node-dev\n");
-          // The agent in the "VM" bootstrapped with them.
-          assert((await Deno.stat(vm("var/lib/otherix/certs/agent.crt"))).isFile);
+          // The agent in the "VM" bootstrapped with them (the control plane registers the node
+          // when it redeems the CSR, a moment before the agent writes its certificate).
+          await waitFor(
+            "the agent's certificate on disk",
+            () =>
+              Deno.stat(vm("var/lib/otherix/certs/agent.crt")).then((s) => s.isFile, () => false),
+            15_000,
+            100,
+          );
         },
       );
 

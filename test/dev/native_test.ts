@@ -13,6 +13,11 @@ import { freePort, tempRoot, TEST_ADMIN, waitFor } from "../harness.ts";
 import { invocations, killPidFile, runTask, SEED_SUMMARY, show } from "./helpers.ts";
 import { stringify } from "yaml";
 
+/** Waits (up to 15 s) for `path` to be a file. */
+function waitFile(path: string): Promise<boolean> {
+  return waitFor(path, () => Deno.stat(path).then((s) => s.isFile, () => false), 15_000, 100);
+}
+
 /** A dev api config for `root` on free ports (the shape of dev/config/api.yaml). */
 async function apiConfig(root: string): Promise<{ file: string; url: string; agentUrl: string }> {
   const port = freePort();
@@ -96,8 +101,9 @@ Deno.test({
           await Deno.readTextFile(join(runDir, "otherix-api.log")),
           "otherix-api started",
         );
-        // The agent keeps its certificates in the prefix's /var/lib/otherix.
-        assert(Deno.statSync(join(root, "var/lib/otherix/certs/agent.crt")).isFile);
+        // The agent keeps its certificates in the prefix's /var/lib/otherix (written a moment
+        // after the control plane registers the node).
+        await waitFile(join(root, "var/lib/otherix/certs/agent.crt"));
       });
 
       await t.step("the node turns ready and gets the default pool in the prefix", async () => {
@@ -241,10 +247,7 @@ Deno.test({
           assert(SEED_SUMMARY.test(r.stdout), show(r));
           assertEquals(mode(join(conf, "bootstrap-token")), 0o600);
           assertEquals(mode(join(conf, "bootstrap.env")), 0o644);
-          assert(
-            Deno.statSync(join(conf, "certs/agent.crt")).isFile,
-            "certs in ~/.config/otherix/certs",
-          );
+          await waitFile(join(conf, "certs/agent.crt")); // certs in ~/.config/otherix/certs
           assert(
             Deno.statSync(join(home, ".otherix/config")).isFile,
             "the CLI config in ~/.otherix",
