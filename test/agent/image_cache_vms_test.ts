@@ -100,7 +100,14 @@ async function setup() {
         sha: sha256Hex(await Deno.readFile(path)),
       };
     },
+    /**
+     * Ends the scenario whatever state a failed step left: lets every task settle, deletes
+     * the VMs still there through the agent (QEMU stopped, files removed), then closes the
+     * manager and removes the temp root. Nothing writes under the root after that.
+     */
     async done() {
+      for (const task of tasks.recent()) await tasks.wait(task.id);
+      for (const vm of vms.list()) await vms.delete(vm.id).catch(() => {});
       await vms.close();
       await killQemus(paths.runDir);
       await t.cleanup();
