@@ -42,6 +42,14 @@ import { poolProvisioner } from "./pools/controller.ts";
 import { poolScanHandler } from "./pools/scan.ts";
 import { poolScanController, scanKeyOf } from "./pools/scan_controller.ts";
 import { clusterRoutes } from "./cluster/routes.ts";
+import { LeaderElection } from "./cluster/leader.ts";
+import {
+  advertiseHost,
+  registerReplica,
+  replicaRecord,
+  REPLICAS_PREFIX,
+} from "./cluster/replicas.ts";
+import type { Replica } from "../shared/api/cluster.ts";
 import { networkRoutes } from "./networks/routes.ts";
 import {
   startNetworkController,
@@ -158,6 +166,7 @@ export function startCaches(ctx: CpContext): Caches {
       onError,
     }),
     settings: new Informer<ClusterSettings>({ store: ctx.store, prefix: keys.settings, onError }),
+    replicas: new Informer<Replica>({ store: ctx.store, prefix: REPLICAS_PREFIX, onError }),
   };
   return caches;
 }
@@ -194,12 +203,18 @@ export async function startControllers(ctx: CpContext, caches: Caches): Promise<
     caches.observed.start(),
     caches.allocations.start(),
     caches.settings.start(),
+    caches.replicas.start(),
   ]);
   nodes.start(() => caches.nodes.keys().map(nodeName));
   pools.start(() => caches.nodes.keys().map(nodeName));
   scans.start(() => caches.pools.keys().map(scanKeyOf));
   vms.start(() => caches.vms.keys().map((k) => k.slice(keys.vms.length)));
-  return [nodes, pools, vms, scans];
+  const controllers = [nodes, pools, vms, scans];
+  // A replica that becomes the leader looks at everything once (cp/cluster/leader.ts).
+  ctx.election?.onChange((leads) => {
+    if (leads) { for (const c of controllers) c.resync(); }
+  });
+  return controllers;
 }
 
 /** Builds the public API app. */
@@ -313,6 +328,16 @@ export async function startControlPlane(
     await seedClusterSettings(ctx);
     await seedAllocations(ctx);
     logPlacementSettings(ctx);
+    // Controllers run on the elected replica only; a lone replica leads once this resolves.
+    const election = new LeaderElection({
+      store,
+      identity: pki.replicaName,
+      ttlSeconds: cfg.workers.lease_ttl_seconds,
+      log,
+    });
+    ctx.election = election;
+    await election.start();
+    cleanups.push(() => election.stop());
     const caches = startCaches(ctx);
     ctx.cache = caches;
     const stopAll = new AbortController();
@@ -327,6 +352,7 @@ export async function startControlPlane(
     // Networks: each node's agent kept in step with the networks its VMs use.
     const networks = await startNetworkController(ctx, caches);
     cleanups.push(() => networks.stop());
+    election.onChange((leads) => leads && networks.controller.resync());
 
     const tls = cfg.server.tls_cert_file && cfg.server.tls_key_file
       ? {
@@ -369,6 +395,21 @@ export async function startControlPlane(
     }
 
     const publicPort = server.addr.port;
+    const registration = await registerReplica(
+      store,
+      replicaRecord({
+        name: pki.replicaName,
+        host: advertiseHost(cfg, opts.host ?? hostFacts()),
+        publicPort,
+        publicTls: !!tls.cert,
+        agentPort: agentServer.port,
+        version: OTHERIX_VERSION,
+        startedAt: ctx.now(),
+      }),
+      cfg.workers.lease_ttl_seconds,
+      log,
+    );
+    cleanups.push(() => registration.stop());
     log.info("otherix-api started", {
       listen: `${cfg.server.listen.hostname}:${publicPort}`,
       agent_listen: `${cfg.server.agent_listen.hostname}:${agentServer.port}`,

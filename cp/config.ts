@@ -61,6 +61,13 @@ export const ApiConfigSchema = z.object({
     /** Optional TLS for the public API (PEM files); both or neither. */
     tls_cert_file: AbsolutePathSchema.optional(),
     tls_key_file: AbsolutePathSchema.optional(),
+    /**
+     * Host (name or IP) other machines use to reach this replica: its `api_url` and
+     * `agent_url` in the replica registry (cp/cluster/replicas.ts; agents fail over between
+     * them). Default: the listen host when it is not a wildcard, else the first non-loopback
+     * interface address, else the hostname.
+     */
+    advertise_host: z.string().min(1).max(253).optional(),
   }).strict().prefault({}),
   store: z.object({
     /** `embedded` (Deno KV in `data_dir`). */

@@ -14,6 +14,8 @@ import type { ClusterSettings, NodeRecord, PoolRecord, VmRecord } from "./repo/r
 import type { ObservedVm } from "../shared/api/vm_runtime.ts";
 import type { NodeAllocation } from "./vms/allocations.ts";
 import type { CpMetrics } from "./metrics.ts";
+import type { LeaderElection } from "./cluster/leader.ts";
+import type { Replica } from "../shared/api/cluster.ts";
 
 /**
  * The shared informer caches (cp/controllers/informer.ts) of this process, with indexes:
@@ -28,6 +30,8 @@ export interface Caches {
   allocations: Informer<NodeAllocation>;
   /** The cluster settings (one key, `/cluster/settings`). */
   settings: Informer<ClusterSettings>;
+  /** The live control-plane replicas (`/replicas/<name>`, cp/cluster/replicas.ts). */
+  replicas: Informer<Replica>;
 }
 
 /** Everything a control-plane component needs. */
@@ -51,4 +55,14 @@ export interface CpContext {
   liveness?: Map<string, number>;
   /** Prometheus metrics (cp/metrics.ts), when wired. */
   metrics?: CpMetrics;
+  /**
+   * The controller leader election (cp/cluster/leader.ts): controllers reconcile only while
+   * this replica leads. Absent (unit tests): this process always leads.
+   */
+  election?: LeaderElection;
+}
+
+/** True while this replica runs the controllers (it leads, or there is no election). */
+export function leading(ctx: CpContext): boolean {
+  return ctx.election?.isLeader() ?? true;
 }

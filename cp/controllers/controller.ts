@@ -40,6 +40,12 @@ export interface ControllerOptions {
   baseDelayMs?: number;
   maxDelayMs?: number;
   timers?: Timers;
+  /**
+   * Reconciles run only while this returns true (on HA replicas: while this replica leads,
+   * cp/cluster/leader.ts). Keys that come up meanwhile are dropped; {@link Controller.resync}
+   * queues every key again when it turns true. Default: always active.
+   */
+  active?: () => boolean;
 }
 
 /** A controller: queue + workers + resync. */
@@ -51,6 +57,7 @@ export class Controller {
   #timers: Timers;
   #inFlight = 0;
   #idleWaiters: (() => void)[] = [];
+  #allKeys: () => string[] = () => [];
 
   constructor(opts: ControllerOptions) {
     this.#o = opts;
@@ -86,6 +93,7 @@ export class Controller {
 
   /** Starts the loops; `allKeys` lists every key for the periodic resync. */
   start(allKeys: () => string[]): void {
+    this.#allKeys = allKeys;
     const n = this.#o.workers ?? 2;
     for (let i = 0; i < n; i++) this.#loops.push(this.#loop());
     const resyncMs = this.#o.resyncMs ?? 30_000;
@@ -96,6 +104,11 @@ export class Controller {
       };
       this.#resync = this.#timers.setTimeout(tick, resyncMs);
     }
+  }
+
+  /** Queues every key now (e.g. this replica just became the controller leader). */
+  resync(): void {
+    for (const k of this.#allKeys()) this.enqueue(k);
   }
 
   /** Resolves when the queue is empty and no reconcile runs (tests). */
@@ -117,6 +130,10 @@ export class Controller {
       if (key === null) return;
       this.#inFlight++;
       try {
+        if (this.#o.active && !this.#o.active()) {
+          this.queue.forget(key);
+          continue; // `finally` marks it done; resync() brings it back
+        }
         const res = await this.#o.reconcile(key);
         this.queue.forget(key);
         if (res?.requeueAfterMs !== undefined) this.queue.addAfter(key, res.requeueAfterMs);

@@ -20,7 +20,7 @@
  */
 import type { AgentNetworksRequest } from "../../shared/api/network_agent.ts";
 import { AgentError } from "../agent_client.ts";
-import type { Caches, CpContext } from "../context.ts";
+import { type Caches, type CpContext, leading } from "../context.ts";
 import { Controller } from "../controllers/controller.ts";
 import { Informer } from "../controllers/informer.ts";
 import { keys, type NetworkRecord, type NodeRecord, type VmRecord } from "../repo/records.ts";
@@ -128,6 +128,7 @@ export async function startNetworkController(
 
   const controller = new Controller({
     name: "network",
+    active: () => leading(ctx),
     log: ctx.log,
     reconcile,
     resyncMs: opts.resyncMs ?? 30_000,

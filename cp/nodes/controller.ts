@@ -16,7 +16,7 @@
  *
  * @module
  */
-import type { CpContext } from "../context.ts";
+import { type CpContext, leading } from "../context.ts";
 import { Controller } from "../controllers/controller.ts";
 import { keys, type NodeRecord, type VmRecord } from "../repo/records.ts";
 import { updateKey } from "../store/store.ts";
@@ -34,6 +34,7 @@ export function nodeController(ctx: CpContext): Controller {
   const lastPressure = new Map<string, string[]>(); // for the pressure set/clear log lines
   const controller: Controller = new Controller({
     name: "node",
+    active: () => leading(ctx),
     log: ctx.log,
     resyncMs: 0,
     reconcile: async (name) => {

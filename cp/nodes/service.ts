@@ -14,6 +14,7 @@
  *
  * @module
  */
+import { agentUrls, liveReplicas } from "../cluster/replicas.ts";
 import {
   type BootstrapResponse,
   MAX_REPORTED_IMAGES,
@@ -278,6 +279,7 @@ export async function applyHeartbeat(
     node_status: "ready",
     desired_pools: current.map((p) => ({ name: p.name, path: p.path })),
     heartbeat_interval_seconds: cfg.nodes.heartbeat_interval_seconds,
+    control_planes: agentUrls(liveReplicas(ctx.cache?.replicas), ctx.pki.replicaName).slice(0, 16),
   };
 }
 

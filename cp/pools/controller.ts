@@ -13,7 +13,7 @@
  *
  * @module
  */
-import type { CpContext } from "../context.ts";
+import { type CpContext, leading } from "../context.ts";
 import { Controller } from "../controllers/controller.ts";
 import { keys, type NodeRecord, type PoolProvisionedRecord } from "../repo/records.ts";
 import { checkPoolPath, joinPoolPath } from "./paths.ts";
@@ -26,6 +26,7 @@ export function poolProvisioner(ctx: CpContext): Controller {
   const pushes = new PushQueue((node) => pushDesiredPools(ctx, node));
   return new Controller({
     name: "pool",
+    active: () => leading(ctx),
     log: ctx.log,
     reconcile: (nodeName) => provisionDefaultPool(ctx, nodeName, warned, pushes),
   });

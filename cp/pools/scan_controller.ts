@@ -17,7 +17,7 @@
  *
  * @module
  */
-import type { CpContext } from "../context.ts";
+import { type CpContext, leading } from "../context.ts";
 import { Controller } from "../controllers/controller.ts";
 import { keys, type NodeRecord, type PoolRecord } from "../repo/records.ts";
 import { queueScan, scanInFlight } from "./scan.ts";
@@ -112,6 +112,7 @@ export function poolScanController(ctx: CpContext): Controller {
   const limiter = new TokenBucket(PERIODIC_SCANS_PER_SECOND, () => ctx.now().getTime());
   return new Controller({
     name: "pool-scan",
+    active: () => leading(ctx),
     log: ctx.log,
     reconcile: async (key) => {
       const after = await reconcilePoolScan(ctx, key, limiter);

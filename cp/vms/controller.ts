@@ -20,7 +20,7 @@
  * @module
  */
 import type { VmExit } from "../../shared/api/vm_runtime.ts";
-import type { CpContext } from "../context.ts";
+import { type CpContext, leading } from "../context.ts";
 import { Controller, type ReconcileResult } from "../controllers/controller.ts";
 import { keys, type NodeRecord, type TaskRecord, type VmRecord } from "../repo/records.ts";
 import { enqueueOps, newTask } from "../tasks/queue.ts";
@@ -35,6 +35,7 @@ import { withLearntAddresses } from "./nic_addresses.ts";
 export function vmController(ctx: CpContext): Controller {
   return new Controller({
     name: "vm",
+    active: () => leading(ctx),
     log: ctx.log,
     workers: 2,
     reconcile: (name) => reconcileVm(ctx, name),

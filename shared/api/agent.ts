@@ -175,6 +175,12 @@ export const HeartbeatResponseSchema = z.object({
   node_status: NodeStatusSchema,
   desired_pools: z.array(DesiredPoolSchema),
   heartbeat_interval_seconds: z.number().int().min(1),
+  /**
+   * The agent-facing URLs (`https://host:port`) of every live control-plane replica, the
+   * answering one first (issue 11: agents fail over between replicas). Older control planes
+   * send none.
+   */
+  control_planes: z.array(z.url({ protocol: /^https$/ })).max(16).default([]),
 });
 /** Heartbeat response. */
 export type HeartbeatResponse = z.infer<typeof HeartbeatResponseSchema>;

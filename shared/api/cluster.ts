@@ -35,3 +35,24 @@ export const SetDefaultPoolRequestSchema = z.object({
 }).strict();
 /** Set-default-pool body. */
 export type SetDefaultPoolRequest = z.infer<typeof SetDefaultPoolRequestSchema>;
+
+/**
+ * A live control-plane replica as it registers itself (`/replicas/<name>`, attached to a
+ * store lease of `workers.lease_ttl_seconds`: it disappears within that long after the
+ * replica dies). Agents receive every replica's `agent_url` in heartbeat responses and fail
+ * over between them; `GET /v1/cluster/members` shows them.
+ */
+export const ReplicaSchema = z.object({
+  /** The replica name (its certificate CN: `cp_cert.replica_name`, else the hostname). */
+  name: z.string().min(1).max(64),
+  /** Where clients reach its public API (`http(s)://host:port`). */
+  api_url: z.url({ protocol: /^https?$/ }),
+  /** Where agents reach its agent API (`https://host:port`). */
+  agent_url: z.url({ protocol: /^https$/ }),
+  /** Its `otherix-api` version. */
+  version: z.string(),
+  /** When it started (ISO 8601). */
+  started_at: TimestampSchema,
+});
+/** A live control-plane replica. */
+export type Replica = z.infer<typeof ReplicaSchema>;
