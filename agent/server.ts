@@ -21,7 +21,9 @@
  *
  * The TLS handshake requires a client certificate from the cluster CA; `/v1/` additionally
  * requires the control plane's organization (`CP_CERT_ORG`), so another agent's certificate
- * gets 403 `permission_denied`. Every input is validated (400 `validation_failed`).
+ * gets 403 `permission_denied`. Every input is validated (400 `validation_failed`); a request
+ * body must be JSON sent as `Content-Type: application/json` (415 `unsupported_media_type`,
+ * shared/http.ts) and at most {@link AGENT_SERVER_BODY_LIMIT} bytes.
  *
  * @module
  */
@@ -44,7 +46,14 @@ import { AgentPoolScanRequestSchema } from "../shared/api/pools.ts";
 import { CP_CERT_ORG } from "../shared/constants.ts";
 import { ApiError, parseOrThrow } from "../shared/errors.ts";
 import { bodyLimit } from "../shared/body_limit.ts";
-import { errorHandler, jsonBody, notFoundHandler, queryOf, requestLogger } from "../shared/http.ts";
+import {
+  errorHandler,
+  jsonBody,
+  notFoundHandler,
+  queryOf,
+  requestLogger,
+  requireJsonContentType,
+} from "../shared/http.ts";
 import type { Logger } from "../shared/log.ts";
 import { peerOf, serveTls, type TlsEnv, type TlsServer } from "../shared/tls.ts";
 import type { AgentIdentity } from "./bootstrap.ts";
@@ -96,6 +105,7 @@ export function createAgentApp(deps: AgentAppDeps): Hono<TlsEnv> {
     await next();
   });
   app.use("*", bodyLimit<TlsEnv>(AGENT_SERVER_BODY_LIMIT));
+  app.use("*", requireJsonContentType<TlsEnv>());
 
   app.get("/healthz", (c) => c.json({ status: "ok", version: AGENT_VERSION }));
 

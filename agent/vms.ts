@@ -5,10 +5,10 @@
  *
  * Files per VM (DESIGN.md "Agent files"): `<state>/vms/<id>/{disk.qcow2, seed.iso,
  * serial.log, vm.json, state.json}` and `<run>/vms/<id>/{qmp.sock, serial.sock, qemu.pid}`.
- * `vm.json` (the create request plus the resolved image, its format and the accelerator, for
- * operators) is written once disk and seed are complete, so its presence marks a fully
- * prepared VM. `state.json` (agent/vm_state.ts) remembers whether QEMU should be running and
- * its last exit.
+ * `vm.json` (the create request, its image URL's credentials redacted, plus the resolved image,
+ * its format and the accelerator, for operators) is written once disk and seed are complete,
+ * so its presence marks a fully prepared VM. `state.json` (agent/vm_state.ts) remembers
+ * whether QEMU should be running and its last exit.
  *
  * NICs (a create request's `nics`, shared/api/network_agent.ts; kept in `vm.json`): their
  * networks stay wanted on the node from the create on, each QEMU launch first builds them and
@@ -66,6 +66,7 @@ import type {
 import type { ProgressBytes, VmAction } from "../shared/api/tasks.ts";
 import type { Logger } from "../shared/log.ts";
 import { ProgressThrottle } from "../shared/progress_throttle.ts";
+import { redactUrl } from "../shared/url_redact.ts";
 import type { Accelerator } from "./accel.ts";
 import { checkActionPhase, type GuestShutdownClaim, runVerb, type VerbTarget } from "./actions.ts";
 import { buildSeedIso, networkConfigOf } from "./cloudinit.ts";
@@ -113,6 +114,11 @@ export interface VmManifest {
   vcpus: number;
   memory_mb: number;
   disk_gib: number;
+  /**
+   * The image's URL with any credentials redacted (`http://***@nas/img.qcow2`,
+   * shared/url_redact.ts): they are used for the download only and never stored. Nothing
+   * re-downloads from here: every create request carries the URL again.
+   */
   image_url: string;
   image_sha256: string | null;
   image: string;
@@ -803,7 +809,7 @@ export class VmManager {
           vcpus: vm.vcpus,
           memory_mb: vm.memory_mb,
           disk_gib: vm.disk_gib,
-          image_url: vm.image_url,
+          image_url: redactUrl(vm.image_url),
           image_sha256: vm.image_sha256 ?? null,
           image: img.basename,
           image_format: info.format,

@@ -109,14 +109,17 @@ export const ApiConfigSchema = z.object({
      * else `default_role`; without either the sign-in is refused.
      */
     oidc: z.object({
-      /** The issuer URL (its `/.well-known/openid-configuration` is read). */
+      /**
+       * The issuer URL (its `/.well-known/openid-configuration` is read; its `issuer` must
+       * match). `http://` only on a loopback address.
+       */
       issuer: z.string().url(),
       /** The client id registered at the issuer for the CLI (a public client, PKCE). */
       client_id: z.string().min(1),
       scopes: z.array(z.string().min(1)).min(1).default(["openid", "email", "profile"]),
-      /** The ID-token claim holding the email (the user's login). */
+      /** The claim holding the email (the user's login): ID token, else userinfo. */
       email_claim: z.string().min(1).default("email"),
-      /** The ID-token claim whose value(s) map to a role (a string or an array). */
+      /** The claim whose value(s) map to a role (a string or an array): ID token, else userinfo. */
       role_claim: z.string().min(1).default("groups"),
       /** Claim value → role. */
       role_mapping: z.record(z.string(), z.enum(["admin", "operator", "developer", "viewer"]))

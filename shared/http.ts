@@ -1,6 +1,7 @@
 /**
  * Hono building blocks used by both the control plane and the agent: the error handler that
- * renders the wire envelope, request validation with zod, and request logging.
+ * renders the wire envelope, the JSON content-type rule for request bodies, request validation
+ * with zod, and request logging.
  *
  * @module
  */
@@ -32,8 +33,61 @@ export const notFoundHandler: NotFoundHandler = (c) =>
     404,
   );
 
+const JSON_MEDIA_TYPE = /^application\/([\w.-]+\+)?json$/i;
+
 /**
- * Reads and validates the JSON body with `schema`.
+ * True when `contentType` (a `Content-Type` header value, parameters allowed) names JSON:
+ * `application/json` or `application/<x>+json` (RFC 6839 structured suffix), any case.
+ */
+export function isJsonMediaType(contentType: string | null | undefined): boolean {
+  return JSON_MEDIA_TYPE.test(mediaTypeOf(contentType));
+}
+
+/** The media type of a `Content-Type` value: parameters dropped, trimmed ("" when absent). */
+function mediaTypeOf(contentType: string | null | undefined): string {
+  return (contentType ?? "").split(";")[0].trim();
+}
+
+/**
+ * The JSON content-type rule of every listener whose request bodies are all JSON (the control
+ * plane's public API, the agent's mTLS API; issue 9, "Content-Type: application/json required
+ * on JSON routes"): a request with a non-empty body whose `Content-Type` is not JSON
+ * ({@link isJsonMediaType}) is refused before any route runs, so nothing changes. Requests
+ * without a body, or with an empty one, pass whatever they declare. Mount it app-wide after
+ * the body-size limit (shared/body_limit.ts buffers chunked bodies, so measuring one here is
+ * cheap).
+ *
+ * @throws ApiError 415 `unsupported_media_type` (details `{content_type}`: the declared media
+ *   type, null when none)
+ */
+export function requireJsonContentType<E extends Env = Env>(): MiddlewareHandler<E> {
+  return async (c, next) => {
+    const raw = c.req.raw;
+    if (raw.body) {
+      const mediaType = mediaTypeOf(raw.headers.get("content-type"));
+      if (!isJsonMediaType(mediaType)) {
+        const declared = raw.headers.get("content-length");
+        const empty = declared !== null && !raw.headers.has("transfer-encoding")
+          ? Number(declared) === 0
+          : (await raw.clone().arrayBuffer()).byteLength === 0;
+        if (!empty) {
+          throw new ApiError(
+            "unsupported_media_type",
+            `request body must be JSON sent with Content-Type: application/json (got ${
+              mediaType ? JSON.stringify(mediaType) : "none"
+            })`,
+            { content_type: mediaType || null },
+          );
+        }
+      }
+    }
+    await next();
+  };
+}
+
+/**
+ * Reads and validates the JSON body with `schema`. The content type is not looked at here:
+ * apps mount {@link requireJsonContentType}.
  *
  * @throws ApiError `validation_failed` when the body is not JSON or does not match
  */

@@ -11,8 +11,9 @@
  * 3. the authorization URL is printed on stderr (open it in a browser on this machine); the
  *    CLI waits for the redirect on the loopback address (at most `--timeout`);
  * 4. the code is exchanged for tokens (state, PKCE and nonce checked); the ID token goes to
- *    `POST /v1/auth/oidc/login`, which answers an access token (the user is created on
- *    first sign-in with the mapped role);
+ *    `POST /v1/auth/oidc/login` with the issuer's access token (the control plane reads
+ *    userinfo with it when the ID token lacks a claim), which answers an access token (the
+ *    user is created on first sign-in with the mapped role);
  * 5. an API token is minted with it and stored under `--name` (default: the server's host).
  *
  * A plain-HTTP issuer is accepted only on a loopback address (tests, a local IdP).
@@ -30,7 +31,7 @@ import { OidcConfigSchema } from "../../shared/api/oidc.ts";
 import { ApiClient } from "../client.ts";
 import { globalsOf, parseDurationArg } from "../common.ts";
 import {
-  ClusterNameSchema,
+  clusterNameProblem,
   findCluster,
   loadConfig,
   resolveConfigPath,
@@ -39,7 +40,8 @@ import {
 } from "../config_store.ts";
 import { UsageError } from "../errors.ts";
 import type { Io } from "../io.ts";
-import { normalizeEndpoint, SERVER_ENV } from "../resolve.ts";
+import { parseEndpoints } from "../endpoints.ts";
+import { SERVER_ENV } from "../resolve.ts";
 import { cliTokenName } from "./config.ts";
 
 /** How long `login --oidc` waits for the browser's redirect by default, seconds. */
@@ -89,7 +91,10 @@ export function registerLoginCommand(program: Command, io: Io): void {
   program.command("login")
     .description("sign in through the cluster's OIDC issuer and store an API token for it")
     .option("--oidc", "sign in with OIDC (authorization code + PKCE, loopback redirect)")
-    .option("--server <url>", `API server URL (or $${SERVER_ENV})`)
+    .option(
+      "--server <url>",
+      `API server URL, or several comma-separated (replicas, tried in order; or $${SERVER_ENV})`,
+    )
     .option("--name <name>", "name of the cluster entry (default: the server's host name)")
     .option("--force", "replace an existing entry with the same name")
     .option("--no-use", "do not make it the current cluster")
@@ -106,21 +111,20 @@ export function registerLoginCommand(program: Command, io: Io): void {
       }
       const serverArg = opts.server ?? io.env(SERVER_ENV);
       if (!serverArg) throw new UsageError(`missing --server (or $${SERVER_ENV})`);
-      const endpoint = normalizeEndpoint(serverArg);
-      const name = opts.name ?? new URL(endpoint).hostname.replace(/[^a-z0-9-]+/gi, "-");
-      const checked = ClusterNameSchema.safeParse(name);
-      if (!checked.success) {
-        throw new UsageError(`invalid --name "${name}": ${checked.error.issues[0].message}`);
-      }
+      const endpoints = parseEndpoints(serverArg);
+      const name: string = opts.name ??
+        new URL(endpoints[0]).hostname.replace(/[^a-z0-9-]+/gi, "-");
+      const problem = clusterNameProblem(name);
+      if (problem) throw new UsageError(`invalid --name "${name}": ${problem}`);
       const path = resolveConfigPath(globalsOf(cmd).config, (n) => io.env(n));
       let cfg = await loadConfig(path);
-      if (findCluster(cfg, checked.data) && !opts.force) {
+      if (findCluster(cfg, name) && !opts.force) {
         throw new UsageError(
-          `cluster "${checked.data}" already exists in ${path} (use --force to replace it)`,
+          `cluster "${name}" already exists in ${path} (use --force to replace it)`,
         );
       }
       const api = new ApiClient({
-        endpoint,
+        endpoint: endpoints,
         timeoutMs: globalsOf(cmd).requestTimeout * 1000,
         fetch: io.fetch,
       });
@@ -180,7 +184,7 @@ export function registerLoginCommand(program: Command, io: Io): void {
         idTokenExpected: true,
       });
       const session = await api.json("POST", "/v1/auth/oidc/login", LoginResponseSchema, {
-        body: { id_token: tokens.id_token, nonce },
+        body: { id_token: tokens.id_token, nonce, access_token: tokens.access_token },
       });
       const me = await api.json("GET", "/v1/users/me", UserSchema, {
         token: session.data.access_token,
@@ -193,20 +197,25 @@ export function registerLoginCommand(program: Command, io: Io): void {
           token: session.data.access_token,
           body: {
             name: cliTokenName(io.hostname()),
-            description: `otherix CLI (OIDC), cluster ${checked.data}`,
+            description: `otherix CLI (OIDC), cluster ${name}`,
           },
         },
       );
       cfg = upsertCluster(
         cfg,
-        { name: checked.data, server: endpoint, token: minted.data.plaintext_token },
+        {
+          name: name,
+          server: endpoints.length === 1 ? endpoints[0] : endpoints,
+          token: minted.data.plaintext_token,
+        },
         { replace: true, use: opts.use !== false },
       );
       await saveConfig(path, cfg);
-      const current = cfg["current-cluster"] === checked.data;
+      const current = cfg["current-cluster"] === name;
       io.out(
         `logged in: ${me.data.email} (${me.data.role})\n` +
-          `cluster added: name=${checked.data} server=${endpoint} current=${current}\n`,
+          `cluster added: name=${name} server=${endpoints.join(",")}` +
+          ` current=${current}\n`,
       );
     });
 }

@@ -39,7 +39,7 @@ import type { TlsEnv } from "../../shared/tls.ts";
 import type { CpContext } from "../context.ts";
 import { authenticateNodeCert, renewNodeCert } from "./certs.ts";
 import { applyHeartbeat, applyReport, bootstrapNode } from "./service.ts";
-import { bodyLimit } from "../routes/body_limit.ts";
+import { bodyLimit, requireJsonContentType } from "../routes/body_limit.ts";
 
 /**
  * Largest request body accepted on the agent port, bytes (8 MiB: a heartbeat of a node hosting
@@ -87,6 +87,7 @@ export function agentApiApp(ctx: CpContext): Hono<AgentEnv> {
   app.notFound(notFoundHandler);
   app.use("*", requestLogger(ctx.log));
   app.use("*", bodyLimit(AGENT_BODY_LIMIT));
+  app.use("*", requireJsonContentType());
 
   app.get("/healthz", (c) => c.json({ status: "ok" }));
 

@@ -13,8 +13,9 @@
  *   previous_valid_until}`: new tokens are signed with a new key; the previous key verifies
  *   its tokens until they expire (cp/auth/jwt.ts).
  * - `GET /v1/auth/oidc` → OidcConfig (shared/api/oidc.ts), 404 `not_found` when `auth.oidc`
- *   is not configured; `POST /v1/auth/oidc/login` {id_token, nonce} → LoginResponse
- *   (cp/auth/oidc.ts: users are created on first sign-in with their mapped role). Failed
+ *   is not configured; `POST /v1/auth/oidc/login` {id_token, nonce, access_token?} →
+ *   LoginResponse (cp/auth/oidc.ts: claims from the ID token, else from userinfo read with
+ *   the access token; users are created on first sign-in with their mapped role). Failed
  *   sign-ins count against the source address's login throttle.
  *
  * @module
@@ -117,7 +118,7 @@ export function authRoutes(ctx: CpContext): Hono<AppEnv> {
     }
     let user: UserRecord;
     try {
-      user = await sso.signIn(ctx.store, body.id_token, body.nonce, ctx.now());
+      user = await sso.signIn(ctx.store, body, ctx.now());
     } catch (e) {
       if (e instanceof ApiError && e.status < 500) throttle.failure(null, source);
       throw e;

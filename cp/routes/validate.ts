@@ -16,6 +16,7 @@
  *
  * @module
  */
+import { isJsonMediaType } from "../../shared/http.ts";
 import { zValidator } from "@hono/zod-validator";
 import type { ValidationTargets } from "hono";
 import type { z } from "zod";
@@ -30,8 +31,6 @@ const WHAT: Record<keyof ValidationTargets, string> = {
   header: "headers",
   cookie: "cookies",
 };
-
-const JSON_MEDIA_TYPE = /^application\/([\w.-]+\+)?json$/i;
 
 /** What each `validate()` middleware checks, for the OpenAPI document (cp/openapi.ts). */
 const SCHEMAS = new WeakMap<object, { target: keyof ValidationTargets; schema: z.ZodType }>();
@@ -71,8 +70,7 @@ export function validate<T extends z.ZodType, Target extends keyof ValidationTar
     const text = await c.req.text();
     let raw: unknown = {};
     if (text.trim() !== "") {
-      const mediaType = (c.req.header("content-type") ?? "").split(";")[0].trim();
-      if (!JSON_MEDIA_TYPE.test(mediaType)) {
+      if (!isJsonMediaType(c.req.header("content-type"))) {
         throw new ApiError(
           "validation_failed",
           "request body must be JSON sent with Content-Type: application/json",

@@ -144,6 +144,7 @@ function agentApi(base: () => string, client: Deno.HttpClient) {
     const res = await fetch(`${base()}${path}`, {
       method,
       client,
+      headers: body === undefined ? {} : { "content-type": "application/json" },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     const text = await res.text();

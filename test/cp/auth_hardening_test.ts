@@ -207,6 +207,8 @@ Deno.test("hardening: image URL credentials reach the agent only; views and logs
     assert(task.id);
     const leaks = capture.lines.filter((l) => JSON.stringify(l).includes("hunter2"));
     assertEquals(leaks, [], "no log line has the password");
+    const named = capture.lines.filter((l) => JSON.stringify(l).includes(shown));
+    assert(named.length > 0, "a log line names the image by its redacted URL");
   } finally {
     await agent.close();
     await cp.stop();

@@ -4,12 +4,10 @@
  * code flow with PKCE through its loopback redirect while headless Chromium plays the user at
  * the provider's login and consent pages; the control plane verifies the ID token, creates
  * the user on first sign-in with the mapped role, and the CLI stores an API token. Users no
- * mapping covers, forged tokens and replayed nonces are refused.
+ * mapping covers, forged tokens and ID tokens with another nonce are refused. (Claims found
+ * only in the userinfo response: auth_oidc_userinfo_test.ts.)
  */
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "../assert.ts";
-import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
-import Provider from "oidc-provider";
-import { chromium } from "playwright-core";
 import { SignJWT } from "jose";
 import { run } from "../../cli/main.ts";
 import { loadConfig } from "../../cli/config_store.ts";
@@ -18,57 +16,28 @@ import { parseApiConfig } from "../../cp/config.ts";
 import { getUserByEmail } from "../../cp/users/service.ts";
 import { fakeIo } from "../cli/fixtures.ts";
 import { LogCapture } from "./fixtures.ts";
+import {
+  type Accounts,
+  launchBrowser,
+  type OidcLoginBody,
+  signIn as signInAs,
+  startProvider,
+} from "./oidc_fixtures.ts";
 
 /** The provider's people: their groups decide their Otherix role. */
-const ACCOUNTS: Record<string, { groups: string[] }> = {
+const ACCOUNTS: Accounts = {
   alice: { groups: ["family"] },
+  bob: { groups: ["family"] },
   root: { groups: ["family", "homelab-admins"] },
   mallory: { groups: ["strangers"] },
 };
-
-async function startProvider() {
-  let handle: (req: IncomingMessage, res: ServerResponse) => void = () => {};
-  const server = createServer((req, res) => handle(req, res));
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
-  const port = (server.address() as { port: number }).port;
-  const issuer = `http://127.0.0.1:${port}`;
-  const provider = new Provider(issuer, {
-    clients: [{
-      client_id: "otherix-cli",
-      application_type: "native",
-      token_endpoint_auth_method: "none",
-      redirect_uris: ["http://127.0.0.1/callback"],
-      grant_types: ["authorization_code"],
-      response_types: ["code"],
-    }],
-    claims: { openid: ["sub"], email: ["email", "email_verified"], groups: ["groups"] },
-    scopes: ["openid", "email", "groups"],
-    conformIdTokenClaims: false,
-    pkce: { required: () => true },
-    cookies: { keys: ["oidc-test-cookie-key"] },
-    findAccount: (_ctx: unknown, id: string) =>
-      ACCOUNTS[id]
-        ? {
-          accountId: id,
-          claims: () => ({
-            sub: id,
-            email: `${id}@example.com`,
-            email_verified: true,
-            groups: ACCOUNTS[id].groups,
-          }),
-        }
-        : undefined,
-  });
-  handle = provider.callback();
-  return { issuer, close: () => new Promise<void>((r) => server.close(() => r())) };
-}
 
 Deno.test({
   name: "oidc: login --oidc through a real provider, users created with their mapped role",
   sanitizeOps: false,
   sanitizeResources: false,
   async fn(t) {
-    const idp = await startProvider();
+    const idp = await startProvider(ACCOUNTS, { claimsInIdToken: true });
     const dir = await Deno.makeTempDir({ prefix: "otx-oidc-" });
     const cfg = parseApiConfig(
       `server:\n  listen: 127.0.0.1:0\n  agent_listen: 127.0.0.1:0\n` +
@@ -82,38 +51,10 @@ Deno.test({
       getEnv: () => undefined,
     });
     const server = `http://127.0.0.1:${cp.publicPort}`;
-    const browser = await chromium.launch({
-      executablePath: "/usr/bin/chromium",
-      args: ["--no-sandbox", "--disable-gpu", "--no-first-run"],
-    });
+    const browser = await launchBrowser();
     /** Runs `login --oidc`, signing in at the provider as `who`. */
-    const signIn = async (who: string, name: string) => {
-      const io = fakeIo({ env: { HOME: dir } });
-      const cli = run(["login", "--oidc", "--server", server, "--name", name], io);
-      let url = "";
-      for (let i = 0; i < 400 && !url; i++) {
-        url = io.stderr.match(/^\s+(http\S+\/auth\?\S+)$/m)?.[1] ?? "";
-        if (!url) await new Promise((r) => setTimeout(r, 25));
-      }
-      assert(url, `no authorization URL printed: ${io.stderr}`);
-      const page = await browser.newPage();
-      try {
-        await page.goto(url);
-        await page.fill('input[name="login"]', who);
-        await page.fill('input[name="password"]', "any");
-        await page.click('button[type="submit"]');
-        await page.waitForSelector('button[type="submit"]'); // the consent page
-        await page.click('button[type="submit"]');
-        await page.waitForURL(/127\.0\.0\.1:\d+\/callback/);
-        if (new URL(page.url()).searchParams.get("code")) {
-          assertStringIncludes(await page.content(), "Signed in");
-        }
-      } finally {
-        await page.close();
-      }
-      const code = await cli;
-      return { code, stdout: io.stdout, stderr: io.stderr, url };
-    };
+    const signIn = (who: string, name: string, rewrite?: (b: OidcLoginBody) => OidcLoginBody) =>
+      signInAs({ browser, server, home: dir, who, name, rewrite });
     try {
       await t.step(
         "first sign-in creates the user with the mapped role; a token is stored",
@@ -160,6 +101,21 @@ Deno.test({
         assertEquals(r.code, 1);
         assertMatch(r.stderr, /api_error: permission_denied: no role for mallory@example.com/);
         assertEquals(await getUserByEmail(cp.ctx.store, "mallory@example.com"), null);
+      });
+
+      await t.step("an ID token with another nonce is 401 and creates no user", async () => {
+        const r = await signIn("bob", "bob", (body) => ({ ...body, nonce: "another-nonce" }));
+        assertEquals(r.code, 1);
+        assertStringIncludes(r.stderr, "api_error: unauthenticated: invalid ID token nonce");
+        assertEquals(await getUserByEmail(cp.ctx.store, "bob@example.com"), null);
+        // The same ID token with its own nonce signs bob in: only the nonce was wrong.
+        const res = await fetch(`${server}/v1/auth/oidc/login`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify(r.sent),
+        });
+        assertEquals(res.status, 200, await res.text());
+        assertEquals((await getUserByEmail(cp.ctx.store, "bob@example.com"))?.role, "developer");
       });
 
       await t.step("a forged ID token is 401; the sign-on settings are public", async () => {
