@@ -319,6 +319,13 @@ export const ROUTE_RULES: readonly RouteRule[] = [
     summary: "clear the default pool",
   },
   {
+    method: "GET",
+    path: "/v1/cluster/members",
+    access: perm("node:read"),
+    action: "cluster.members.list",
+    summary: "list the control plane's store members",
+  },
+  {
     method: "POST",
     path: "/v1/networks",
     access: perm("cluster:manage"),

@@ -4,6 +4,7 @@
  * - `PUT /v1/cluster/default-pool` `{name}` (`cluster:manage`, admin) → ClusterDefaultPool;
  *   404 `pool_not_found`, 400 `validation_failed`
  * - `DELETE /v1/cluster/default-pool` (`cluster:manage`) → ClusterDefaultPool (cleared)
+ * - `GET /v1/cluster/members` (`node:read`) → ClusterMembers (cp/cluster/members.ts)
  *
  * @module
  */
@@ -13,6 +14,7 @@ import { type AppEnv, authMiddleware, requirePermission } from "../auth/middlewa
 import type { CpContext } from "../context.ts";
 import { validate } from "../routes/validate.ts";
 import { getDefaultPool, setDefaultPool, unsetDefaultPool } from "./service.ts";
+import { clusterMembers } from "./members.ts";
 
 /** The cluster routes (mounted at `/v1/cluster`). */
 export function clusterRoutes(ctx: CpContext): Hono<AppEnv> {
@@ -30,6 +32,11 @@ export function clusterRoutes(ctx: CpContext): Hono<AppEnv> {
     "/default-pool",
     requirePermission("cluster:manage"),
     async (c) => c.json(await unsetDefaultPool(ctx)),
+  );
+  r.get(
+    "/members",
+    requirePermission("node:read"),
+    async (c) => c.json(await clusterMembers(ctx, ctx.etcdMembership ?? null)),
   );
   return r;
 }

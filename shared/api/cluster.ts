@@ -56,3 +56,47 @@ export const ReplicaSchema = z.object({
 });
 /** A live control-plane replica. */
 export type Replica = z.infer<typeof ReplicaSchema>;
+
+/** A store member's role: etcd voters take part in quorum; learners replicate only. */
+export const MemberRoleSchema = z.enum(["voter", "learner"]);
+/** A store member's role. */
+export type MemberRole = z.infer<typeof MemberRoleSchema>;
+
+/**
+ * One member of the control plane's store (spec 000 "Cluster membership"): on etcd, an etcd
+ * member with the replica that runs it; on the embedded store, the one replica.
+ */
+export const ClusterMemberSchema = z.object({
+  /** Member (and replica) name. */
+  name: z.string(),
+  /** The etcd member id (hex); null on the embedded store. */
+  id: z.string().nullable(),
+  role: MemberRoleSchema,
+  /** True for the store's leader (etcd's raft leader; the one replica when embedded). */
+  is_leader: z.boolean(),
+  /** The member answered a status request just now. */
+  healthy: z.boolean(),
+  /** Why it is not healthy (null when healthy). */
+  error: z.string().nullable(),
+  /** etcd peer and client URLs ([] on the embedded store). */
+  peer_urls: z.array(z.string()),
+  client_urls: z.array(z.string()),
+  /** The replica's API URLs from the replica registry; null when no live replica has the name. */
+  api_url: z.string().nullable(),
+  agent_url: z.string().nullable(),
+  /** A learner: since when it has been waiting to be promoted (null for voters). */
+  learner_since: TimestampSchema.nullable(),
+});
+/** One member of the control plane's store. */
+export type ClusterMember = z.infer<typeof ClusterMemberSchema>;
+
+/** `GET /v1/cluster/members` (`node:read`). */
+export const ClusterMembersSchema = z.object({
+  /** `store.backend`. */
+  backend: z.enum(["embedded", "etcd"]),
+  /** The replica running the controllers (cp/cluster/leader.ts); null while none leads. */
+  controller_leader: z.string().nullable(),
+  members: z.array(ClusterMemberSchema),
+});
+/** The cluster's store members. */
+export type ClusterMembers = z.infer<typeof ClusterMembersSchema>;

@@ -91,6 +91,7 @@ const PROBES: Record<string, Probe> = {
   "GET /v1/cluster/default-pool": { path: "/v1/cluster/default-pool", allowed: 200 },
   "PUT /v1/cluster/default-pool": { path: "/v1/cluster/default-pool", body: {}, allowed: 400 },
   "DELETE /v1/cluster/default-pool": { path: "/v1/cluster/default-pool", allowed: 200 },
+  "GET /v1/cluster/members": { path: "/v1/cluster/members", allowed: 200 },
   "POST /v1/networks": { path: "/v1/networks", body: {}, allowed: 400 },
   "GET /v1/networks": { path: "/v1/networks", allowed: 200 },
   "GET /v1/networks/:name": { path: "/v1/networks/ghost", allowed: 404 },

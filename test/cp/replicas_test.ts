@@ -5,7 +5,7 @@
  * resigns at once.
  */
 import { assert, assertEquals } from "../assert.ts";
-import { FakeAgent, LogCapture, startTestCp, until } from "./fixtures.ts";
+import { apiFor, FakeAgent, LogCapture, startTestCp, until } from "./fixtures.ts";
 import { agentUrls, replicaRecord, REPLICAS_PREFIX } from "../../cp/cluster/replicas.ts";
 import { CONTROLLER_LEADER_KEY } from "../../cp/cluster/leader.ts";
 import { openKvStore } from "../../cp/store/kv.ts";
@@ -33,6 +33,32 @@ Deno.test("replica registry: registered, advertised to agents, gone after stop",
       const kv = await cp.ctx.store.get<{ identity: string }>(CONTROLLER_LEADER_KEY);
       assertEquals(kv?.value.identity, name);
     });
+
+    await t.step(
+      "GET /v1/cluster/members: the one embedded member, its URLs, the leader",
+      async () => {
+        const api = await apiFor(cp);
+        const res = await api("GET", "/v1/cluster/members");
+        assertEquals(res.status, 200, res.text);
+        assertEquals(res.json, {
+          backend: "embedded",
+          controller_leader: name,
+          members: [{
+            name,
+            id: null,
+            role: "voter",
+            is_leader: true,
+            healthy: true,
+            error: null,
+            peer_urls: [],
+            client_urls: [],
+            api_url: `http://127.0.0.1:${cp.publicPort}`,
+            agent_url: own,
+            learner_since: null,
+          }],
+        });
+      },
+    );
 
     await t.step("heartbeat responses list every live replica, this one first", async () => {
       await agent.bootstrap();

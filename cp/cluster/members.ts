@@ -1,0 +1,96 @@
+/**
+ * `GET /v1/cluster/members` (spec 000 "Cluster membership": "the first thing to check on any
+ * HA / quorum issue"): the store's members joined with the replica registry and the
+ * controller leader.
+ *
+ * On the embedded store there is one member, this replica (a voter, the leader; healthy while
+ * the store answers). On etcd the members come from an {@link EtcdMembership} (etcd's member
+ * list and per-member status), each matched to the live replica of the same name.
+ *
+ * @module
+ */
+import type { ClusterMember, ClusterMembers, Replica } from "../../shared/api/cluster.ts";
+import type { CpContext } from "../context.ts";
+import { liveReplicas } from "./replicas.ts";
+
+/** One etcd member as the membership source reports it. */
+export interface StoreMember {
+  name: string;
+  /** etcd member id, hex. */
+  id: string;
+  learner: boolean;
+  leader: boolean;
+  /** null when the member answered its status request. */
+  error: string | null;
+  peerUrls: string[];
+  clientUrls: string[];
+  /** For a learner: since when it waits for promotion (ISO 8601), when known. */
+  learnerSince: string | null;
+}
+
+/** Where the members of an etcd-backed store come from (cp/cluster/etcd_admin.ts). */
+export interface EtcdMembership {
+  /** Every member with its status. @throws when no member of the cluster answers */
+  members(): Promise<StoreMember[]>;
+}
+
+/** Joins one store member with its replica record. */
+function memberView(m: StoreMember, replica: Replica | undefined): ClusterMember {
+  return {
+    name: m.name,
+    id: m.id,
+    role: m.learner ? "learner" : "voter",
+    is_leader: m.leader,
+    healthy: m.error === null,
+    error: m.error,
+    peer_urls: m.peerUrls,
+    client_urls: m.clientUrls,
+    api_url: replica?.api_url ?? null,
+    agent_url: replica?.agent_url ?? null,
+    learner_since: m.learner ? m.learnerSince : null,
+  };
+}
+
+/**
+ * The cluster's members (see the module doc).
+ *
+ * @throws ApiError `store_unavailable` (from the membership source or the store)
+ */
+export async function clusterMembers(
+  ctx: CpContext,
+  etcd: EtcdMembership | null,
+): Promise<ClusterMembers> {
+  const replicas = new Map(liveReplicas(ctx.cache?.replicas).map((r) => [r.name, r]));
+  const controllerLeader = ctx.election?.leader()?.identity ?? null;
+  if (etcd) {
+    const members = await etcd.members();
+    return {
+      backend: "etcd",
+      controller_leader: controllerLeader,
+      members: members.map((m) => memberView(m, replicas.get(m.name)))
+        .sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0),
+    };
+  }
+  const name = ctx.pki.replicaName;
+  let error: string | null = null;
+  try {
+    await ctx.store.ping();
+  } catch (e) {
+    error = e instanceof Error ? e.message : String(e);
+  }
+  const self: StoreMember = {
+    name,
+    id: "",
+    learner: false,
+    leader: true,
+    error,
+    peerUrls: [],
+    clientUrls: [],
+    learnerSince: null,
+  };
+  return {
+    backend: "embedded",
+    controller_leader: controllerLeader ?? (ctx.election ? null : name),
+    members: [{ ...memberView(self, replicas.get(name)), id: null }],
+  };
+}
