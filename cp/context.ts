@@ -15,7 +15,7 @@ import type { ObservedVm } from "../shared/api/vm_runtime.ts";
 import type { NodeAllocation } from "./vms/allocations.ts";
 import type { CpMetrics } from "./metrics.ts";
 import type { LeaderElection } from "./cluster/leader.ts";
-import type { EtcdMembership } from "./cluster/members.ts";
+import type { EtcdCluster } from "./cluster/members.ts";
 import type { Replica } from "../shared/api/cluster.ts";
 
 /**
@@ -61,8 +61,8 @@ export interface CpContext {
    * this replica leads. Absent (unit tests): this process always leads.
    */
   election?: LeaderElection;
-  /** The etcd membership source (`store.backend: etcd`); absent on the embedded store. */
-  etcdMembership?: EtcdMembership;
+  /** The etcd cluster (`store.backend: etcd`); absent on the embedded store. */
+  etcd?: EtcdCluster;
 }
 
 /** True while this replica runs the controllers (it leads, or there is no election). */

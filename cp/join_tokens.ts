@@ -44,11 +44,14 @@ export interface JoinTokenIdEntry {
 }
 
 /**
- * Checks that a join token may be redeemed at `now`.
+ * Checks that a join token (a node's, or a control plane's: cp/cluster/join.ts) may be
+ * redeemed at `now`.
  *
  * @throws ApiError `unauthenticated` (unknown token), `token_expired`, `token_exhausted`
  */
-export function checkJoinToken(rec: JoinTokenRecord | null, now: Date): JoinTokenRecord {
+export function checkJoinToken<
+  T extends Pick<JoinTokenRecord, "id" | "expires_at" | "uses" | "max_uses">,
+>(rec: T | null, now: Date): T {
   if (!rec) throw new ApiError("unauthenticated", "invalid join token");
   if (Date.parse(rec.expires_at) <= now.getTime()) {
     throw new ApiError("token_expired", `join token expired at ${rec.expires_at}`, {

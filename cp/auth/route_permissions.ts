@@ -319,6 +319,20 @@ export const ROUTE_RULES: readonly RouteRule[] = [
     summary: "clear the default pool",
   },
   {
+    method: "POST",
+    path: "/v1/cluster/join-tokens",
+    access: perm("cluster:manage"),
+    action: "cluster.join_token.create",
+    summary: "mint a control-plane join token",
+  },
+  {
+    method: "DELETE",
+    path: "/v1/cluster/members/:name",
+    access: perm("cluster:manage"),
+    action: "cluster.member.remove",
+    summary: "remove a store member",
+  },
+  {
     method: "GET",
     path: "/v1/cluster/members",
     access: perm("node:read"),

@@ -4,12 +4,13 @@
  * controller leader.
  *
  * On the embedded store there is one member, this replica (a voter, the leader; healthy while
- * the store answers). On etcd the members come from an {@link EtcdMembership} (etcd's member
+ * the store answers). On etcd the members come from an {@link EtcdCluster} (etcd's member
  * list and per-member status), each matched to the live replica of the same name.
  *
  * @module
  */
 import type { ClusterMember, ClusterMembers, Replica } from "../../shared/api/cluster.ts";
+import { ApiError } from "../../shared/errors.ts";
 import type { CpContext } from "../context.ts";
 import { liveReplicas } from "./replicas.ts";
 
@@ -28,10 +29,26 @@ export interface StoreMember {
   learnerSince: string | null;
 }
 
-/** Where the members of an etcd-backed store come from (cp/cluster/etcd_admin.ts). */
-export interface EtcdMembership {
-  /** Every member with its status. @throws when no member of the cluster answers */
+/**
+ * The etcd cluster behind an etcd-backed store, as the control plane manages it
+ * (cp/cluster/etcd_admin.ts implements it on etcd's Cluster and Maintenance APIs).
+ */
+export interface EtcdCluster {
+  /** Every member with its status. @throws ApiError `store_unavailable` when none answers */
   members(): Promise<StoreMember[]>;
+  /**
+   * Adds member `name` as a learner listening for peers at `peerUrl`.
+   *
+   * @returns etcd `--initial-cluster` for the new member (itself included) and the client
+   *   URLs of the members
+   * @throws ApiError `conflict` when a member has that name or peer URL
+   */
+  addLearner(
+    name: string,
+    peerUrl: string,
+  ): Promise<{ initialCluster: string; endpoints: string[] }>;
+  /** Removes member `name`. @throws ApiError `not_found`; `conflict` for the last voter */
+  remove(name: string): Promise<void>;
 }
 
 /** Joins one store member with its replica record. */
@@ -58,7 +75,7 @@ function memberView(m: StoreMember, replica: Replica | undefined): ClusterMember
  */
 export async function clusterMembers(
   ctx: CpContext,
-  etcd: EtcdMembership | null,
+  etcd: EtcdCluster | null,
 ): Promise<ClusterMembers> {
   const replicas = new Map(liveReplicas(ctx.cache?.replicas).map((r) => [r.name, r]));
   const controllerLeader = ctx.election?.leader()?.identity ?? null;
@@ -93,4 +110,22 @@ export async function clusterMembers(
     controller_leader: controllerLeader ?? (ctx.election ? null : name),
     members: [{ ...memberView(self, replicas.get(name)), id: null }],
   };
+}
+
+/**
+ * Removes store member `name` (`otherix cluster remove-member`). A live replica of that name
+ * loses its store: stop it first.
+ *
+ * @throws ApiError `conflict` on the embedded store (its one member cannot go); what
+ *   {@link EtcdCluster.remove} raises
+ */
+export async function removeMember(ctx: CpContext, name: string): Promise<void> {
+  if (!ctx.etcd) {
+    throw new ApiError(
+      "conflict",
+      "this control plane runs on the embedded store: its one member cannot be removed",
+    );
+  }
+  await ctx.etcd.remove(name);
+  ctx.log.info("cluster: member removed", { member: name });
 }

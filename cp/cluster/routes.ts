@@ -5,16 +5,23 @@
  *   404 `pool_not_found`, 400 `validation_failed`
  * - `DELETE /v1/cluster/default-pool` (`cluster:manage`) → ClusterDefaultPool (cleared)
  * - `GET /v1/cluster/members` (`node:read`) → ClusterMembers (cp/cluster/members.ts)
+ * - `DELETE /v1/cluster/members/{name}` (`cluster:manage`) → ClusterMembers after the removal
+ * - `POST /v1/cluster/join-tokens` {ttl_seconds?} (`cluster:manage`) → 201 ClusterJoinToken
+ *   (the plaintext once); 409 `conflict` on the embedded store (cp/cluster/join.ts)
  *
  * @module
  */
 import { Hono } from "hono";
-import { SetDefaultPoolRequestSchema } from "../../shared/api/cluster.ts";
+import {
+  ClusterJoinTokenCreateRequestSchema,
+  SetDefaultPoolRequestSchema,
+} from "../../shared/api/cluster.ts";
 import { type AppEnv, authMiddleware, requirePermission } from "../auth/middleware.ts";
 import type { CpContext } from "../context.ts";
 import { validate } from "../routes/validate.ts";
 import { getDefaultPool, setDefaultPool, unsetDefaultPool } from "./service.ts";
-import { clusterMembers } from "./members.ts";
+import { clusterMembers, removeMember } from "./members.ts";
+import { createClusterJoinToken } from "./join.ts";
 
 /** The cluster routes (mounted at `/v1/cluster`). */
 export function clusterRoutes(ctx: CpContext): Hono<AppEnv> {
@@ -33,10 +40,29 @@ export function clusterRoutes(ctx: CpContext): Hono<AppEnv> {
     requirePermission("cluster:manage"),
     async (c) => c.json(await unsetDefaultPool(ctx)),
   );
+  r.post(
+    "/join-tokens",
+    requirePermission("cluster:manage"),
+    validate("json", ClusterJoinTokenCreateRequestSchema),
+    async (c) =>
+      c.json(
+        await createClusterJoinToken(ctx, c.req.valid("json"), c.get("user").id),
+        201,
+      ),
+  );
+  r.delete(
+    "/members/:name",
+    requirePermission("cluster:manage"),
+    async (c) => {
+      const name = c.req.param("name");
+      await removeMember(ctx, name);
+      return c.json(await clusterMembers(ctx, ctx.etcd ?? null));
+    },
+  );
   r.get(
     "/members",
     requirePermission("node:read"),
-    async (c) => c.json(await clusterMembers(ctx, ctx.etcdMembership ?? null)),
+    async (c) => c.json(await clusterMembers(ctx, ctx.etcd ?? null)),
   );
   return r;
 }

@@ -4,6 +4,8 @@
  * CA but only required where noted):
  * - `GET /healthz`
  * - `GET /v1/ca` → CaResponse (no client certificate)
+ * - `POST /v1/cluster/join` ClusterJoinRequest → ClusterJoinResponse (no client certificate;
+ *   a control-plane join token: cp/cluster/join.ts)
  * - `POST /v1/nodes/bootstrap` BootstrapRequest → BootstrapResponse (no client certificate;
  *   401 `unauthenticated` / `token_expired` / `token_exhausted`)
  * - `POST /v1/nodes/heartbeat` HeartbeatRequest → HeartbeatResponse (client certificate from
@@ -22,6 +24,8 @@
  *
  * @module
  */
+import { ClusterJoinRequestSchema } from "../../shared/api/cluster.ts";
+import { joinReplica } from "../cluster/join.ts";
 import type { TLSSocket } from "node:tls";
 import { Hono, type MiddlewareHandler } from "hono";
 import { AGENT_CERT_ORG } from "../../shared/constants.ts";
@@ -99,6 +103,11 @@ export function agentApiApp(ctx: CpContext): Hono<AgentEnv> {
   app.post("/v1/nodes/bootstrap", validate("json", BootstrapRequestSchema), async (c) => {
     const body = c.req.valid("json");
     return c.json(await bootstrapNode(ctx, body.token, body.csr_pem));
+  });
+
+  // A new control-plane replica joins with a cluster join token (cp/cluster/join.ts).
+  app.post("/v1/cluster/join", validate("json", ClusterJoinRequestSchema), async (c) => {
+    return c.json(await joinReplica(ctx, c.req.valid("json")));
   });
 
   // The certificate (and its pin) is checked before the body is read or validated; handlers

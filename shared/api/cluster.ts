@@ -100,3 +100,61 @@ export const ClusterMembersSchema = z.object({
 });
 /** The cluster's store members. */
 export type ClusterMembers = z.infer<typeof ClusterMembersSchema>;
+
+/** Longest control-plane join token lifetime, seconds (1 day). */
+export const MAX_CLUSTER_JOIN_TOKEN_TTL_SECONDS = 24 * 3600;
+
+/** `POST /v1/cluster/join-tokens` body (`cluster:manage`). */
+export const ClusterJoinTokenCreateRequestSchema = z.object({
+  /** Lifetime, seconds (default 3600). */
+  ttl_seconds: z.number().int().min(60).max(MAX_CLUSTER_JOIN_TOKEN_TTL_SECONDS).optional(),
+}).strict();
+/** Control-plane join token create body. */
+export type ClusterJoinTokenCreateRequest = z.infer<typeof ClusterJoinTokenCreateRequestSchema>;
+
+/**
+ * A minted control-plane join token: the plaintext is shown once. A replica joins with
+ * `otherix-api join --server <agent URL> --token <token> --ca-fingerprint <ca_fingerprint>`.
+ */
+export const ClusterJoinTokenSchema = z.object({
+  id: z.uuid(),
+  token: z.string(),
+  expires_at: TimestampSchema,
+  /** `sha256:<hex>` of the cluster CA certificate's DER, for the joiner to pin. */
+  ca_fingerprint: z.string(),
+  /** The agent-facing URLs of the live replicas (any of them serves `/v1/cluster/join`). */
+  servers: z.array(z.string()),
+});
+/** A minted control-plane join token. */
+export type ClusterJoinToken = z.infer<typeof ClusterJoinTokenSchema>;
+
+/**
+ * `POST /v1/cluster/join` (agent port, TLS without a client certificate; the token is the
+ * credential): a new replica asks to join. Its certificate's CN is `name`; `peer_url` is
+ * where its etcd member listens for peers, `client_url` for clients (https).
+ */
+export const ClusterJoinRequestSchema = z.object({
+  token: z.string().min(1).max(256),
+  /** The joining replica's name (`cp_cert.replica_name`, else its hostname). */
+  name: z.string().regex(/^[a-z0-9]([a-z0-9.-]{0,62}[a-z0-9])?$/i, "must be a host name"),
+  /** PKCS#10 CSR, PEM (its SANs: the joiner's names and addresses). */
+  csr_pem: z.string().min(1).max(16 * 1024),
+  peer_url: z.url({ protocol: /^https$/ }),
+  client_url: z.url({ protocol: /^https$/ }),
+}).strict();
+/** Join request. */
+export type ClusterJoinRequest = z.infer<typeof ClusterJoinRequestSchema>;
+
+/** The answer to a join: what the new replica needs to start its etcd member as a learner. */
+export const ClusterJoinResponseSchema = z.object({
+  /** The cluster CA certificate, PEM (the joiner checks it against its pin). */
+  ca_pem: z.string(),
+  /** The joiner's replica certificate (CN = name, O = otherix:control-plane), PEM. */
+  cert_pem: z.string(),
+  /** etcd `--initial-cluster` for the joiner (`name=peerURL,…`, itself included). */
+  initial_cluster: z.string(),
+  /** etcd client URLs of the members (the joiner's store connects to these). */
+  endpoints: z.array(z.string()).min(1),
+});
+/** Join answer. */
+export type ClusterJoinResponse = z.infer<typeof ClusterJoinResponseSchema>;

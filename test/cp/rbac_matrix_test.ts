@@ -92,6 +92,9 @@ const PROBES: Record<string, Probe> = {
   "PUT /v1/cluster/default-pool": { path: "/v1/cluster/default-pool", body: {}, allowed: 400 },
   "DELETE /v1/cluster/default-pool": { path: "/v1/cluster/default-pool", allowed: 200 },
   "GET /v1/cluster/members": { path: "/v1/cluster/members", allowed: 200 },
+  // The embedded store has no members to add or remove: 409 once the caller may ask.
+  "POST /v1/cluster/join-tokens": { path: "/v1/cluster/join-tokens", body: {}, allowed: 409 },
+  "DELETE /v1/cluster/members/:name": { path: "/v1/cluster/members/x", allowed: 409 },
   "POST /v1/networks": { path: "/v1/networks", body: {}, allowed: 400 },
   "GET /v1/networks": { path: "/v1/networks", allowed: 200 },
   "GET /v1/networks/:name": { path: "/v1/networks/ghost", allowed: 404 },
