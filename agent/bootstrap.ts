@@ -24,10 +24,9 @@
  *
  * @module
  */
-import { request } from "node:https";
 import { join } from "node:path";
 import { AGENT_CERT_ORG, CP_CERT_ORG } from "../shared/constants.ts";
-import { BootstrapResponseSchema, type CaResponse, CaResponseSchema } from "../shared/api/nodes.ts";
+import { BootstrapResponseSchema, type CaResponse } from "../shared/api/nodes.ts";
 import { ErrorEnvelopeSchema } from "../shared/errors.ts";
 import type { Logger } from "../shared/log.ts";
 import {
@@ -39,12 +38,13 @@ import {
   splitSans,
 } from "../shared/pki.ts";
 import { requestTls } from "../shared/tls.ts";
+import { fetchCaUnverified as fetchCa } from "../shared/ca_fetch.ts";
 import { type AgentConfig, agentPaths } from "./config.ts";
 import { errorMessage, writeFileAtomic } from "./fsutil.ts";
 import { hostName } from "./sysinfo.ts";
 
 /** Largest `/v1/ca` response read before the CA is pinned, bytes. */
-export const MAX_CA_RESPONSE_BYTES = 1024 * 1024;
+export { MAX_CA_RESPONSE_BYTES } from "../shared/ca_fetch.ts";
 
 /** A fatal bootstrap failure; `message` is what the operator sees. */
 export class BootstrapError extends Error {
@@ -256,73 +256,16 @@ async function tightenKeyMode(path: string, log: Logger): Promise<void> {
 }
 
 /**
- * `GET {cpUrl}/v1/ca` WITHOUT verifying the server certificate (the CA is not trusted yet;
- * the caller pins it by fingerprint). Uses `node:https` because Deno's `fetch` cannot skip
- * verification per request. At most {@link MAX_CA_RESPONSE_BYTES} of body are read (the
- * server is not authenticated yet).
+ * `GET {cpUrl}/v1/ca` without verifying the server (shared/ca_fetch.ts: the caller pins the CA).
  *
- * @throws BootstrapError `bootstrap: fetch /v1/ca: <error>` (transport error, timeout,
- *   non-2xx, oversized or malformed body)
+ * @throws BootstrapError `bootstrap: fetch /v1/ca: <error>`
  */
-export function fetchCaUnverified(cpUrl: string, timeoutMs = 15_000): Promise<CaResponse> {
-  const url = cpUrl.replace(/\/+$/, "") + "/v1/ca";
-  const fail = (why: string) => new BootstrapError(`bootstrap: fetch /v1/ca: ${why}`);
-  return new Promise((resolve, reject) => {
-    if (!url.startsWith("https://")) {
-      reject(fail(`bootstrap.cp_url must be an https:// URL, got ${cpUrl}`));
-      return;
-    }
-    const req = request(
-      url,
-      // `ca: []`: trust nothing (the pin decides). Without an explicit `ca`, Deno's node
-      // compat loads system and NODE_EXTRA_CA_CERTS roots, which needs `--allow-sys` in full.
-      { method: "GET", rejectUnauthorized: false, ca: [], timeout: timeoutMs },
-      (res) => {
-        const chunks: Uint8Array[] = [];
-        let size = 0;
-        res.on("data", (c: Uint8Array) => {
-          size += c.length;
-          if (size > MAX_CA_RESPONSE_BYTES) {
-            req.destroy(new Error(`response larger than ${MAX_CA_RESPONSE_BYTES} bytes`));
-            return;
-          }
-          chunks.push(c);
-        });
-        res.on("error", (e: Error) => reject(fail(e.message)));
-        res.on("end", () => {
-          if (size > MAX_CA_RESPONSE_BYTES) {
-            reject(fail(`response larger than ${MAX_CA_RESPONSE_BYTES} bytes`));
-            return;
-          }
-          const text = new TextDecoder().decode(concat(chunks));
-          if ((res.statusCode ?? 0) < 200 || (res.statusCode ?? 0) > 299) {
-            reject(fail(`HTTP ${res.statusCode}`));
-            return;
-          }
-          try {
-            const parsed = CaResponseSchema.safeParse(JSON.parse(text));
-            if (!parsed.success) throw new Error("response is not {ca_pem, fingerprint}");
-            resolve(parsed.data);
-          } catch (e) {
-            reject(fail(errorMessage(e)));
-          }
-        });
-      },
-    );
-    req.on("timeout", () => req.destroy(new Error(`timed out after ${timeoutMs} ms`)));
-    req.on("error", (e: Error) => reject(fail(dialError(e))));
-    req.end();
-  });
-}
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let off = 0;
-  for (const c of chunks) {
-    out.set(c, off);
-    off += c.length;
+export async function fetchCaUnverified(cpUrl: string, timeoutMs = 15_000): Promise<CaResponse> {
+  try {
+    return await fetchCa(cpUrl, timeoutMs);
+  } catch (e) {
+    throw new BootstrapError(`bootstrap: ${errorMessage(e)}`);
   }
-  return out;
 }
 
 async function runBootstrap(
@@ -448,17 +391,4 @@ async function runBootstrap(
   }
   log.info("agent: bootstrap complete", { node: nodeName, cert: files.cert });
   return { nodeName, certPem, keyPem: csr.keyPem, caPem: ca.ca_pem, bootstrapped: true };
-}
-
-/**
- * A transport error worded like Go's dialer, as the spec's bootstrap table quotes it: a refused
- * connection is `dial tcp <addr>:<port>: connection refused`; other errors keep their message.
- */
-function dialError(e: Error): string {
-  const err = e as Error & { code?: string; address?: string; port?: number };
-  if (err.code === "ECONNREFUSED" && err.address && err.port) {
-    const host = err.address.includes(":") ? `[${err.address}]` : err.address;
-    return `dial tcp ${host}:${err.port}: connection refused`;
-  }
-  return e.message;
 }

@@ -1,9 +1,12 @@
 /**
  * The heartbeat loop (shared/api/agent.ts; spec: developer guide "Verifying CP↔agent
  * connectivity"): `POST {cp_url}/v1/nodes/heartbeat` over mTLS, first immediately, then every
- * `heartbeat_interval_seconds` the control plane answers. A heartbeat carries the node's
- * capacity, its pools, every VM it hosts and its recent tasks (in flight, or ended in the
- * last 10 minutes: a lost report heals itself). Each response's `desired_pools` is
+ * `heartbeat_interval_seconds` the control plane answers. `cp_url` is the current URL of the
+ * agent's control-plane list (agent/cp_endpoints.ts): each response's `control_planes` is
+ * learnt, and a connection-level failure moves the heartbeat to the next replica at once
+ * (issue 11); the loop keeps one kept-alive connection, to one URL at a time. A heartbeat
+ * carries the node's capacity, its pools, every VM it hosts and its recent tasks (in flight,
+ * or ended in the last 10 minutes: a lost report heals itself). Each response's `desired_pools` is
  * reconciled; when that set changes (here or through `PUT /v1/pools`, see
  * {@link Heartbeat.kick}) the next heartbeat goes out after 200 ms so the control plane
  * learns the pools' status promptly. Failures are logged and retried at the current
@@ -25,7 +28,8 @@ import { type ClientTlsMaterial, keepAliveAgent } from "../shared/tls.ts";
 import type { Agent as HttpsAgent } from "node:https";
 import type { Accelerator } from "./accel.ts";
 import type { AgentIdentity } from "./bootstrap.ts";
-import { cpTls, postToCp } from "./cp_client.ts";
+import { cpTls, postToCpWithFailover } from "./cp_client.ts";
+import { CpEndpoints } from "./cp_endpoints.ts";
 import { errorMessage } from "./fsutil.ts";
 import type { PoolManager } from "./pools.ts";
 import type { SystemInfo } from "./sysinfo.ts";
@@ -34,8 +38,13 @@ import type { VmManager } from "./vms.ts";
 
 /** Dependencies of the heartbeat loop. */
 export interface HeartbeatOptions {
-  /** The control plane's agent-facing URL. */
+  /** The control plane's agent-facing URL (`bootstrap.cp_url`); used when no `endpoints`. */
   cpUrl: string;
+  /**
+   * The agent's control-plane list (agent/cp_endpoints.ts), shared with reports and renewal;
+   * default: `cpUrl` alone, in memory.
+   */
+  endpoints?: CpEndpoints;
   identity: AgentIdentity;
   /** The advertised mTLS endpoint (`https://host:port`). */
   endpoint: string;
@@ -123,39 +132,55 @@ export async function buildHeartbeat(o: HeartbeatOptions): Promise<HeartbeatRequ
 }
 
 /**
- * Sends one heartbeat over mTLS and returns the parsed response. The server must present a
+ * Sends one heartbeat over mTLS to the current URL of `endpoints`, failing over to the next
+ * replicas on a connection-level failure (agent/cp_client.ts `postToCpWithFailover`), and
+ * returns the parsed response with the URL that answered. The server must present a
  * control-plane certificate (O = `CP_CERT_ORG`), not merely any cluster certificate.
  *
- * @throws Error describing the transport failure, a server that is not a control plane, or
- *   the CP's error envelope
+ * @param agentFor the keep-alive agent to use for a URL (see `postToCpWithFailover`)
+ * @throws CpAnswerError for the CP's error envelope; Error describing the transport failure
+ *   (of the last URL tried), a server that is not a control plane, or an invalid response
  */
 export async function sendHeartbeat(
   o: HeartbeatOptions,
+  endpoints: CpEndpoints,
   tls: ClientTlsMaterial,
   signal?: AbortSignal,
-  agent?: HttpsAgent,
-): Promise<HeartbeatResponse> {
+  agentFor?: (url: string) => HttpsAgent | undefined,
+): Promise<{ response: HeartbeatResponse; url: string }> {
   const body = HeartbeatRequestSchema.parse(await buildHeartbeat(o));
-  const json = await postToCp(
-    o.cpUrl,
-    "/v1/nodes/heartbeat",
-    body,
-    tls,
-    o.requestTimeoutMs ?? 10_000,
+  const { json, url } = await postToCpWithFailover(endpoints, "/v1/nodes/heartbeat", body, tls, {
+    timeoutMs: o.requestTimeoutMs ?? 10_000,
+    component: "heartbeat",
     signal,
-    agent,
-  );
+    agentFor,
+  });
   const parsed = HeartbeatResponseSchema.safeParse(json);
   if (!parsed.success) throw new Error("invalid heartbeat response");
-  return parsed.data;
+  return { response: parsed.data, url };
 }
 
-/** Starts the loop; the first heartbeat is sent immediately. */
+/**
+ * Starts the loop; the first heartbeat is sent immediately.
+ *
+ * @throws Error when `o.cpUrl` is not an https URL and no `o.endpoints` is given
+ */
 export function startHeartbeat(o: HeartbeatOptions): Heartbeat {
   const tls = cpTls(o.identity);
+  const endpoints = o.endpoints ?? new CpEndpoints(o.cpUrl || undefined, o.log);
   // One kept-alive connection for the loop's identity: the control plane's agent port keeps it
   // open across intervals, so a steady agent does one TLS handshake, not one per heartbeat.
-  const connections = keepAliveAgent(1);
+  // It serves one URL at a time: a failover drops it (and its socket) for a new one.
+  let connections = keepAliveAgent(1);
+  let connectedTo: string | null = null;
+  const agentFor = (url: string) => {
+    if (connectedTo !== null && connectedTo !== url) {
+      connections.destroy();
+      connections = keepAliveAgent(1);
+    }
+    connectedTo = url;
+    return connections;
+  };
   const stopCtrl = new AbortController();
   let intervalMs = o.initialIntervalSeconds * 1000;
   let status: string | null = null;
@@ -178,7 +203,13 @@ export function startHeartbeat(o: HeartbeatOptions): Heartbeat {
     while (!stopCtrl.signal.aborted) {
       let next = intervalMs;
       try {
-        const res = await sendHeartbeat(o, tls, stopCtrl.signal, connections);
+        const { response: res, url } = await sendHeartbeat(
+          o,
+          endpoints,
+          tls,
+          stopCtrl.signal,
+          agentFor,
+        );
         intervalMs = res.heartbeat_interval_seconds * 1000;
         next = intervalMs;
         if (failing || status !== res.node_status) {
@@ -186,15 +217,18 @@ export function startHeartbeat(o: HeartbeatOptions): Heartbeat {
             node: o.identity.nodeName,
             node_status: res.node_status,
             interval_s: res.heartbeat_interval_seconds,
+            cp_url: url,
           });
         }
+        await endpoints.learn(res.control_planes, url);
         failing = false;
         status = res.node_status;
         if (await o.pools.setDesired(res.desired_pools)) next = Math.min(next, 200);
       } catch (e) {
         if (stopCtrl.signal.aborted) break;
         failing = true;
-        o.log.warn("heartbeat: failed", { cp_url: o.cpUrl, err: errorMessage(e) });
+        // `connectedTo`: the last URL tried (null when none is known; the error says so).
+        o.log.warn("heartbeat: failed", { cp_url: connectedTo, err: errorMessage(e) });
       }
       if (stopCtrl.signal.aborted) break;
       if (kicked) next = Math.min(next, 200);

@@ -14,6 +14,11 @@
  * the new certificate at once), and the serial log cap (every 2 s each VM's `serial.log`
  * over `qemu.serial_log_max_bytes` is cut to its newest half; agent/serial_log.ts).
  *
+ * Heartbeats, reports and renewal share one control-plane list (agent/cp_endpoints.ts:
+ * `bootstrap.cp_url` plus the replicas heartbeats name, persisted in
+ * `<state>/control-planes.json`) and fail over between replicas; bootstrap (the first join)
+ * uses `bootstrap.cp_url` only.
+ *
  * VMs outlive the agent (agent/qemu.ts: QEMU runs daemonized under PID 1). SIGINT / SIGTERM:
  * stop the heartbeat and the report pusher, close the console viewers (1001) and the server,
  * abort operations in flight, close the QMP sessions, exit 0: every QEMU keeps running and
@@ -30,6 +35,7 @@ import { createLogger, type Logger } from "../shared/log.ts";
 import { describeDecision, detectAccelerator, realHostProbe } from "./accel.ts";
 import { type AgentIdentity, bootstrap, BootstrapError } from "./bootstrap.ts";
 import { type AgentConfig, agentPaths, loadAgentConfig } from "./config.ts";
+import { CP_ENDPOINTS_FILE, CpEndpoints } from "./cp_endpoints.ts";
 import { errorMessage } from "./fsutil.ts";
 import { createConsoleUpgrade } from "./console.ts";
 import { startHeartbeat } from "./heartbeat.ts";
@@ -104,6 +110,21 @@ export async function main(argv: string[]): Promise<void> {
     identity = await bootstrap(cfg, log);
   } catch (e) {
     fatal(log, e instanceof BootstrapError ? e.message : `bootstrap: ${errorMessage(e)}`);
+  }
+
+  // The control-plane replicas heartbeats, reports and renewal fail over between.
+  let endpoints: CpEndpoints;
+  try {
+    endpoints = await CpEndpoints.load({
+      configured: cfg.bootstrap.cp_url,
+      file: join(paths.stateDir, CP_ENDPOINTS_FILE),
+      log,
+    });
+  } catch (e) {
+    fatal(log, `agent: ${errorMessage(e)}`);
+  }
+  if (endpoints.list().length > 1) {
+    log.info("control planes: known replicas", { control_planes: endpoints.list() });
   }
 
   const hostArch = architectureOf(Deno.build.arch);
@@ -207,6 +228,7 @@ export async function main(argv: string[]): Promise<void> {
 
   const heartbeatOptions = {
     cpUrl: cfg.bootstrap.cp_url ?? "",
+    endpoints,
     endpoint,
     accelerator: decision.accelerator,
     poolsDir: paths.poolsDir,
@@ -223,7 +245,7 @@ export async function main(argv: string[]): Promise<void> {
   };
   let heartbeat = startHeartbeat({ ...heartbeatOptions, identity });
   kickHeartbeat = () => heartbeat.kick();
-  if (!cfg.bootstrap.cp_url) {
+  if (endpoints.list().length === 0) {
     log.warn("heartbeat: bootstrap.cp_url is not set; heartbeats cannot reach the control plane");
   }
   const reporter = startReporter({
@@ -232,16 +254,15 @@ export async function main(argv: string[]): Promise<void> {
     tasks,
     log,
     // Per report: always the current identity (it changes on renewal).
-    send: (report, signal) =>
-      mtlsReportSender(cfg.bootstrap.cp_url ?? "", identity)(report, signal),
+    send: (report, signal) => mtlsReportSender(endpoints, identity)(report, signal),
   });
   // Certificate renewal at 2/3 of its lifetime (agent/renew.ts). Heartbeats, reports and the
   // mTLS server (for new connections) switch to the new identity at once.
-  const renewer = cfg.bootstrap.cp_url
+  const renewer = endpoints.list().length > 0
     ? startRenewer({
       certDir: paths.certDir,
       identity: () => identity,
-      request: mtlsRenewRequester(cfg.bootstrap.cp_url),
+      request: mtlsRenewRequester(endpoints),
       log,
       onRenewed: async (next) => {
         identity = next;
@@ -261,6 +282,7 @@ export async function main(argv: string[]): Promise<void> {
     await renewer?.stop();
     await heartbeat.stop();
     await reporter.stop();
+    await endpoints.flushed();
     consoles.closeAll();
     await metricsServer?.shutdown();
     await server.close();

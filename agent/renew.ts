@@ -6,7 +6,9 @@
  * (signed by the trusted CA, for the new key, same CN, O = AGENT_CERT_ORG), writes the new key
  * and certificate, then hands the new identity to `onRenewed` (agent/main.ts switches the
  * heartbeat and the report pusher to it). The control plane pins the new certificate as it
- * answers, so from then on only the new one is accepted.
+ * answers, so from then on only the new one is accepted. `cp_url` is the current URL of the
+ * agent's control-plane list (agent/cp_endpoints.ts): a request that gets no answer is sent to
+ * the next replica at once.
  *
  * Schedule: checked at start, then on a timer until the next due time (at most
  * `maxSleepMs` ahead, so a long-lived certificate is re-checked now and then and the clock may
@@ -27,7 +29,8 @@ import { AGENT_CERT_ORG } from "../shared/constants.ts";
 import type { Logger } from "../shared/log.ts";
 import { certInfo, createCsr, isSignedBy, keyMatchesCert, splitSans } from "../shared/pki.ts";
 import { type AgentIdentity, certFiles } from "./bootstrap.ts";
-import { cpTls, postToCp } from "./cp_client.ts";
+import { cpTls, postToCpWithFailover } from "./cp_client.ts";
+import type { CpEndpoints } from "./cp_endpoints.ts";
 import { errorMessage, writeFileAtomic } from "./fsutil.ts";
 
 /** Fraction of a certificate's lifetime after which it is renewed. */
@@ -56,10 +59,25 @@ export type RenewRequester = (
   signal: AbortSignal,
 ) => Promise<unknown>;
 
-/** The real requester: `POST {cpUrl}/v1/nodes/renew` over mTLS with the current identity. */
-export function mtlsRenewRequester(cpUrl: string, timeoutMs = 15_000): RenewRequester {
-  return (identity, csrPem, signal) =>
-    postToCp(cpUrl, "/v1/nodes/renew", { csr_pem: csrPem }, cpTls(identity), timeoutMs, signal);
+/**
+ * The real requester: `POST {cp_url}/v1/nodes/renew` over mTLS with the current identity, to
+ * the current URL of `endpoints` (the next replica when one does not answer).
+ *
+ * @param timeoutMs per-attempt timeout, ms
+ */
+export function mtlsRenewRequester(endpoints: CpEndpoints, timeoutMs = 15_000): RenewRequester {
+  return async (identity, csrPem, signal) =>
+    (await postToCpWithFailover(
+      endpoints,
+      "/v1/nodes/renew",
+      { csr_pem: csrPem },
+      cpTls(identity),
+      {
+        timeoutMs,
+        component: "renewal",
+        signal,
+      },
+    )).json;
 }
 
 /** Options of {@link startRenewer} and {@link renewOnce}. */

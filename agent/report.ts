@@ -13,6 +13,8 @@
  * - A failed report is retried with exponential backoff (`initialBackoffMs` doubling up to
  *   `maxBackoffMs`); changes meanwhile wait for the retry. Heartbeats carry the recent tasks
  *   as well (agent/heartbeat.ts), so nothing is lost while the control plane is away.
+ * - `cp_url` is the current URL of the agent's control-plane list (agent/cp_endpoints.ts): a
+ *   report that gets no answer moves to the next replica and is sent there at once.
  *
  * @module
  */
@@ -20,7 +22,8 @@ import { MAX_REPORTED_TASKS, type NodeReport, NodeReportSchema } from "../shared
 import { isTerminal } from "../shared/api/tasks.ts";
 import type { Logger } from "../shared/log.ts";
 import type { AgentIdentity } from "./bootstrap.ts";
-import { cpTls, postToCp } from "./cp_client.ts";
+import { cpTls, postToCpWithFailover } from "./cp_client.ts";
+import type { CpEndpoints } from "./cp_endpoints.ts";
 import { errorMessage } from "./fsutil.ts";
 import type { TaskManager } from "./tasks.ts";
 import type { VmManager } from "./vms.ts";
@@ -54,17 +57,24 @@ export interface Reporter {
 }
 
 /**
- * The agent's sender: `POST {cpUrl}/v1/nodes/report` over mTLS with the node certificate;
- * the server must be a control plane.
+ * The agent's sender: `POST {cp_url}/v1/nodes/report` over mTLS with the node certificate (a
+ * new connection per report); the server must be a control plane. A report that gets no
+ * answer is sent to the next replica of `endpoints` at once.
+ *
+ * @param requestTimeoutMs per-attempt timeout, ms
  */
 export function mtlsReportSender(
-  cpUrl: string,
+  endpoints: CpEndpoints,
   identity: AgentIdentity,
   requestTimeoutMs = 10_000,
 ): ReportSender {
   const tls = cpTls(identity);
   return async (report, signal) => {
-    await postToCp(cpUrl, "/v1/nodes/report", report, tls, requestTimeoutMs, signal);
+    await postToCpWithFailover(endpoints, "/v1/nodes/report", report, tls, {
+      timeoutMs: requestTimeoutMs,
+      component: "report",
+      signal,
+    });
   };
 }
 

@@ -14,6 +14,7 @@
  *
  * @module
  */
+import { writeFileAtomic } from "../shared/fs_atomic.ts";
 import { join } from "node:path";
 import { CP_CERT_ORG } from "../shared/constants.ts";
 import type { Logger } from "../shared/log.ts";
@@ -99,7 +100,8 @@ export function replicaName(cfg: ApiConfig, facts: HostFacts): string {
 /**
  * SANs the replica certificate must carry: localhost, 127.0.0.1, ::1, the hostname, the
  * replica name, non-wildcard listen hosts (or the interface addresses when a listen address
- * is a wildcard), and `cp_cert.additional_sans`.
+ * is a wildcard), `server.advertise_host` (agents dial it: cp/cluster/replicas.ts), and
+ * `cp_cert.additional_sans`.
  */
 export function requiredSans(cfg: ApiConfig, facts: HostFacts): string[] {
   const names = ["localhost", "127.0.0.1", "::1", facts.hostname, replicaName(cfg, facts)];
@@ -107,6 +109,7 @@ export function requiredSans(cfg: ApiConfig, facts: HostFacts): string[] {
     if (WILDCARDS.has(l.hostname)) names.push(...facts.addresses);
     else names.push(l.hostname);
   }
+  if (cfg.server.advertise_host) names.push(cfg.server.advertise_host);
   names.push(...cfg.cp_cert.additional_sans);
   const { dns, ip } = splitSans(names);
   return [...dns, ...ip.map(normalizeIp)];
@@ -140,14 +143,6 @@ async function readIfExists(path: string): Promise<string | null> {
     if (e instanceof Deno.errors.NotFound) return null;
     throw e;
   }
-}
-
-/** Writes a file atomically (temp + rename) with `mode`. */
-async function writeAtomic(path: string, text: string, mode: number): Promise<void> {
-  const tmp = `${path}.tmp-${crypto.randomUUID()}`;
-  await Deno.writeTextFile(tmp, text, { mode });
-  await Deno.chmod(tmp, mode);
-  await Deno.rename(tmp, path);
 }
 
 /**
@@ -192,7 +187,7 @@ export async function ensureClusterPki(
   }
   const caFingerprint = await certFingerprint(stored.cert_pem);
   if (diskCa === null) {
-    await writeAtomic(paths.caCert, stored.cert_pem, 0o600);
+    await writeFileAtomic(paths.caCert, stored.cert_pem, 0o600);
   } else {
     const diskFp = await safeFingerprint(diskCa);
     if (diskFp !== caFingerprint) {
@@ -211,8 +206,8 @@ export async function ensureClusterPki(
     log.debug("using existing replica certificate", { replica: name });
   } else {
     replica = await issueServerCert(ca, name, CP_CERT_ORG, splitSans(sans));
-    await writeAtomic(paths.replicaKey, replica.keyPem, 0o600);
-    await writeAtomic(paths.replicaCert, replica.certPem, 0o600);
+    await writeFileAtomic(paths.replicaKey, replica.keyPem, 0o600);
+    await writeFileAtomic(paths.replicaCert, replica.certPem, 0o600);
     log.info("replica certificate issued", { replica: name, reason, sans });
   }
   return { ca, caFingerprint, replica, replicaName: name };

@@ -178,9 +178,10 @@ export const HeartbeatResponseSchema = z.object({
   /**
    * The agent-facing URLs (`https://host:port`) of every live control-plane replica, the
    * answering one first (issue 11: agents fail over between replicas). Older control planes
-   * send none.
+   * send none. Loosely typed on purpose: the agent keeps the valid https URLs, at most 16
+   * (agent/cp_endpoints.ts), so one bad entry never costs a heartbeat.
    */
-  control_planes: z.array(z.url({ protocol: /^https$/ })).max(16).default([]),
+  control_planes: z.array(z.string().max(2048)).max(64).default([]),
 });
 /** Heartbeat response. */
 export type HeartbeatResponse = z.infer<typeof HeartbeatResponseSchema>;

@@ -43,8 +43,10 @@ export interface FakeCp {
   heartbeatPorts: number[];
   /** Reports accepted (204), in arrival order. */
   reports: ReceivedReport[];
-  /** While > 0, reports are answered 503 `store_unavailable` (and counted down). */
+  /** While > 0, reports are answered with {@link failReportsWith} (and counted down). */
   failReports: number;
+  /** The refusal: 503 `store_unavailable` (default) or 500 `internal_error`. */
+  failReportsWith: "store_unavailable" | "internal_error";
   /** Reports refused through {@link failReports}. */
   refusedReports: number;
   /**
@@ -100,6 +102,7 @@ export async function startFakeCp(
     heartbeatPorts: [],
     reports: [],
     failReports: 0,
+    failReportsWith: "store_unavailable",
     refusedReports: 0,
     waitReport: () => Promise.reject(new Error("not ready")),
     desiredPools: [],
@@ -161,7 +164,11 @@ export async function startFakeCp(
     if (state.failReports > 0) {
       state.failReports--;
       state.refusedReports++;
-      return c.json({ error: { code: "store_unavailable", message: "try again" } }, 503);
+      const code = state.failReportsWith;
+      return c.json(
+        { error: { code, message: "try again" } },
+        code === "internal_error" ? 500 : 503,
+      );
     }
     const rec = { report: parsed.data, peer: peer.commonName ?? "", at: Date.now() };
     state.reports.push(rec);
