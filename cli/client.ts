@@ -1,23 +1,57 @@
 /**
- * The HTTP client of the public API. Every response is validated with the shared zod schema;
- * failures become {@link ApiCallError} (an error envelope) or {@link TransportError}
- * (`request_timeout`, `connection_refused`, `request_failed`).
+ * The HTTP client of the public API. Every response is validated with a schema: a shared zod
+ * schema, or on the start-up path a generated JSON Schema (`wire_schemas.ts`); failures become
+ * {@link ApiCallError} (an error envelope) or {@link TransportError} (`request_timeout`,
+ * `connection_refused`, `request_failed`). This module loads no zod itself (start-up, issue 10).
+ *
+ * Several endpoints (issue 11): the client tries them in the order of its
+ * {@link EndpointPicker} (the one that last answered first) and moves to the next after a
+ * connection-level failure, never after an HTTP answer (a 4xx/5xx is the answer):
+ * - the connection was never opened (refused, DNS, TLS handshake; Deno's fetch reports
+ *   `client error (Connect)`): any request moves on;
+ * - the request may have reached a server (reset or closed connection, no response headers
+ *   within the timeout): only safe requests (`GET`, `HEAD`, `OPTIONS`) move on; a `POST`,
+ *   `PATCH`, `PUT` or `DELETE` fails, as it may have taken effect.
+ * The request timeout applies to each endpoint tried.
  *
  * @module
  */
-import { z } from "zod";
-import { ErrorEnvelopeSchema } from "../shared/errors.ts";
-import { listOf } from "../shared/api/common.ts";
+import { ErrorEnvelopeWire } from "./wire_schemas.ts";
+import { type EndpointPicker, sharedPicker } from "./endpoints.ts";
 import { ApiCallError, TransportError } from "./errors.ts";
 import { formatDuration } from "./duration.ts";
 
+/** One validation problem: where (`["items", 0, "name"]`) and what. */
+export interface ResponseIssue {
+  path: readonly PropertyKey[];
+  message: string;
+}
+
+/** The outcome of {@link ResponseSchema.safeParse} (zod's `safeParse` result has this shape). */
+export type SafeParseResult<T> =
+  | { success: true; data: T }
+  | { success: false; error: { issues: readonly ResponseIssue[] } };
+
+/** What validates a response body: a zod schema, or a `wire_schemas.ts` validator. */
+export interface ResponseSchema<T> {
+  safeParse(raw: unknown): SafeParseResult<T>;
+}
+
 /** Options of {@link ApiClient}. */
 export interface ApiClientOptions {
-  /** Base URL without trailing slash. */
-  endpoint: string;
+  /**
+   * Base URL without trailing slash, or several (replicas of one cluster, tried in order;
+   * see the module doc). Ignored when `picker` is given.
+   */
+  endpoint: string | readonly string[];
+  /**
+   * Shares the try order with other clients (default: the process-wide picker of the list,
+   * endpoints.ts `sharedPicker`).
+   */
+  picker?: EndpointPicker;
   /** Bearer token; omitted for unauthenticated calls (login). */
   token?: string;
-  /** Per-request timeout (connect + headers + body), milliseconds. */
+  /** Per-request timeout (connect + headers + body), milliseconds, per endpoint tried. */
   timeoutMs: number;
   /** The `fetch` to use (defaults to the global one). */
   fetch?: typeof fetch;
@@ -43,20 +77,50 @@ export interface RequestOptions {
   token?: string;
 }
 
+/** An open event stream and the endpoint serving it. */
+export interface OpenStream {
+  /** The response body (bytes of the event stream). */
+  body: ReadableStream<Uint8Array>;
+  /** The endpoint that answered. */
+  endpoint: string;
+}
+
+/** Methods that may be re-sent to another endpoint after the request may have arrived. */
+const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+
 const SNIPPET = 200;
 
 /** Client of the `otherix-api` public REST API. */
 export class ApiClient {
-  readonly endpoint: string;
+  readonly #picker: EndpointPicker;
   readonly #token?: string;
   readonly #timeoutMs: number;
   readonly #fetch: typeof fetch;
 
   constructor(options: ApiClientOptions) {
-    this.endpoint = options.endpoint.replace(/\/+$/, "");
+    const list = typeof options.endpoint === "string" ? [options.endpoint] : options.endpoint;
+    this.#picker = options.picker ?? sharedPicker(list.map((e) => e.replace(/\/+$/, "")));
     this.#token = options.token;
     this.#timeoutMs = options.timeoutMs;
     this.#fetch = options.fetch ?? ((input, init) => fetch(input, init));
+  }
+
+  /** The endpoint requests go to first: the one that last answered (else the first). */
+  get endpoint(): string {
+    return this.#picker.current;
+  }
+
+  /** Every endpoint, in list order. */
+  get endpoints(): readonly string[] {
+    return this.#picker.endpoints;
+  }
+
+  /**
+   * Notes that `endpoint` stopped answering (an event stream broke): the next request starts
+   * with the endpoint after it.
+   */
+  endpointFailed(endpoint: string): void {
+    this.#picker.failed(endpoint);
   }
 
   /**
@@ -64,12 +128,12 @@ export class ApiClient {
    *
    * @throws ApiCallError for an error envelope; TransportError otherwise
    */
-  async json<S extends z.ZodType>(
+  async json<T>(
     method: string,
     path: string,
-    schema: S,
+    schema: ResponseSchema<T>,
     options: RequestOptions = {},
-  ): Promise<JsonResult<z.infer<S>>> {
+  ): Promise<JsonResult<T>> {
     const { status, text, contentType } = await this.#send(
       method,
       path,
@@ -87,15 +151,7 @@ export class ApiClient {
           ` (content-type ${contentType || "none"}): ${snippet(text)}`,
       );
     }
-    const parsed = schema.safeParse(raw);
-    if (!parsed.success) {
-      const why = parsed.error.issues
-        .slice(0, 3)
-        .map((i) => `${i.path.map(String).join(".") || "(root)"}: ${i.message}`)
-        .join("; ");
-      throw new TransportError("request_failed", `unexpected response from ${what}: ${why}`);
-    }
-    return { data: parsed.data, raw, status };
+    return { data: validated(schema, raw, what), raw, status };
   }
 
   /**
@@ -109,24 +165,28 @@ export class ApiClient {
 
   /**
    * Fetches every page of a cursor-paginated list (`{items, next_cursor}`), following
-   * `next_cursor` until it is null.
+   * `next_cursor` until it is null; each item is validated with `item` (issues are reported
+   * at `items.<i>.…` of the page).
    *
    * @returns all items, and the raw items for `-o json|yaml`
+   * @throws ApiCallError / TransportError as {@link json}; TransportError also for a page that
+   *   is not `{items: [], next_cursor: string|null}` or a repeating cursor
    */
-  async listAll<S extends z.ZodType>(
+  async listAll<T>(
     path: string,
-    item: S,
+    item: ResponseSchema<T>,
     query: Record<string, string | number | undefined> = {},
-  ): Promise<{ items: z.infer<S>[]; raw: unknown[] }> {
-    const schema = listOf(item);
-    const items: z.infer<S>[] = [];
+  ): Promise<{ items: T[]; raw: unknown[] }> {
+    const items: T[] = [];
     const raw: unknown[] = [];
     const seen = new Set<string>();
     let cursor: string | undefined;
     for (;;) {
-      const page = await this.json("GET", path, schema, { query: { ...query, cursor } });
-      items.push(...page.data.items);
-      raw.push(...(page.raw as { items: unknown[] }).items);
+      const page = await this.json("GET", path, PAGE, { query: { ...query, cursor } });
+      page.data.items.forEach((it, i) => {
+        items.push(validated(item, it, `GET ${path}`, ["items", i]));
+        raw.push(it);
+      });
       const next = page.data.next_cursor;
       if (next === null || next === "") break;
       if (seen.has(next)) {
@@ -144,9 +204,10 @@ export class ApiClient {
   /**
    * Opens a Server-Sent Events stream (`GET path`, `Accept: text/event-stream`). The request
    * timeout covers the connection and the response headers only: the body streams until the
-   * server ends it or `signal` aborts.
+   * server ends it or `signal` aborts. When the stream later breaks, report it with
+   * {@link endpointFailed} so the reconnection tries the next endpoint.
    *
-   * @returns the response body (bytes of the event stream)
+   * @returns the response body and the endpoint serving it
    * @throws ApiCallError for an error envelope (e.g. 404 `not_found` from a server without the
    *   endpoint, 410 `revision_compacted`); TransportError otherwise, also for a 2xx answer
    *   that is not `text/event-stream`
@@ -154,8 +215,8 @@ export class ApiClient {
   async stream(
     path: string,
     options: RequestOptions & { signal?: AbortSignal; headers?: Record<string, string> } = {},
-  ): Promise<ReadableStream<Uint8Array>> {
-    const res = await this.#request("GET", path, options, "text/event-stream");
+  ): Promise<OpenStream> {
+    const { res, endpoint } = await this.#request("GET", path, options, "text/event-stream");
     const contentType = res.headers.get("content-type") ?? "";
     if (!/^text\/event-stream\b/i.test(contentType) || !res.body) {
       const text = await res.text().catch(() => "");
@@ -165,7 +226,7 @@ export class ApiClient {
           ` (content-type ${contentType || "none"}): ${snippet(text) || "(empty body)"}`,
       );
     }
-    return res.body;
+    return { body: res.body, endpoint };
   }
 
   async #send(
@@ -174,8 +235,7 @@ export class ApiClient {
     options: RequestOptions,
     accept: string,
   ): Promise<{ status: number; text: string; contentType: string }> {
-    const signal = AbortSignal.timeout(this.#timeoutMs);
-    const res = await this.#request(method, path, options, accept, signal);
+    const { res, endpoint } = await this.#request(method, path, options, accept, true);
     try {
       return {
         status: res.status,
@@ -183,22 +243,55 @@ export class ApiClient {
         contentType: res.headers.get("content-type") ?? "",
       };
     } catch (e) {
-      throw this.#transportError(e, `${method} ${new URL(this.endpoint + path).pathname}`);
+      throw this.#transportError(e, `${method} ${new URL(endpoint + path).pathname}`, endpoint);
     }
   }
 
   /**
-   * Sends a request; returns the response when it is 2xx (body unread). Without `bodySignal`
-   * the request timeout covers the connection and headers only.
+   * Sends a request to the endpoints in try order (see the module doc); returns the first
+   * 2xx response (body unread) with its endpoint. With `coverBody` the timeout also covers
+   * reading the body; without, only the connection and the headers.
    */
   async #request(
     method: string,
     path: string,
     options: RequestOptions & { signal?: AbortSignal; headers?: Record<string, string> },
     accept: string,
-    bodySignal?: AbortSignal,
+    coverBody = false,
+  ): Promise<{ res: Response; endpoint: string }> {
+    const failures: TransportError[] = [];
+    const order = this.#picker.order();
+    for (const [i, endpoint] of order.entries()) {
+      let res: Response;
+      try {
+        res = await this.#attempt(endpoint, method, path, options, accept, coverBody);
+      } catch (e) {
+        if (!(e instanceof AttemptFailed)) throw e;
+        failures.push(e.error);
+        const last = i === order.length - 1;
+        if (last || !(e.neverConnected || SAFE_METHODS.has(method))) {
+          throw combined(failures);
+        }
+        continue;
+      }
+      this.#picker.answered(endpoint);
+      if (res.status >= 200 && res.status < 300) return { res, endpoint };
+      const what = `${method} ${new URL(endpoint + path).pathname}`;
+      throw await this.#answerError(res, what, endpoint);
+    }
+    throw combined(failures); // unreachable: the picker has at least one endpoint
+  }
+
+  /** One try against `endpoint`: the response, or {@link AttemptFailed}. */
+  async #attempt(
+    endpoint: string,
+    method: string,
+    path: string,
+    options: RequestOptions & { signal?: AbortSignal; headers?: Record<string, string> },
+    accept: string,
+    coverBody: boolean,
   ): Promise<Response> {
-    const url = new URL(this.endpoint + path);
+    const url = new URL(endpoint + path);
     for (const [k, v] of Object.entries(options.query ?? {})) {
       if (v !== undefined) url.searchParams.set(k, String(v));
     }
@@ -215,47 +308,51 @@ export class ApiClient {
       body = JSON.stringify(options.body);
     }
     const what = `${method} ${url.pathname}`;
-    const timeout = bodySignal ?? AbortSignal.timeout(this.#timeoutMs);
-    // Headers must arrive before the timeout; a streamed body may outlive it (no bodySignal).
+    const timeout = AbortSignal.timeout(this.#timeoutMs);
+    // Headers must arrive before the timeout; a streamed body may outlive it (!coverBody).
     const headersDeadline = new AbortController();
     const onTimeout = () => headersDeadline.abort(timeout.reason);
-    timeout.addEventListener("abort", onTimeout);
-    const signals = [bodySignal ?? headersDeadline.signal];
+    if (!coverBody) timeout.addEventListener("abort", onTimeout);
+    const signals = [coverBody ? timeout : headersDeadline.signal];
     if (options.signal) signals.push(options.signal);
-    let res: Response;
     try {
-      res = await this.#fetch(url, { method, headers, body, signal: AbortSignal.any(signals) });
+      return await this.#fetch(url, { method, headers, body, signal: AbortSignal.any(signals) });
     } catch (e) {
-      throw this.#transportError(e, what);
+      const error = this.#transportError(e, what, endpoint);
+      if (options.signal?.aborted) throw error; // the caller stopped: no failover
+      throw new AttemptFailed(error, neverConnected(e));
     } finally {
-      if (!bodySignal) timeout.removeEventListener("abort", onTimeout);
+      if (!coverBody) timeout.removeEventListener("abort", onTimeout);
     }
-    if (res.status >= 200 && res.status < 300) return res;
+  }
+
+  /** The error for a non-2xx answer: its envelope as ApiCallError, else request_failed. */
+  async #answerError(res: Response, what: string, endpoint: string): Promise<Error> {
     let text: string;
     try {
       text = await res.text();
     } catch (e) {
-      throw this.#transportError(e, what);
+      return this.#transportError(e, what, endpoint);
     }
-    let envelope: z.infer<typeof ErrorEnvelopeSchema> | undefined;
+    let parsed: unknown;
     try {
-      const parsed = ErrorEnvelopeSchema.safeParse(JSON.parse(text));
-      if (parsed.success) envelope = parsed.data;
+      parsed = JSON.parse(text);
     } catch {
       // not JSON: reported below
     }
-    if (envelope) {
-      const { code, message, details } = envelope.error;
-      throw new ApiCallError(code, message, details, res.status);
+    const envelope = parsed === undefined ? undefined : ErrorEnvelopeWire.safeParse(parsed);
+    if (envelope?.success) {
+      const { code, message, details } = envelope.data.error;
+      return new ApiCallError(code, message, details, res.status);
     }
-    throw new TransportError(
+    return new TransportError(
       "request_failed",
       `unexpected response from ${what}: HTTP ${res.status}: ${snippet(text) || "(empty body)"}`,
     );
   }
 
-  #transportError(e: unknown, what: string): TransportError {
-    const target = `${this.endpoint} (${what})`;
+  #transportError(e: unknown, what: string, endpoint: string): TransportError {
+    const target = `${endpoint} (${what})`;
     if (e instanceof DOMException && e.name === "TimeoutError") {
       return new TransportError(
         "request_timeout",
@@ -271,14 +368,86 @@ export class ApiClient {
         { cause: e },
       );
     }
-    return new TransportError(
-      "request_failed",
-      `${what} to ${this.endpoint} failed: ${describe(e)}`,
-      {
-        cause: e,
-      },
-    );
+    return new TransportError("request_failed", `${what} to ${endpoint} failed: ${describe(e)}`, {
+      cause: e,
+    });
   }
+}
+
+/** The page envelope of every list endpoint, checked before its items. */
+const PAGE: ResponseSchema<{ items: unknown[]; next_cursor: string | null }> = {
+  safeParse(raw) {
+    const page = raw as { items?: unknown; next_cursor?: unknown } | null;
+    const issues: ResponseIssue[] = [];
+    if (typeof page !== "object" || page === null || Array.isArray(page)) {
+      issues.push({ path: [], message: "expected an object {items, next_cursor}" });
+    } else {
+      if (!Array.isArray(page.items)) issues.push({ path: ["items"], message: "expected array" });
+      if (page.next_cursor !== null && typeof page.next_cursor !== "string") {
+        issues.push({ path: ["next_cursor"], message: "expected string or null" });
+      }
+    }
+    return issues.length
+      ? { success: false, error: { issues } }
+      : { success: true, data: raw as { items: unknown[]; next_cursor: string | null } };
+  },
+};
+
+/**
+ * `raw` checked by `schema`, as its parsed value.
+ *
+ * @throws TransportError `request_failed` naming the first three issues (paths below `at`)
+ */
+function validated<T>(
+  schema: ResponseSchema<T>,
+  raw: unknown,
+  what: string,
+  at: PropertyKey[] = [],
+): T {
+  const parsed = schema.safeParse(raw);
+  if (parsed.success) return parsed.data;
+  const why = parsed.error.issues
+    .slice(0, 3)
+    .map((i) => `${[...at, ...i.path].map(String).join(".") || "(root)"}: ${i.message}`)
+    .join("; ");
+  throw new TransportError("request_failed", `unexpected response from ${what}: ${why}`);
+}
+
+/** A failed try: its error, and whether the connection was never opened. */
+class AttemptFailed extends Error {
+  constructor(readonly error: TransportError, readonly neverConnected: boolean) {
+    super(error.message);
+  }
+}
+
+/**
+ * The errors of every endpoint tried: one error as it is; several as one line naming each
+ * (`no endpoint answered (2 tried): …; …`) with the last one's code.
+ */
+function combined(failures: TransportError[]): TransportError {
+  const last = failures[failures.length - 1];
+  if (failures.length === 1) return last;
+  return new TransportError(
+    last.code,
+    `no endpoint answered (${failures.length} tried): ` +
+      failures.map((f) => f.message).join("; "),
+    { cause: last },
+  );
+}
+
+/**
+ * True when `e` (or its cause chain) says no connection was ever opened, so the request
+ * cannot have reached a server: a refused TCP connection, a failed DNS lookup or TLS
+ * handshake (Deno's fetch: `client error (Connect)`).
+ */
+export function neverConnected(e: unknown): boolean {
+  if (isConnectionRefused(e)) return true;
+  for (let cur: unknown = e, depth = 0; cur && depth < 5; depth++) {
+    const msg = cur instanceof Error ? cur.message : String(cur);
+    if (/client error \(Connect\)/.test(msg)) return true;
+    cur = cur instanceof Error ? cur.cause : undefined;
+  }
+  return false;
 }
 
 /** True when `e` (or its cause chain) is a refused TCP connection. */

@@ -6,31 +6,15 @@
  * @module
  */
 import { type Command, InvalidArgumentError, Option } from "commander";
-import { ApiClient } from "./client.ts";
-import { loadConfig, resolveConfigPath } from "./config_store.ts";
+import type { ApiClient } from "./client.ts";
+import { connectWith, DEFAULT_REQUEST_TIMEOUT_SECONDS, type GlobalOptions } from "./connect.ts";
 import { parseDuration } from "./duration.ts";
-import { UsageError } from "./errors.ts";
 import type { Io } from "./io.ts";
 import { z } from "zod";
 import { listEnvelope, OUTPUT_FORMATS, type OutputFormat, renderAs } from "./render.ts";
-import { resolveTarget } from "./resolve.ts";
 
-/** Default `--request-timeout`, seconds. */
-export const DEFAULT_REQUEST_TIMEOUT_SECONDS = 30;
-
-/** Options defined on the root command, visible to every subcommand. */
-export interface GlobalOptions {
-  /** `--config <path>`. */
-  config?: string;
-  /** `--cluster <name>`. */
-  cluster?: string;
-  /** `--endpoint <url>`. */
-  endpoint?: string;
-  /** `--token <token>`. */
-  token?: string;
-  /** `--request-timeout`, seconds. */
-  requestTimeout: number;
-}
+export { DEFAULT_REQUEST_TIMEOUT_SECONDS, type GlobalOptions };
+export { seg } from "./segment.ts";
 
 /** Parses an integer option argument (sign allowed; ranges are the server's business). */
 export function parseIntArg(value: string): number {
@@ -57,7 +41,11 @@ export function addGlobalOptions(program: Command): Command {
   return program
     .option("--config <path>", "config file (default: $OTHERIX_CONFIG, then ~/.otherix/config)")
     .option("--cluster <name>", "use this configured cluster instead of the current one")
-    .option("--endpoint <url>", "API server URL (overrides $OTHERIX_SERVER and the config)")
+    .option(
+      "--endpoint <url>",
+      "API server URL, or several comma-separated (replicas, tried in order; overrides" +
+        " $OTHERIX_SERVER and the config)",
+    )
     .option("--token <token>", "API token (overrides $OTHERIX_API_TOKEN and the config)")
     .addOption(
       new Option("--request-timeout <duration>", "per-request timeout (e.g. 30, 30s, 2m)")
@@ -87,44 +75,11 @@ export function waitTimeoutOption(): Option {
 }
 
 /**
- * Resolves endpoint and token through the precedence table (see `resolve.ts`) and returns
- * a client for them.
+ * Resolves endpoints and token through the precedence table (see `resolve.ts`) and returns
+ * a client for them (`connect.ts`).
  */
 export async function connect(cmd: Command, io: Io): Promise<ApiClient> {
-  const g = globalsOf(cmd);
-  // Without HOME the default path is unknown; that only matters if the config is needed.
-  let configPath = "~/.otherix/config";
-  let pathError: unknown;
-  try {
-    configPath = resolveConfigPath(g.config, (n) => io.env(n));
-  } catch (e) {
-    pathError = e;
-  }
-  const target = await resolveTarget({
-    flags: { endpoint: g.endpoint, token: g.token, cluster: g.cluster },
-    env: (n) => io.env(n),
-    loadConfig: () => pathError ? Promise.reject(pathError) : loadConfig(configPath),
-    configPath,
-  });
-  return new ApiClient({
-    endpoint: target.endpoint,
-    token: target.token,
-    timeoutMs: g.requestTimeout * 1000,
-    fetch: io.fetch,
-  });
-}
-
-/**
- * Encodes a path segment (a resource name) for a URL.
- *
- * @throws UsageError when `name` is empty, `.` or `..`: URL resolution drops or climbs such a
- *   segment (encoded as `%2E` too), so the request would reach another endpoint
- */
-export function seg(name: string): string {
-  if (name === "" || name === "." || name === "..") {
-    throw new UsageError(`invalid name "${name}": must not be empty, "." or ".."`);
-  }
-  return encodeURIComponent(name);
+  return await connectWith(globalsOf(cmd), io);
 }
 
 /** What {@link printList} needs of a list command. */

@@ -84,3 +84,22 @@ export class WaitTimeoutError extends CliError {
     return `error: ${this.message}`;
   }
 }
+
+/**
+ * Prints an error the way every command ends on one and returns the exit status 1: a
+ * {@link CliError} as its line, anything else (a bug) as `error: <message>`, with the stack
+ * when `$OTHERIX_DEBUG` is set.
+ */
+export function reportError(
+  e: unknown,
+  io: { err(text: string): void; env(name: string): string | undefined },
+): number {
+  if (e instanceof CliError) {
+    io.err(e.render() + "\n");
+    return 1;
+  }
+  const err = e as Error;
+  io.err(`error: ${err?.message ?? String(e)}\n`);
+  if (io.env("OTHERIX_DEBUG")) io.err(`${err?.stack ?? ""}\n`);
+  return 1;
+}

@@ -44,7 +44,8 @@ export interface EventsQuery {
 
 /**
  * Opens one stream connection and yields its frames until the server ends it (the generator
- * returns: the caller may resume) or `signal` aborts (returns too).
+ * returns: the caller may resume) or `signal` aborts (returns too). A connection that breaks
+ * is reported to the client, so the next connection tries the cluster's next endpoint.
  *
  * @throws ApiCallError for an error envelope before the stream (404 `not_found` from a server
  *   without the endpoint, 410 `revision_compacted`, …) or an `event: error` frame in it
@@ -55,7 +56,7 @@ export async function* readEvents(
   query: EventsQuery,
   signal: AbortSignal,
 ): AsyncGenerator<StreamItem & { id?: string }> {
-  const body = await client.stream("/v1/events", {
+  const { body, endpoint } = await client.stream("/v1/events", {
     query: { kind: query.kinds?.join(","), name: query.name, since: query.since },
     signal,
   });
@@ -84,6 +85,7 @@ export async function* readEvents(
         chunk = await reader.read();
       } catch (e) {
         if (signal.aborted) return;
+        client.endpointFailed(endpoint); // the reconnection starts with the next endpoint
         throw new TransportError("request_failed", `event stream broke: ${messageOf(e)}`, {
           cause: e,
         });

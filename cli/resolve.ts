@@ -10,10 +10,16 @@
  * | 4     | current-cluster          | current-cluster          |
  * | 5     | fail: no endpoint configured | fail: no token configured |
  *
+ * An endpoint value may list several URLs (control-plane replicas, issue 11): comma-separated
+ * in `--endpoint` and `$OTHERIX_SERVER`, a string or list in the config's `server`.
+ *
  * @module
  */
-import { type CliConfig, findCluster, notFound } from "./config_store.ts";
+import { type CliConfig, type ClusterEntry, findCluster, notFound } from "./config_store.ts";
+import { parseEndpoints } from "./endpoints.ts";
 import { UsageError } from "./errors.ts";
+
+export { normalizeEndpoint } from "./endpoints.ts";
 
 /** Env var for the endpoint (layer 2). */
 export const SERVER_ENV = "OTHERIX_SERVER";
@@ -25,8 +31,13 @@ export type Source = "flag" | "env" | "cluster" | "current-cluster";
 
 /** The outcome of resolution. */
 export interface Target {
-  /** Base URL without trailing slash, e.g. `http://127.0.0.1:8080`. */
+  /** The first of {@link endpoints} (for messages). */
   endpoint: string;
+  /**
+   * Base URLs without trailing slash, in the order given, e.g. `["http://127.0.0.1:8080"]`;
+   * at least one.
+   */
+  endpoints: string[];
   /** Bearer token. */
   token: string;
   /** Which layer gave the endpoint. */
@@ -61,13 +72,14 @@ function needsConfig(inputs: TargetInputs): boolean {
  * Resolves endpoint and token independently through the precedence table.
  *
  * @throws UsageError `no endpoint configured` / `no token configured`, an unknown `--cluster`,
- *   a dangling `current-cluster`, or an endpoint that is not an http(s) URL
+ *   a dangling `current-cluster`, or an endpoint list with an entry that is not an http(s)
+ *   URL
  */
 export async function resolveTarget(inputs: TargetInputs): Promise<Target> {
   const { flags, env, configPath } = inputs;
   const config = needsConfig(inputs) ? await inputs.loadConfig() : undefined;
 
-  let named: { server: string; token: string } | undefined;
+  let named: ClusterEntry | undefined;
   if (flags.cluster) {
     named = findCluster(config!, flags.cluster);
     if (!named) throw notFound(flags.cluster, configPath);
@@ -84,11 +96,11 @@ export async function resolveTarget(inputs: TargetInputs): Promise<Target> {
     return current;
   };
 
-  const pick = (
+  const pick = <F extends "server" | "token">(
     flag: string | undefined,
     envName: string,
-    field: "server" | "token",
-  ): [string, Source] | undefined => {
+    field: F,
+  ): [ClusterEntry[F], Source] | undefined => {
     if (flag) return [flag, "flag"];
     const fromEnv = env(envName);
     if (fromEnv) return [fromEnv, "env"];
@@ -112,28 +124,12 @@ export async function resolveTarget(inputs: TargetInputs): Promise<Target> {
         `'otherix config add cluster' (config: ${configPath})`,
     );
   }
+  const endpoints = parseEndpoints(endpoint[0]);
   return {
-    endpoint: normalizeEndpoint(endpoint[0]),
+    endpoint: endpoints[0],
+    endpoints,
     token: token[0],
     endpointSource: endpoint[1],
     tokenSource: token[1],
   };
-}
-
-/**
- * Validates an http(s) base URL and strips trailing slashes.
- *
- * @throws UsageError when `url` is not an http(s) URL
- */
-export function normalizeEndpoint(url: string): string {
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    throw new UsageError(`invalid endpoint "${url}": must be an http(s) URL`);
-  }
-  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
-    throw new UsageError(`invalid endpoint "${url}": must be an http(s) URL`);
-  }
-  return url.replace(/\/+$/, "");
 }

@@ -1,14 +1,25 @@
 /**
  * CLI cold start (`deno task bench --only cli`, or `deno run -A --unstable-kv
  * scripts/bench_cli.ts [--n 15]`): end-to-end wall time of `otherix vm list` and `otherix vm
- * get NAME`, each a fresh process run the way the tests and `deno task otherix` run it (`deno
- * run` with the CLI's sandbox flags, scripts/permissions.ts), against a real control plane
- * (in-process, test/cp/fixtures.ts, one VM on a scripted agent), next to:
+ * get NAME`, each a fresh process, against a real control plane (in-process,
+ * test/cp/fixtures.ts, one VM on a scripted agent), run two ways:
+ *
+ * - `bundle`: what `deno task compile` ships (scripts/compile.ts `bundleCli`: the code-split
+ *   bundle `deno compile` embeds), run with `deno run --no-config` and the CLI's sandbox flags
+ *   (scripts/permissions.ts). The compiled binary itself cannot be timed on a machine without
+ *   `denort` (DESIGN.md); this is the same code under the same flags;
+ * - `source`: `cli/main.ts` from source, as the tests and `deno task otherix` run it;
+ *
+ * with the endpoint and token from the environment, plus `vm list` reading them from a config
+ * file (which loads the YAML library). Next to:
  *
  * - `virsh list` (Debian `libvirt-clients`), the issue's reference: against libvirtd when it
  *   runs, else libvirt's in-process test driver (see {@link virshArgv}); skipped with a note
  *   when virsh is not installed;
- * - a `deno run` hello world: the floor any Deno CLI pays.
+ * - a `deno run` hello world: the floor any Deno CLI pays;
+ * - where the rest goes: the bundle loading its start-up modules without a request
+ *   (`__complete` of an unknown kind prints nothing and sends nothing), and a script that only
+ *   sends the same `GET /v1/vms` with `fetch` (Deno's HTTP client and the server's answer).
  *
  * Prints the median and p90 of `--n` runs (after one warm-up run each, so Deno's module and
  * code caches are filled as on a machine that ran the CLI before) and the ratios. Nothing is
@@ -17,12 +28,23 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { denoRunArgs, STANDARD_SANDBOX } from "./permissions.ts";
+import { bundleCli } from "./compile.ts";
+import { denoRunArgs, permissionFlags, STANDARD_SANDBOX } from "./permissions.ts";
 import { apiFor, FakeAgent, LogCapture, startTestCp, until } from "../test/cp/fixtures.ts";
 
-/** Wall times of `argv` run `n` times after one warm-up, milliseconds. */
-async function time(argv: string[], n: number, env: Record<string, string> = {}) {
-  const once = async () => {
+/** One command to time: its argv and extra env. */
+interface Timed {
+  argv: string[];
+  env?: Record<string, string>;
+}
+
+/**
+ * Wall times of each command run `n` times after one warm-up each, milliseconds, sorted. The
+ * runs are interleaved (round-robin over the commands), so a change in the machine's load
+ * during the bench weighs on every command alike.
+ */
+async function timeAll(commands: Timed[], n: number): Promise<number[][]> {
+  const once = async ({ argv, env = {} }: Timed) => {
     const t = performance.now();
     const out = await new Deno.Command(argv[0], {
       args: argv.slice(1),
@@ -37,10 +59,12 @@ async function time(argv: string[], n: number, env: Record<string, string> = {})
     }
     return ms;
   };
-  await once();
-  const xs: number[] = [];
-  for (let i = 0; i < n; i++) xs.push(await once());
-  return xs.sort((a, b) => a - b);
+  for (const c of commands) await once(c);
+  const xs = commands.map(() => [] as number[]);
+  for (let i = 0; i < n; i++) {
+    for (const [j, c] of commands.entries()) xs[j].push(await once(c));
+  }
+  return xs.map((x) => x.sort((a, b) => a - b));
 }
 
 function median(xs: number[]): number {
@@ -96,33 +120,57 @@ export async function benchCli(n: number): Promise<void> {
       body: JSON.stringify({ email: "admin@example.com", password: "admin-password" }),
     });
     const token = (await login.json()).access_token as string;
-    const env = {
-      OTHERIX_SERVER: `http://127.0.0.1:${cp.publicPort}`,
-      OTHERIX_API_TOKEN: token,
-      NO_COLOR: "1",
-    };
-    const cli = (
-      args: string[],
-    ) => [Deno.execPath(), ...denoRunArgs("otherix", STANDARD_SANDBOX, args)];
-    const hello = `${dir}/hello.ts`;
+    const server = `http://127.0.0.1:${cp.publicPort}`;
+    const env = { OTHERIX_SERVER: server, OTHERIX_API_TOKEN: token, NO_COLOR: "1" };
+    const home = `${dir}/home`;
+    await Deno.mkdir(`${home}/.otherix`, { recursive: true });
+    await Deno.writeTextFile(
+      `${home}/.otherix/config`,
+      `apiVersion: otherix/v1\nkind: Config\nclusters:\n  - name: bench\n    server: ${server}\n` +
+        `    token: ${token}\ncurrent-cluster: bench\n`,
+    );
+    const bundle = await bundleCli(`${dir}/bundle`);
+    const deno = Deno.execPath();
+    const flags = permissionFlags("otherix", STANDARD_SANDBOX);
+    const bundled = (args: string[]) => [deno, "run", "--no-config", ...flags, bundle, ...args];
+    const source = (args: string[]) => [deno, ...denoRunArgs("otherix", STANDARD_SANDBOX, args)];
+    const hello = `${dir}/hello.js`;
     await Deno.writeTextFile(hello, 'console.log("hello");\n');
+    const fetchOnly = `${dir}/fetch_only.js`;
+    await Deno.writeTextFile(
+      fetchOnly,
+      "const r = await fetch(Deno.env.get('OTHERIX_SERVER') + '/v1/vms', { headers: {" +
+        " authorization: 'Bearer ' + Deno.env.get('OTHERIX_API_TOKEN') } });\n" +
+        "console.log((await r.json()).items.length);\n",
+    );
 
-    const rows: [string, number[]][] = [
-      ["otherix vm list", await time(cli(["vm", "list"]), n, env)],
-      ["otherix vm get bench-vm", await time(cli(["vm", "get", "bench-vm"]), n, env)],
-      ["deno run hello.ts (floor)", await time([Deno.execPath(), "run", hello], n)],
+    const configEnv = { HOME: home, NO_COLOR: "1" };
+    const commands: [string, Timed][] = [
+      ["vm list (bundle)", { argv: bundled(["vm", "list"]), env }],
+      ["vm get bench-vm (bundle)", { argv: bundled(["vm", "get", "bench-vm"]), env }],
+      ["vm list (bundle, config file)", { argv: bundled(["vm", "list"]), env: configEnv }],
+      ["vm list (source)", { argv: source(["vm", "list"]), env }],
+      ["vm get bench-vm (source)", { argv: source(["vm", "get", "bench-vm"]), env }],
+      ["deno run hello.js (floor)", { argv: [deno, "run", "--no-config", hello] }],
+      ["  floor + start-up modules", { argv: bundled(["__complete", "no-such-kind"]), env }],
+      ["  floor + one fetch", { argv: [deno, "run", "--no-config", ...flags, fetchOnly], env }],
     ];
-    if (virsh) rows.push([virsh.label, await time(virsh.argv, n)]);
+    if (virsh) commands.push([virsh.label, { argv: virsh.argv }]);
+    const times = await timeAll(commands.map(([, c]) => c), n);
+    const rows = commands.map(([name], i): [string, number[]] => [name, times[i]]);
     const reference = rows.find(([k]) => k.startsWith("virsh"))?.[1];
     const floor = rows.find(([k]) => k.startsWith("deno run"))![1];
-    console.log(`CLI cold start (${n} runs each, after a warm-up; ms)`);
+    console.log(
+      `CLI cold start (${n} runs each, after a warm-up; ms). bundle = what deno compile ships,` +
+        " run with deno run --no-config and the CLI's sandbox flags",
+    );
     for (const [name, xs] of rows) {
       const ratios = [
         reference ? `${(median(xs) / median(reference)).toFixed(1)}× virsh` : "",
         `${(median(xs) / median(floor)).toFixed(1)}× floor`,
       ].filter(Boolean).join(", ");
       console.log(
-        `  ${name.padEnd(28)} p50 ${median(xs).toFixed(0).padStart(5)}  p90 ${
+        `  ${name.padEnd(30)} p50 ${median(xs).toFixed(0).padStart(5)}  p90 ${
           p90(xs).toFixed(0).padStart(5)
         }   ${ratios}`,
       );

@@ -8,21 +8,13 @@
  * @module
  */
 import type { Command } from "commander";
-import { z } from "zod";
-import { connect, globalsOf } from "../common.ts";
+import { globalsOf } from "../common.ts";
+import { COMPLETE_TIMEOUT_SECONDS, printNames } from "../complete_names.ts";
 import { completionScript, type Shell, SHELLS } from "../completion/scripts.ts";
-import { completionTree, RESOURCE_KINDS, type ResourceKind } from "../completion/tree.ts";
+import { completionTree } from "../completion/tree.ts";
 import type { Io } from "../io.ts";
 
-/** Longest a `__complete` lookup may take, seconds. */
-export const COMPLETE_TIMEOUT_SECONDS = 2;
-
-const PATHS: Record<ResourceKind, string> = {
-  vm: "/v1/vms",
-  node: "/v1/nodes",
-  pool: "/v1/pools",
-  network: "/v1/networks",
-};
+export { COMPLETE_TIMEOUT_SECONDS };
 
 /** Registers `completion` and the hidden `__complete` on `program` (build it fully first). */
 export function registerCompletionCommand(program: Command, io: Io): void {
@@ -46,24 +38,14 @@ export function registerCompletionCommand(program: Command, io: Io): void {
   registerCompleteHelper(program, io);
 }
 
-/** Registers only the hidden `__complete KIND` (the fast path the scripts call). */
+/**
+ * Registers only the hidden `__complete KIND` (`complete_names.ts`; usually served by the
+ * start-up fast path without building this program).
+ */
 export function registerCompleteHelper(program: Command, io: Io): void {
   program.command("__complete", { hidden: true })
     .argument("<kind>")
     .action(async (kind: string, _opts, cmd: Command) => {
-      if (!(RESOURCE_KINDS as readonly string[]).includes(kind)) return;
-      try {
-        const seconds = Math.min(globalsOf(cmd).requestTimeout, COMPLETE_TIMEOUT_SECONDS);
-        program.setOptionValue("requestTimeout", seconds);
-        const client = await connect(cmd, io);
-        const { items } = await client.listAll(
-          PATHS[kind as ResourceKind],
-          z.object({ name: z.string() }),
-        );
-        const names = [...new Set(items.map((i) => i.name))].sort();
-        if (names.length) io.out(names.join("\n") + "\n");
-      } catch {
-        // Silent by design: completion must never print errors into the command line.
-      }
+      await printNames(kind, globalsOf(cmd), io);
     });
 }

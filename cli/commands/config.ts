@@ -10,16 +10,18 @@ import { ApiClient } from "../client.ts";
 import { globalsOf, outputOption } from "../common.ts";
 import {
   type CliConfig,
-  ClusterNameSchema,
+  clusterNameProblem,
   findCluster,
   loadConfig,
   notFound,
   removeCluster,
   resolveConfigPath,
   saveConfig,
+  serversOf,
   upsertCluster,
   useCluster,
 } from "../config_store.ts";
+import { parseEndpoints } from "../endpoints.ts";
 import { CliError, UsageError } from "../errors.ts";
 import { API_TOKEN_PREFIX } from "../../shared/constants.ts";
 import type { Io } from "../io.ts";
@@ -32,7 +34,7 @@ import {
   renderTable,
   renderYaml,
 } from "../render.ts";
-import { normalizeEndpoint, SERVER_ENV } from "../resolve.ts";
+import { SERVER_ENV } from "../resolve.ts";
 
 /** Env var for `config add cluster --login`. */
 export const LOGIN_ENV = "OTHERIX_LOGIN";
@@ -86,7 +88,11 @@ export function registerConfigCommands(program: Command, io: Io): void {
   add.command("cluster")
     .description("log in to a cluster and store a long-lived API token for it")
     .option("--name <name>", "name of the cluster entry")
-    .option("--server <url>", `API server URL (or $${SERVER_ENV})`)
+    .option(
+      "--server <url>",
+      `API server URL, or several comma-separated: replicas of one cluster, tried in order` +
+        ` (or $${SERVER_ENV})`,
+    )
     .option("--login <email>", `login email (or $${LOGIN_ENV})`)
     .option("--password <password>", `password (or $${PASSWORD_ENV}); never stored`)
     .option("--force", "replace an existing entry with the same name")
@@ -115,19 +121,18 @@ export function registerConfigCommands(program: Command, io: Io): void {
         value: opts.password,
       };
       await fillFields([name, server, login, password], io);
-      const checked = ClusterNameSchema.safeParse(name.value);
-      if (!checked.success) {
-        throw new UsageError(`invalid --name "${name.value}": ${checked.error.issues[0].message}`);
-      }
-      const endpoint = normalizeEndpoint(server.value!);
-      if (findCluster(cfg, checked.data) && !opts.force) {
+      const clusterName = name.value!;
+      const problem = clusterNameProblem(clusterName);
+      if (problem) throw new UsageError(`invalid --name "${clusterName}": ${problem}`);
+      const endpoints = parseEndpoints(server.value!);
+      if (findCluster(cfg, clusterName) && !opts.force) {
         throw new UsageError(
-          `cluster "${checked.data}" already exists in ${path} (use --force to replace it)`,
+          `cluster "${clusterName}" already exists in ${path} (use --force to replace it)`,
         );
       }
 
       const client = new ApiClient({
-        endpoint,
+        endpoint: endpoints,
         timeoutMs: globalsOf(cmd).requestTimeout * 1000,
         fetch: io.fetch,
       });
@@ -142,19 +147,25 @@ export function registerConfigCommands(program: Command, io: Io): void {
           token: session.data.access_token,
           body: {
             name: cliTokenName(io.hostname()),
-            description: `otherix CLI, cluster ${checked.data}`,
+            description: `otherix CLI, cluster ${clusterName}`,
           },
         },
       );
 
       cfg = upsertCluster(
         cfg,
-        { name: checked.data, server: endpoint, token: minted.data.plaintext_token },
+        {
+          name: clusterName,
+          server: endpoints.length === 1 ? endpoints[0] : endpoints,
+          token: minted.data.plaintext_token,
+        },
         { replace: true, use: opts.use !== false },
       );
       await saveConfig(path, cfg);
-      const current = cfg["current-cluster"] === checked.data;
-      io.out(`cluster added: name=${checked.data} server=${endpoint} current=${current}\n`);
+      const current = cfg["current-cluster"] === clusterName;
+      io.out(
+        `cluster added: name=${clusterName} server=${endpoints.join(",")} current=${current}\n`,
+      );
     });
 
   config.command("list")
@@ -169,7 +180,11 @@ export function registerConfigCommands(program: Command, io: Io): void {
       io.out(renderTable(
         wide ? ["name", "server", "current", "token"] : ["name", "server", "current"],
         cfg.clusters.map((c) => {
-          const row = [c.name, c.server, c.name === cfg["current-cluster"] ? "*" : ""];
+          const row = [
+            c.name,
+            serversOf(c).join(","),
+            c.name === cfg["current-cluster"] ? "*" : "",
+          ];
           return wide ? [...row, maskToken(c.token)] : row;
         }),
       ));
@@ -202,7 +217,7 @@ export function registerConfigCommands(program: Command, io: Io): void {
       if (!entry) throw notFound(name, path);
       const view = {
         name: entry.name,
-        server: entry.server,
+        server: serversOf(entry).join(","),
         token: opts.showToken ? entry.token : maskToken(entry.token),
         current: cfg["current-cluster"] === entry.name,
       };
@@ -237,7 +252,12 @@ export function registerConfigCommands(program: Command, io: Io): void {
         }
       }
       if (opts.revoke !== false) {
-        await revokeStoredToken(entry.server, entry.token, globalsOf(cmd).requestTimeout, io);
+        await revokeStoredToken(
+          serversOf(entry),
+          entry.token,
+          globalsOf(cmd).requestTimeout,
+          io,
+        );
       }
       await saveConfig(path, removeCluster(cfg, name, path));
       io.out(`cluster removed: ${name}\n`);
@@ -249,12 +269,12 @@ export const REVOKE_TIMEOUT_SECONDS = 10;
 
 /**
  * Best effort: revokes the stored API token on its server (`DELETE
- * /v1/users/me/api-tokens/current`, authenticated with the token itself) and says what
- * happened — `server-side token revoked` on stdout, or a warning on stderr when it could not
- * (the entry is removed either way).
+ * /v1/users/me/api-tokens/current`, authenticated with the token itself; `server`: the
+ * cluster's endpoint or endpoints) and says what happened — `server-side token revoked` on
+ * stdout, or a warning on stderr when it could not (the entry is removed either way).
  */
 export async function revokeStoredToken(
-  server: string,
+  server: string | readonly string[],
   token: string,
   timeoutSeconds: number,
   io: Io,

@@ -17,6 +17,9 @@
  * (`vm_ssh.ts`). `get -o yaml` prints the VM as an apply-ready manifest (spec "Declarative
  * manifests"; `-o json` stays the raw view).
  *
+ * How VMs print, and the plain `vm list` / `vm get` steps, live in `vm_view.ts`: the start-up
+ * fast path (`fast_path.ts`) runs them without building this command tree.
+ *
  * @module
  */
 import { type Command, Option } from "commander";
@@ -37,18 +40,15 @@ import {
   seg,
   waitTimeoutOption,
 } from "../common.ts";
-import { formatAge } from "../duration.ts";
 import { ApiCallError, UsageError } from "../errors.ts";
 import type { Io } from "../io.ts";
 import { confirm } from "../prompt.ts";
 import {
-  type KvEntry,
   listEnvelope,
   type OutputFormat,
   renderAs,
   renderJson,
   renderKeyValues,
-  renderOne,
   renderYaml,
   TableWriter,
 } from "../render.ts";
@@ -56,122 +56,20 @@ import { renderPlacement } from "../placement_table.ts";
 import { PlacementDecisionSchema } from "../../shared/api/placement.ts";
 import type { Watched } from "../watch.ts";
 import { readSshKeys } from "../ssh_keys.ts";
-import { addressText, allAddresses, vmNics } from "../vm_nics.ts";
+import {
+  fetchVm,
+  printVm,
+  printVmList,
+  type VmGetFormat,
+  vmHeaders,
+  vmKeyValues,
+  type VmListFormat,
+  vmRow,
+} from "../vm_view.ts";
 import { addVmSshCommand } from "./vm_ssh.ts";
 
 /** Repeatable option: collects each value (like create.ts's `collect`, without its imports). */
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
-
-const VM_COLUMNS = ["name", "status", "node", "pool", "image", "age"];
-
-/** Headers of `vm list` (and `vm get -o table`); `wide` adds ADDRESSES. */
-function vmHeaders(showIds: boolean, wide = false): string[] {
-  const headers = showIds ? ["id", ...VM_COLUMNS] : [...VM_COLUMNS];
-  return wide ? [...headers, "addresses"] : headers;
-}
-
-/** The ADDRESSES cell: every NIC's addresses, comma-separated; `-` when none is known. */
-export function addressesText(vm: Vm): string {
-  const all = allAddresses(vm);
-  return all.length > 0 ? all.join(",") : "-";
-}
-
-/**
- * One `vm list` row; `status` overrides the VM's (`deleted` under `--watch`); `wide` adds the
- * ADDRESSES cell.
- */
-function vmRow(
-  vm: Vm,
-  showIds: boolean,
-  now: number,
-  status: string = vm.status,
-  wide = false,
-): string[] {
-  const row = [vm.name, status, vm.node, vm.pool, vm.image, formatAge(vm.created_at, now)];
-  if (wide) row.push(addressesText(vm));
-  return showIds ? [vm.id, ...row] : row;
-}
-
-/** The `vm list` table (`wide`: with ADDRESSES). */
-function vmTable(vms: Vm[], showIds: boolean, now: number, wide = false): string {
-  const rows = vms.map((v) => vmRow(v, showIds, now, v.status, wide));
-  const table = new TableWriter(vmHeaders(showIds, wide), rows);
-  return table.header() + rows.map((r) => table.row(r)).join("");
-}
-
-/** `done`, `pending`, or `error (<the console line>)`. */
-function cloudInitText(ci: Vm["cloud_init"]): string | null {
-  if (!ci) return null;
-  return ci.status === "error" && ci.detail ? `error (${ci.detail})` : ci.status;
-}
-
-/**
- * `nics:` entries of `vm get`: each NIC (`nic<index>`) with its network, MAC and addresses
- * (`10.245.0.10/24 (ipam)`; `-` while none is known); omitted for a VM without NICs.
- */
-function nicEntries(vm: Vm): KvEntry[] | null {
-  const nics = vmNics(vm);
-  if (nics.length === 0) return null;
-  return nics.map((n): KvEntry => [`nic${n.index}`, [
-    ["network", n.network],
-    ["mac", n.mac],
-    ["addresses", n.addresses.length > 0 ? n.addresses.map(addressText).join(", ") : "-"],
-  ]]);
-}
-
-/**
- * `key: value` view of a VM, in the order of the spec's sample ("Step 4 — observe the VM"),
- * with the lifecycle fields after `desired_phase`; unset fields are omitted. The last task's
- * error is shown under `last_task`; the top-level `error` only when it says something else.
- * `cloud_init` and the NICs (`nics:`) follow.
- */
-export function vmKeyValues(vm: Vm): KvEntry[] {
-  const errorText = (e: Vm["error"]) => (e ? `${e.code}: ${e.message}` : null);
-  const task = vm.last_task;
-  const error = errorText(vm.error);
-  return [
-    ["id", vm.id],
-    ["name", vm.name],
-    ["owner_id", vm.owner_id],
-    ["image_url", vm.image_url],
-    ["image_sha256", vm.image_sha256],
-    ["image", vm.image],
-    ["image_format", vm.image_format],
-    ["pool", vm.pool],
-    ["node", vm.node],
-    ["architecture", vm.architecture],
-    ["vcpus", vm.vcpus],
-    ["memory_mb", vm.memory_mb],
-    ["disk_gib", vm.disk_gib],
-    ["status", vm.status],
-    ["desired_phase", vm.desired_phase],
-    ["restart_policy", vm.restart_policy],
-    ["restart_count", vm.restart_count],
-    [
-      "last_exit",
-      vm.last_exit
-        ? [["reason", vm.last_exit.reason], ["at", vm.last_exit.at], [
-          "detail",
-          vm.last_exit.detail,
-        ]]
-        : null,
-    ],
-    [
-      "last_task",
-      task
-        ? [["id", task.id], ["type", task.type], ["status", task.status], [
-          "error",
-          errorText(task.error),
-        ]]
-        : null,
-    ],
-    ["error", error !== null && error !== errorText(task?.error ?? null) ? error : null],
-    ["cloud_init", cloudInitText(vm.cloud_init)],
-    ["nics", nicEntries(vm)],
-    ["created_at", vm.created_at],
-    ["updated_at", vm.updated_at],
-  ];
-}
 
 /** Reads `--user-data`: `@path` reads a file, anything else is the content itself. */
 async function userDataOf(value: string | undefined, io: Io): Promise<string | undefined> {
@@ -348,17 +246,15 @@ export function registerVmCommands(program: Command, io: Io): void {
     .action(async (opts, cmd: Command) => {
       const client = await connect(cmd, io);
       const wide = opts.output === "wide";
-      const format = (wide ? "table" : opts.output) as OutputFormat;
       const showIds = Boolean(opts.showIds);
-      if (opts.watch) return await watchList(client, io, format, showIds);
-      const { items, raw } = await client.listAll("/v1/vms", VmSchema);
-      io.out(
-        renderAs(
-          format,
-          listEnvelope(raw),
-          () => vmTable(items, showIds, io.now(), wide),
-        ),
-      );
+      if (opts.watch) {
+        return await watchList(client, io, (wide ? "table" : opts.output) as OutputFormat, showIds);
+      }
+      if (opts.output === "yaml") {
+        const { raw } = await client.listAll("/v1/vms", VmSchema);
+        return io.out(renderYaml(listEnvelope(raw)));
+      }
+      await printVmList(client, io, { format: opts.output as VmListFormat, showIds });
     });
 
   vm.command("get")
@@ -376,20 +272,13 @@ export function registerVmCommands(program: Command, io: Io): void {
       const client = await connect(cmd, io);
       const format = opts.output as OutputFormat;
       if (opts.watch) return await watchOne(client, io, format, name);
-      const { data, raw } = await client.json("GET", path, VmSchema);
-      if (format === "yaml") {
-        const [{ renderManifests }, { projectVm }] = await Promise.all([
-          import("../manifests/render.ts"),
-          import("../manifests/vm_kind.ts"),
-        ]);
-        return io.out(renderManifests([projectVm(data)]));
-      }
-      io.out(renderOne(
-        format,
-        raw,
-        () => vmTable([data], false, io.now()),
-        () => renderKeyValues(vmKeyValues(data)),
-      ));
+      if (format !== "yaml") return await printVm(client, io, path, format as VmGetFormat);
+      const { data } = await fetchVm(client, path);
+      const [{ renderManifests }, { projectVm }] = await Promise.all([
+        import("../manifests/render.ts"),
+        import("../manifests/vm_kind.ts"),
+      ]);
+      io.out(renderManifests([projectVm(data)]));
     });
 
   vm.command("delete")

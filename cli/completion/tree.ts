@@ -7,11 +7,9 @@
  * @module
  */
 import type { Command, Option } from "commander";
+import { RESOURCE_KINDS, type ResourceKind } from "../complete_names.ts";
 
-/** Resources whose names the scripts fetch live (`otherix __complete KIND`). */
-export const RESOURCE_KINDS = ["vm", "node", "pool", "network"] as const;
-/** A resource kind. */
-export type ResourceKind = typeof RESOURCE_KINDS[number];
+export { RESOURCE_KINDS, type ResourceKind };
 
 /** What a value or argument completes to: fixed words, live names, or nothing (free text). */
 export type ValueCompletion =

@@ -48,12 +48,14 @@ export async function runChecks(inp: DoctorInputs): Promise<CheckResult[]> {
   const target = await checkConfig(inp, out);
   if (!target) return out;
   const client = new ApiClient({
-    endpoint: target.endpoint,
+    endpoint: target.endpoints,
     token: target.token,
     timeoutMs: inp.timeoutMs,
     fetch: inp.io.fetch,
   });
-  if (target.endpoint.startsWith("https:")) out.push(await checkTlsSans(target, inp.timeoutMs));
+  for (const endpoint of target.endpoints.filter((e) => e.startsWith("https:"))) {
+    out.push(await checkTlsSans(endpoint, inp.timeoutMs));
+  }
   const date = await checkReachable(client, inp, out);
   if (date === undefined) return out;
   out.push(checkClockSkew(date, inp.io.now()));
@@ -103,7 +105,7 @@ async function checkConfig(inp: DoctorInputs, out: CheckResult[]): Promise<Targe
     out.push(result(
       "config",
       "pass",
-      `server ${t.endpoint} (from ${t.endpointSource}), token from ${t.tokenSource}`,
+      `server ${t.endpoints.join(",")} (from ${t.endpointSource}), token from ${t.tokenSource}`,
     ));
     return t;
   } catch (e) {
@@ -113,11 +115,12 @@ async function checkConfig(inp: DoctorInputs, out: CheckResult[]): Promise<Targe
 }
 
 /**
- * `tls_sans`: the public API's certificate covers the host of the endpoint (only for https;
- * the certificate is read without verifying its chain, which `reachable` then does).
+ * `tls_sans`: the public API's certificate covers the host of `endpoint` (an https URL; one
+ * result per https endpoint; the certificate is read without verifying its chain, which
+ * `reachable` then does).
  */
-export async function checkTlsSans(target: Target, timeoutMs: number): Promise<CheckResult> {
-  const url = new URL(target.endpoint);
+export async function checkTlsSans(endpoint: string, timeoutMs: number): Promise<CheckResult> {
+  const url = new URL(endpoint);
   const host = url.hostname.replace(/^\[|\]$/g, "");
   let cert: PeerCertificate;
   try {
@@ -161,30 +164,41 @@ function peerCertificate(host: string, port: number, timeoutMs: number): Promise
 }
 
 /**
- * `reachable`: `GET /readyz` answers 200 (503 `store_unavailable`: the store is down).
+ * `reachable`: `GET /readyz` answers 200 (503 `store_unavailable`: the store is down) on every
+ * endpoint of the cluster: `pass` when all are ready, `warn` when only some are (the CLI
+ * fails over to those), `fail` when none is.
  *
- * @returns the server's `Date` header as epoch ms (NaN when absent), undefined when it failed
+ * @returns the first ready server's `Date` header as epoch ms (NaN when absent), undefined
+ *   when none is ready
  */
 async function checkReachable(
   client: ApiClient,
   inp: DoctorInputs,
   out: CheckResult[],
 ): Promise<number | undefined> {
-  const url = `${client.endpoint}/readyz`;
-  let res: Response;
-  try {
-    res = await inp.io.fetch(url, { signal: AbortSignal.timeout(inp.timeoutMs) });
-  } catch (e) {
-    out.push(result("reachable", "fail", `cannot reach ${url}: ${messageOf(e)}`));
-    return undefined;
+  const problems: string[] = [];
+  const ready: string[] = [];
+  let date: number | undefined;
+  for (const endpoint of client.endpoints) {
+    const url = `${endpoint}/readyz`;
+    let res: Response;
+    try {
+      res = await inp.io.fetch(url, { signal: AbortSignal.timeout(inp.timeoutMs) });
+    } catch (e) {
+      problems.push(`cannot reach ${url}: ${messageOf(e)}`);
+      continue;
+    }
+    const text = await res.text().catch(() => "");
+    if (res.status !== 200) {
+      problems.push(`${url} answered HTTP ${res.status}: ${text.trim()}`);
+      continue;
+    }
+    ready.push(`${url} is ready`);
+    date ??= Date.parse(res.headers.get("date") ?? "");
   }
-  const text = await res.text().catch(() => "");
-  if (res.status !== 200) {
-    out.push(result("reachable", "fail", `${url} answered HTTP ${res.status}: ${text.trim()}`));
-    return undefined;
-  }
-  out.push(result("reachable", "pass", `${url} is ready`));
-  return Date.parse(res.headers.get("date") ?? "");
+  const status = problems.length === 0 ? "pass" : ready.length === 0 ? "fail" : "warn";
+  out.push(result("reachable", status, [...problems, ...ready].join("; ")));
+  return date;
 }
 
 /** `clock_skew`: the server's `Date` (1 s resolution) and `now` (epoch ms) agree. */

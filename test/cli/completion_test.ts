@@ -5,7 +5,7 @@
  * names from an API server (the real CLI on PATH as `otherix`).
  */
 import { assert, assertEquals } from "../assert.ts";
-import { buildProgram } from "../../cli/main.ts";
+import { buildProgram } from "../../cli/program.ts";
 import { completionTree } from "../../cli/completion/tree.ts";
 import { denoRunArgs, STANDARD_SANDBOX } from "../../scripts/permissions.ts";
 import { closedPort, fakeIo, json, runCli, startFakeApi, vmFixture } from "./fixtures.ts";

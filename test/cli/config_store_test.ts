@@ -1,4 +1,10 @@
-import { assert, assertEquals, assertStringIncludes, assertThrows } from "../assert.ts";
+import {
+  assert,
+  assertEquals,
+  assertRejects,
+  assertStringIncludes,
+  assertThrows,
+} from "../assert.ts";
 import {
   CONFIG_ENV,
   emptyConfig,
@@ -7,6 +13,7 @@ import {
   removeCluster,
   resolveConfigPath,
   saveConfig,
+  serversOf,
   upsertCluster,
   useCluster,
 } from "../../cli/config_store.ts";
@@ -107,20 +114,72 @@ Deno.test("config store: upsert refuses duplicates without replace; remove/use v
   assertStringIncludes(assertThrows(() => useCluster(removed, "zz", "cfg")).message, "not found");
 });
 
-Deno.test("config store: unknown keys survive a round-trip; duplicate names are rejected", () => {
-  const cfg = parseConfigText(
+Deno.test("config store: unknown keys survive a round-trip; duplicate names are rejected", async () => {
+  const cfg = await parseConfigText(
     "apiVersion: otherix/v1\nkind: Config\nclusters:\n- {name: a, server: 'http://a', token: t, ca_fingerprint: 'sha256:x'}\nextra: 1\n",
     "cfg",
   );
   assert((cfg.clusters[0] as Record<string, unknown>).ca_fingerprint === "sha256:x");
   assertEquals((cfg as Record<string, unknown>).extra, 1);
   assertStringIncludes(
-    assertThrows(() =>
+    (await assertRejects(() =>
       parseConfigText(
         "apiVersion: otherix/v1\nkind: Config\nclusters:\n- {name: a, server: s, token: t}\n- {name: a, server: s, token: t}\n",
         "cfg",
       )
-    ).message,
+    )).message,
     "defined twice",
   );
+});
+
+Deno.test("config store: a cluster's server may be a list; one URL is written as a string", async (t) => {
+  const root = await Deno.makeTempDir();
+  try {
+    const path = `${root}/config`;
+    await t.step("lists round-trip; a one-element list is written as a plain string", async () => {
+      let cfg = upsertCluster(emptyConfig(), {
+        name: "ha",
+        server: ["http://a:8080", "http://b:8080"],
+        token: "otx_1",
+      }, { replace: false, use: true });
+      cfg = upsertCluster(cfg, { name: "one", server: ["http://c:8080"], token: "otx_2" }, {
+        replace: false,
+        use: false,
+      });
+      await saveConfig(path, cfg);
+      const text = await Deno.readTextFile(path);
+      assertStringIncludes(text, "server:\n      - http://a:8080\n      - http://b:8080\n");
+      assertStringIncludes(text, "server: http://c:8080\n");
+      const back = await loadConfig(path);
+      assertEquals(back.clusters.map(serversOf), [
+        ["http://a:8080", "http://b:8080"],
+        ["http://c:8080"],
+      ]);
+    });
+    await t.step("an existing single-server file reads as before", async () => {
+      const cfg = await parseConfigText(
+        "apiVersion: otherix/v1\nkind: Config\nclusters:\n- {name: a, server: 'http://a', token: t}\n",
+        "cfg",
+      );
+      assertEquals([cfg.clusters[0].server, serversOf(cfg.clusters[0])], ["http://a", [
+        "http://a",
+      ]]);
+    });
+    await t.step("bad server values are named", async () => {
+      for (const server of ["[]", "['http://a', '']", "{url: x}", "''"]) {
+        const e = await assertRejects(() =>
+          parseConfigText(
+            `apiVersion: otherix/v1\nkind: Config\nclusters:\n- {name: a, server: ${server}, token: t}\n`,
+            "cfg",
+          )
+        );
+        assertStringIncludes(
+          e.message,
+          "config cfg is invalid: clusters.0.server: expected a URL or a non-empty list of URLs",
+        );
+      }
+    });
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
 });

@@ -123,3 +123,26 @@ Deno.test("precedence: unknown --cluster, dangling current-cluster, bad endpoint
     "invalid endpoint",
   );
 });
+
+Deno.test("several endpoints: each layer may list replicas, in order", async () => {
+  const listed = (await resolveTarget(
+    inputs({ endpoint: "http://a:8080/, http://b:8080", token: "t" }),
+  )).endpoints;
+  assertEquals(listed, ["http://a:8080", "http://b:8080"]);
+  const fromEnv = await resolveTarget(
+    inputs({}, { OTHERIX_SERVER: "http://e1,http://e2", OTHERIX_API_TOKEN: "t" }),
+  );
+  assertEquals([fromEnv.endpoint, fromEnv.endpoints], ["http://e1", ["http://e1", "http://e2"]]);
+  const cfg = upsertCluster(emptyConfig(), {
+    name: "ha",
+    server: ["http://r1:8080", "http://r2:8080/"],
+    token: "tok-ha",
+  }, { replace: false, use: true });
+  const fromConfig = await resolveTarget(inputs({}, {}, cfg));
+  assertEquals(fromConfig.endpoints, ["http://r1:8080", "http://r2:8080"]);
+  assertStringIncludes(
+    (await assertRejects(() => resolveTarget(inputs({ endpoint: "http://a,ftp://b", token: "t" }))))
+      .message,
+    'invalid endpoint "ftp://b"',
+  );
+});

@@ -5,7 +5,8 @@
  */
 import { assert, assertEquals, assertMatch } from "../assert.ts";
 import type { Command } from "commander";
-import { buildProgram, invokedGroup, run } from "../../cli/main.ts";
+import { run } from "../../cli/main.ts";
+import { buildProgram, invokedGroup } from "../../cli/program.ts";
 import { fakeIo, json, NOW, routesFetch, uuid } from "./fixtures.ts";
 
 Deno.test("start-up: the invoked group is found past root options and their values", () => {
