@@ -2,8 +2,8 @@
 # Installs what Otherix needs on a fresh Debian/Ubuntu machine; re-running is harmless.
 #   - Deno (pinned; from the npm package `deno`, or Deno's official installer where npm is absent)
 #   - Debian packages the agent and the tests use (QEMU, qemu-img, genisoimage, the network
-#     tools: iproute2, dnsmasq-base, iptables; and the offline test-image inputs: kernel,
-#     busybox, syslinux, mtools)
+#     tools: iproute2, dnsmasq-base, iptables; etcd for the control plane's etcd store; and
+#     the offline test-image inputs: kernel, busybox, syslinux, mtools)
 #   - the npm dependencies (deno install, against the committed deno.lock)
 # Usage: scripts/setup.sh            (everything)
 #        OTHERIX_SKIP_APT=1 scripts/setup.sh   (skip Debian packages)
@@ -18,6 +18,7 @@ APT_PACKAGES=(
   busybox-static syslinux syslinux-common mtools dosfstools cpio kmod   # offline test image
   ca-certificates curl procps   # procps: pgrep/pkill (the agent's pidfile-locked force stop)
   iproute2 dnsmasq-base iptables   # agent networks: bridges/VXLAN/TAPs, DHCP+DNS, NAT
+  etcd-server etcd-client   # control plane store.backend: etcd (its member; etcdctl), tests
 )
 # Only for the test suite (scripts/test.sh sets OTHERIX_SETUP_TESTS=1): the browser the
 # console page is tested in (driven by npm playwright-core), `script` for pty tests, the
@@ -51,6 +52,11 @@ install_apt() {
   log "installing Debian packages: ${missing[*]}"
   as_root apt-get update -q
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # Debian's etcd-server enables and starts its own etcd on 2379/2380 under systemd: the
+  # control plane runs its own member (and the tests theirs), so keep that one off.
+  if [[ " ${missing[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now etcd.service >/dev/null 2>&1 || true
+  fi
 }
 
 install_deno() {

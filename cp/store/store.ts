@@ -13,9 +13,9 @@
  * write, so it is comparable with watch event revisions and with {@link RangeResult.revision}.
  * Informers list at revision R, then watch from R (client-go's list-then-watch).
  *
- * Two backends are planned behind this interface: the embedded Deno KV store
- * (`cp/store/kv.ts`, the default) and etcd for HA replicas. `test/cp/store_test.ts` holds the
- * contract suite both must pass.
+ * Two backends implement it: the embedded Deno KV store (`cp/store/kv.ts`, the default) and
+ * etcd for HA replicas (`cp/store/etcd.ts`). `test/cp/store_contract.ts` holds the contract
+ * suite both pass (`store_test.ts`, `store_etcd_test.ts`).
  *
  * @module
  */
