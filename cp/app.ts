@@ -26,6 +26,8 @@ import { auditLogFor } from "./audit/log.ts";
 import { auditMiddleware } from "./audit/middleware.ts";
 import { auditRoutes } from "./audit/routes.ts";
 import { openKvStore } from "./store/kv.ts";
+import { StoreHealth } from "./store/health.ts";
+import { openConfiguredEtcdStore } from "./store/etcd.ts";
 import { secureDataDir } from "./store/file_modes.ts";
 import type { Store } from "./store/store.ts";
 import { startWorker, type Worker } from "./tasks/worker.ts";
@@ -43,6 +45,7 @@ import { poolScanHandler } from "./pools/scan.ts";
 import { poolScanController, scanKeyOf } from "./pools/scan_controller.ts";
 import { clusterRoutes } from "./cluster/routes.ts";
 import { LeaderElection } from "./cluster/leader.ts";
+import { type EtcdRuntime, startEtcdRuntime } from "./cluster/etcd_runtime.ts";
 import {
   advertiseHost,
   registerReplica,
@@ -226,6 +229,7 @@ export function publicApp(ctx: CpContext, signal?: AbortSignal): Hono<AppEnv> {
   // Every call that is not a read, and every failed login (cp/audit/).
   app.use("*", auditMiddleware(auditLogFor(ctx), () => ctx.now()));
   if (ctx.metrics) app.use("*", ctx.metrics.http());
+  if (ctx.storeHealth) app.use("*", ctx.storeHealth.middleware());
   app.use("*", bodyLimit(PUBLIC_BODY_LIMIT));
   app.use("*", requireJsonContentType());
   app.route("/", healthRoutes(ctx.store));
@@ -304,8 +308,21 @@ export async function startControlPlane(
     const storeFile = join(cfg.store.data_dir, "store.kv");
     const secured = await secureDataDir(cfg.store.data_dir, storeFile);
     for (const f of secured.fixed) log.warn("data dir: permissions tightened", f);
-    const store: Store = await openKvStore(storeFile);
-    cleanups.push(() => store.close());
+    let store: Store;
+    let etcd: EtcdRuntime | null = null;
+    if (cfg.store.backend === "etcd" && cfg.store.etcd.endpoints.length) {
+      // An external etcd cluster (store.etcd.endpoints): no member of this replica's own.
+      store = await openConfiguredEtcdStore(cfg.store.etcd);
+      cleanups.push(() => store.close());
+    } else if (cfg.store.backend === "etcd") {
+      // This replica's etcd member first: the store lives in it (cp/cluster/etcd_runtime.ts).
+      etcd = await startEtcdRuntime(cfg, log, opts.host ?? hostFacts(), opts.now);
+      store = etcd.store;
+      cleanups.push(() => etcd!.stop());
+    } else {
+      store = await openKvStore(storeFile);
+      cleanups.push(() => store.close());
+    }
 
     const pki = await ensureClusterPki(store, cfg, log, opts.host ?? hostFacts());
     const jwtSecret = await JwtKeyring.load(store);
@@ -323,8 +340,12 @@ export async function startControlPlane(
       jwtSecret,
       agents,
       now: opts.now ?? (() => new Date()),
+      ...(etcd ? { etcd: etcd.cluster } : {}),
     };
     ctx.metrics = new CpMetrics(ctx);
+    ctx.storeHealth = new StoreHealth(store, log);
+    ctx.storeHealth.start();
+    cleanups.push(() => ctx.storeHealth?.stop());
     await seedClusterSettings(ctx);
     await seedAllocations(ctx);
     logPlacementSettings(ctx);

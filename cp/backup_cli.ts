@@ -22,6 +22,8 @@ import { ApiError } from "../shared/errors.ts";
 import { createBackup, restoreBackup } from "./backup.ts";
 import { decodeBackup } from "./backup_file.ts";
 import { loadApiConfig } from "./config.ts";
+import { createEtcdBackup, restoreEtcdBackup } from "./backup_etcd.ts";
+import { createLogger } from "../shared/log.ts";
 
 /** The subcommands of `otherix-api` this module runs. */
 export const BACKUP_COMMANDS = ["backup", "restore"] as const;
@@ -36,6 +38,10 @@ backup   a consistent snapshot of the control plane's store (safe while it runs)
 restore  writes a backup into the config's store.data_dir, which must hold no store; refuses a
          backup whose CA differs from the data directory's pki/ca.crt (CA divergence). A
          backup taken --without-ca needs --ca-from, a backup of the same cluster with its CA
+
+With store.backend: etcd (this replica's own member), backup reads the running cluster
+through the member at one etcd revision, and restore seeds a new one-member etcd cluster
+in the empty data dir (start otherix-api on it, then join the other replicas to it).
 
 FILE "-" is stdout (backup) or stdin (restore). --config defaults to ${DEFAULT_API_CONFIG_FILE}.
 `;
@@ -153,12 +159,13 @@ export async function runBackupCommand(
   try {
     const cfg = await loadApiConfig((values.config as string) ?? DEFAULT_API_CONFIG_FILE);
     const dataDir = cfg.store.data_dir;
+    const etcd = cfg.store.backend === "etcd" && !cfg.store.etcd.endpoints.length;
     if (command === "backup") {
       const withCa = !values["without-ca"];
-      const { bytes, header } = await createBackup(dataDir, {
-        withCa,
-        hostname: io.hostname(),
-      });
+      const opts = { withCa, hostname: io.hostname() };
+      const { bytes, header } = etcd
+        ? await createEtcdBackup(cfg, opts)
+        : await createBackup(dataDir, opts);
       const to = values.to as string;
       await writeOutput(to, bytes, io);
       io.err(
@@ -177,7 +184,9 @@ export async function runBackupCommand(
     const caFrom = caFromPath === undefined
       ? undefined
       : await decodeBackup(await readInput(caFromPath, "--ca-from", io), caFromPath);
-    const res = await restoreBackup(backup, dataDir, { caFrom });
+    const res = etcd
+      ? await restoreEtcdBackup(backup, cfg, createLogger("api", cfg.log.level))
+      : await restoreBackup(backup, dataDir, { caFrom });
     io.out(
       `restored ${res.keys} keys at store revision ${res.revision} into ${res.dataDir} ` +
         `(CA ${res.caFingerprint ?? "none"}; backup taken ${backup.header.created_at} on ` +

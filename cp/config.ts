@@ -51,6 +51,53 @@ const ResourceSettingSchema = z.object({
   overcommit_ratio: z.number().min(0.1).max(100).default(1),
 }).strict();
 
+/** An etcd client URL: `https://host:port`, nothing after the port. */
+const EtcdEndpointSchema = z.string().refine((v) => {
+  try {
+    const u = new URL(v);
+    return u.protocol === "https:" && !!u.port && /^https:\/\/[^/?#]+\/?$/.test(v) &&
+      !u.username;
+  } catch {
+    return false;
+  }
+}, { error: (i) => `must be an https://host:port URL, got ${JSON.stringify(i.input)}` });
+
+/** `store.etcd`: the TLS files and prefix go with `endpoints` (an external cluster). */
+function checkExternalEtcd(
+  etcd: {
+    endpoints: string[];
+    ca_file?: string;
+    cert_file?: string;
+    key_file?: string;
+    prefix?: string;
+  },
+  ctx: z.RefinementCtx,
+): void {
+  if (etcd.endpoints.length && !etcd.ca_file) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["ca_file"],
+      message: "required with store.etcd.endpoints: the CA of the etcd members' certificates",
+    });
+  }
+  if (!!etcd.cert_file !== !!etcd.key_file) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["cert_file"],
+      message: "store.etcd.cert_file and store.etcd.key_file must be set together",
+    });
+  }
+  for (const key of ["ca_file", "cert_file", "key_file", "prefix"] as const) {
+    if (etcd[key] && !etcd.endpoints.length) {
+      ctx.addIssue({
+        code: "custom",
+        path: [key],
+        message: "only used with store.etcd.endpoints (an external etcd cluster)",
+      });
+    }
+  }
+}
+
 /** The control-plane config schema (defaults applied). */
 export const ApiConfigSchema = z.object({
   server: z.object({
@@ -70,11 +117,60 @@ export const ApiConfigSchema = z.object({
     advertise_host: z.string().min(1).max(253).optional(),
   }).strict().prefault({}),
   store: z.object({
-    /** `embedded` (Deno KV in `data_dir`). */
-    backend: z.enum(["embedded"]).default("embedded"),
+    /**
+     * `embedded` (Deno KV in `data_dir`: one replica) or `etcd` (HA replicas: each runs its
+     * own etcd member, below, or all use an external cluster, `etcd.endpoints`).
+     */
+    backend: z.enum(["embedded", "etcd"]).default("embedded"),
     /** Control-plane data directory (store, CA, replica cert). */
     data_dir: AbsolutePathSchema.default(`${STANDARD_ROOTS.state}/api`),
-  }).strict().prefault({}),
+    etcd: z.object({
+      /**
+       * The supervised etcd member of this replica (cp/cluster/etcd_member.ts), used when
+       * `endpoints` is empty: data in `<data_dir>/etcd`, client and peer TLS with the
+       * cluster CA and this replica's certificate, reached at `server.advertise_host`.
+       */
+      member: z.object({
+        /** The etcd executable (Debian `etcd-server`: /usr/bin/etcd). */
+        binary: z.string().min(1).default("/usr/bin/etcd"),
+        /** Client port (other replicas' stores connect here). */
+        client_port: z.number().int().min(1).max(65535).default(2379),
+        /** Peer port (raft). */
+        peer_port: z.number().int().min(1).max(65535).default(2380),
+        /** etcd `--heartbeat-interval` and `--election-timeout`, ms (etcd's defaults). */
+        heartbeat_ms: z.number().int().min(10).max(10_000).default(100),
+        election_ms: z.number().int().min(50).max(50_000).default(1000),
+        /** How often caught-up learners are promoted to voters, seconds (spec 000: ~15). */
+        promote_interval_seconds: z.number().int().min(1).max(600).default(15),
+      }).strict().prefault({}),
+      /**
+       * An existing external etcd cluster instead of the member: its members' client URLs
+       * (`https://host:port`); empty (the default) runs this replica's own member.
+       */
+      endpoints: z.array(EtcdEndpointSchema).max(16).default([]),
+      /** With `endpoints`: the CA certificate(s) of the members' certificates (PEM file). */
+      ca_file: AbsolutePathSchema.optional(),
+      /** With `endpoints`: client certificate (etcd `--client-cert-auth`) and key, PEM files. */
+      cert_file: AbsolutePathSchema.optional(),
+      key_file: AbsolutePathSchema.optional(),
+      /**
+       * With `endpoints`: key namespace in the cluster (`/otherix` → `/otherix/vms/…`), so
+       * it can be shared; it must not be a prefix of another namespace there. Default: none.
+       */
+      prefix: z.string().regex(
+        /^\/[A-Za-z0-9._\/-]*[A-Za-z0-9._-]$/,
+        "must start with / and not end with / (letters, digits, . _ - /)",
+      ).max(128).optional(),
+    }).strict().superRefine(checkExternalEtcd).prefault({}),
+  }).strict().superRefine((store, ctx) => {
+    if (store.backend !== "etcd" && store.etcd.endpoints.length) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["etcd", "endpoints"],
+        message: "only used with store.backend: etcd (the backend is embedded)",
+      });
+    }
+  }).prefault({}),
   cp_cert: z.object({
     /** This replica's name (certificate CN); defaults to the hostname. */
     replica_name: z.string().min(1).max(64).optional(),
@@ -289,12 +385,19 @@ export function parseApiConfig(
 export function apiSandboxRoots(
   cfg: ApiConfig,
   configFile: string,
-): { config: string; state: string; run: string; extraRead: string[] } {
-  const files = [cfg.server.tls_cert_file, cfg.server.tls_key_file].filter((f): f is string => !!f);
+): { config: string; state: string; run: string; extraRead: string[]; extraRun: string[] } {
+  const files = [
+    cfg.server.tls_cert_file,
+    cfg.server.tls_key_file,
+    cfg.store.etcd.ca_file,
+    cfg.store.etcd.cert_file,
+    cfg.store.etcd.key_file,
+  ].filter((f): f is string => !!f);
   return {
     config: configFile,
     state: cfg.store.data_dir,
     run: cfg.store.data_dir,
     extraRead: files,
+    extraRun: cfg.store.backend === "etcd" ? [cfg.store.etcd.member.binary] : [],
   };
 }

@@ -9,6 +9,7 @@ import type { ApiConfig } from "./config.ts";
 import type { ClusterPki } from "./pki.ts";
 import type { JwtKeySource } from "./auth/jwt.ts";
 import type { Store } from "./store/store.ts";
+import type { StoreHealth } from "./store/health.ts";
 import type { Informer } from "./controllers/informer.ts";
 import type { ClusterSettings, NodeRecord, PoolRecord, VmRecord } from "./repo/records.ts";
 import type { ObservedVm } from "../shared/api/vm_runtime.ts";
@@ -61,6 +62,8 @@ export interface CpContext {
    * this replica leads. Absent (unit tests): this process always leads.
    */
   election?: LeaderElection;
+  /** The store's health as last pinged (cp/store/health.ts): marks stale reads. */
+  storeHealth?: StoreHealth;
   /** The etcd cluster (`store.backend: etcd`); absent on the embedded store. */
   etcd?: EtcdCluster;
 }

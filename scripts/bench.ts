@@ -22,7 +22,10 @@
  * - CLI cold start (scripts/bench_cli.ts): `otherix vm list` / `vm get` against `virsh list`
  *   and a `deno run` hello world.
  *
- * `--only vm|fanin|download|scheduler|cli` runs one part.
+ * - store backends (scripts/bench_store.ts): `vm get` and `vm list` (page of 100) p99
+ *   through `otherix-api` at 10,000 VMs on the embedded store and on etcd, and their ratio.
+ *
+ * `--only vm|fanin|download|scheduler|cli|store` runs one part.
  *
  * Phase boundaries come from the task's `timings` (cp/repo/records.ts TaskRecord), read from
  * the store file after each run; the client's clock and the control plane's are the same
@@ -44,6 +47,7 @@ import { benchDownload, printDownloadBench } from "./bench_download.ts";
 import { fanIn } from "./bench_fanin.ts";
 import { benchScheduler } from "./bench_scheduler.ts";
 import { benchCli as benchCliStartup } from "./bench_cli.ts";
+import { benchStore } from "./bench_store.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -52,7 +56,7 @@ const { values } = parseArgs({
     cli: { type: "string", default: "5" },
     /** Heartbeat fan-in sizes (comma-separated; empty: skip). */
     fanin: { type: "string", default: "500,2000" },
-    /** `vm`, `fanin`, `download`, `scheduler` or `cli` (that part only); default all. */
+    /** `vm`, `fanin`, `download`, `scheduler`, `cli` or `store` (that part only); default all. */
     only: { type: "string", default: "" },
     /** Size of the first-download bench's file, MiB. */
     "download-mib": { type: "string", default: "1024" },
@@ -330,8 +334,10 @@ async function benchFloor(c: Cluster, accel: "kvm" | "tcg") {
 }
 
 const part = (name: string) => values.only === "" || values.only === name;
-if (!["", "vm", "fanin", "download", "scheduler", "cli"].includes(values.only)) {
-  console.error(`--only: expected vm, fanin, download, scheduler or cli, got "${values.only}"`);
+if (!["", "vm", "fanin", "download", "scheduler", "cli", "store"].includes(values.only)) {
+  console.error(
+    `--only: expected vm, fanin, download, scheduler, cli or store, got "${values.only}"`,
+  );
   Deno.exit(2);
 }
 if (part("vm")) await benchVms();
@@ -365,6 +371,7 @@ if (part("download")) {
 }
 if (part("scheduler")) await benchScheduler();
 if (part("cli")) await benchCliStartup(15);
+if (part("store")) await benchStore();
 
 async function benchVms() {
   const c = await startCluster({ prefix: "otx-bench" });

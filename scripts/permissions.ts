@@ -17,7 +17,7 @@
  *   `/proc` and `/sys` to anything short of `--allow-all`, so accelerator detection probes
  *   through QEMU and `qemu-img`, which run outside the sandbox; see `agent/accel.ts`.)
  * - `otherix-api`: read its config and data dir, write its data dir, network, `OTHERIX_*` env,
- *   hostname; Deno KV (`--unstable-kv`). Runs nothing.
+ *   hostname; Deno KV (`--unstable-kv`). Runs only etcd (`store.backend: etcd`), by path.
  * - `otherix`: the operator's own CLI: reads `--user-data @file` and its config anywhere the
  *   operator points it, so file access is open; network; env. Runs only `ssh` (the
  *   system OpenSSH client, looked up on PATH: `otherix vm ssh`).
@@ -104,7 +104,15 @@ export interface SandboxRoots {
   run: string;
   /** Extra files or dirs to allow reading (e.g. a config file outside the config root). */
   extraRead?: string[];
+  /** Extra executables the control plane may run (a configured etcd binary). */
+  extraRun?: string[];
 }
+
+/**
+ * What the control plane may run: the etcd member of `store.backend: etcd`
+ * (cp/cluster/etcd_member.ts; Debian's `etcd-server` path), by absolute path.
+ */
+export const API_RUN_ALLOWLIST = ["/usr/bin/etcd"] as const;
 
 /** The standard roots compiled binaries are built for. */
 export const STANDARD_SANDBOX: SandboxRoots = { ...STANDARD_ROOTS };
@@ -137,6 +145,7 @@ export function permissionFlags(binary: Binary, roots: SandboxRoots = STANDARD_S
       return [
         `--allow-read=${list([roots.config, roots.state, ...extra])}`,
         `--allow-write=${list([roots.state])}`,
+        `--allow-run=${list([...API_RUN_ALLOWLIST, ...(roots.extraRun ?? [])])}`,
         "--allow-net",
         `--allow-env=${list(DAEMON_ENV_ALLOWLIST)}`,
         "--allow-sys=hostname,networkInterfaces",

@@ -40,10 +40,12 @@ export class Proc {
   readonly name: string;
   #out = "";
   #done: Promise<void>;
+  #exited = false;
 
   constructor(name: string, cmd: Deno.Command) {
     this.name = name;
     this.child = cmd.spawn();
+    this.child.status.then(() => (this.#exited = true));
     const dec = new TextDecoder();
     const pump = async (s: ReadableStream<Uint8Array>) => {
       for await (const chunk of s) {
@@ -60,6 +62,11 @@ export class Proc {
   /** Everything the process printed so far (stdout + stderr interleaved). */
   get output(): string {
     return this.#out;
+  }
+
+  /** True once the process has exited. */
+  get exited(): boolean {
+    return this.#exited;
   }
 
   /** The OS process id. */
@@ -153,13 +160,25 @@ export interface StartApiOptions {
   agentPort?: number;
   /** Extra `deno run` flags, e.g. `--inspect=127.0.0.1:9229` to profile it. */
   denoFlags?: string[];
+  /** Arguments before `--config` (a subcommand, e.g. `["join", "--server", url, …]`). */
+  args?: string[];
 }
 
 /** Default admin used by tests. */
 export const TEST_ADMIN = { email: "admin@otherix.test", password: "correct-horse-battery-staple" };
 
-/** Starts `otherix-api` under its sandbox with files under `root`; waits for `/readyz`. */
-export async function startApi(opts: StartApiOptions): Promise<ApiHandle> {
+/** Writes the config `startApi` starts with (and its directories); returns the paths. */
+export async function writeApiConfig(
+  opts: StartApiOptions,
+): Promise<
+  {
+    configFile: string;
+    dataDir: string;
+    roots: SandboxRoots;
+    publicPort: number;
+    agentPort: number;
+  }
+> {
   const configDir = join(opts.root, "etc/otherix");
   const dataDir = join(opts.root, "var/lib/otherix/api");
   await Deno.mkdir(configDir, { recursive: true });
@@ -181,10 +200,21 @@ export async function startApi(opts: StartApiOptions): Promise<ApiHandle> {
   const configFile = join(configDir, "api.yaml");
   await Deno.writeTextFile(configFile, toYaml(config));
   const roots: SandboxRoots = { config: configFile, state: dataDir, run: dataDir };
+  return { configFile, dataDir, roots, publicPort, agentPort };
+}
+
+/** Starts `otherix-api` under its sandbox with files under `root`; waits for `/readyz`. */
+export async function startApi(opts: StartApiOptions): Promise<ApiHandle> {
+  const { configFile, dataDir, roots, publicPort, agentPort } = await writeApiConfig(opts);
   const proc = new Proc(
     "api",
     new Deno.Command(Deno.execPath(), {
-      args: denoRunArgs("otherix-api", roots, ["--config", configFile], opts.denoFlags),
+      args: denoRunArgs(
+        "otherix-api",
+        roots,
+        [...(opts.args ?? []), "--config", configFile],
+        opts.denoFlags,
+      ),
       cwd: REPO_ROOT,
       env: {
         OTHERIX_BOOTSTRAP_ADMIN_EMAIL: opts.adminEmail ?? TEST_ADMIN.email,
@@ -201,13 +231,15 @@ export async function startApi(opts: StartApiOptions): Promise<ApiHandle> {
     await waitFor(
       "otherix-api /readyz",
       async () => {
-        const res = await fetch(`${url}/readyz`);
-        await res.body?.cancel();
-        return res.ok;
+        if (proc.exited) return true; // fails below, at once
+        const res = await fetch(`${url}/readyz`).catch(() => null);
+        await res?.body?.cancel();
+        return res?.ok;
       },
       60_000,
       200,
     );
+    if (proc.exited) throw new Error(`otherix-api exited: ${(await proc.status()).code}`);
   } catch (e) {
     await proc.stop();
     throw new Error(`${(e as Error).message}\n--- otherix-api output ---\n${proc.output}`);

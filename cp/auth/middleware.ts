@@ -41,15 +41,17 @@ export type AppEnv = {
 };
 
 /**
- * Resolves a bearer credential to its user.
+ * Resolves a bearer credential to its user. `readOnly` (a GET): when the store is
+ * unavailable, an access token's own claims stand for the user (see the code).
  *
- * @throws ApiError `unauthenticated`
+ * @throws ApiError `unauthenticated`; `store_unavailable` (the user cannot be read)
  */
 export async function authenticateBearer(
   store: Store,
   jwtSecret: JwtKeySource,
   token: string,
   now: Date = new Date(),
+  readOnly = false,
 ): Promise<{ user: UserRecord; kind: "jwt" | "api_token"; tokenId?: string }> {
   if (token.startsWith(API_TOKEN_PREFIX)) {
     if (!isApiTokenShape(token)) throw new ApiError("unauthenticated", "invalid API token");
@@ -63,7 +65,16 @@ export async function authenticateBearer(
     return { user, kind: "api_token", tokenId: rec.value.id };
   }
   const claims = await verifyAccessToken(jwtSecret, token, now);
-  const user = await getUser(store, claims.sub);
+  let user: UserRecord | null;
+  try {
+    user = await getUser(store, claims.sub);
+  } catch (e) {
+    // Without the store (a replica cut off from quorum) a signed, unexpired access token
+    // still says who the caller is and their role: enough for reads of cached state (writes
+    // fail on the store anyway). Never for API tokens, which are looked up.
+    if (!(e instanceof ApiError && e.code === "store_unavailable") || !readOnly) throw e;
+    user = { id: claims.sub, email: "", role: claims.role, password_hash: "", created_at: "" };
+  }
   if (!user) throw new ApiError("unauthenticated", "invalid access token");
   return { user, kind: "jwt" };
 }
@@ -85,7 +96,13 @@ export function authMiddleware(
     if (!m) {
       throw new ApiError("unauthenticated", "missing bearer token (Authorization: Bearer …)");
     }
-    const { user, kind, tokenId } = await authenticateBearer(store, jwtSecret, m[1], now());
+    const { user, kind, tokenId } = await authenticateBearer(
+      store,
+      jwtSecret,
+      m[1],
+      now(),
+      c.req.method === "GET" || c.req.method === "HEAD",
+    );
     c.set("user", user);
     c.set("authKind", kind);
     if (tokenId) c.set("apiTokenId", tokenId);

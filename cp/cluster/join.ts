@@ -7,7 +7,8 @@
  * A join consumes the token first (one transaction: a token joins one replica even when two
  * joiners race), then signs the joiner's CSR as a replica certificate (CN = its name,
  * O = `otherix:control-plane`, its requested SANs) and adds it to etcd as a learner; the promote
- * loop (cp/cluster/promote.ts) makes it a voter once it has caught up.
+ * loop (cp/cluster/promote.ts) makes it a voter once it has caught up. The same CSR is signed
+ * by the etcd CA too (its etcd certificate: cp/cluster/etcd_runtime.ts).
  *
  * Only the token's SHA-256 is stored (`/cluster-join-tokens/<sha256 hex>`), like node join
  * tokens (cp/join_tokens.ts).
@@ -26,7 +27,10 @@ import { signCsr } from "../../shared/pki.ts";
 import { generateJoinToken, hashToken } from "../auth/tokens.ts";
 import type { CpContext } from "../context.ts";
 import { checkJoinToken } from "../join_tokens.ts";
+import { updateKey } from "../store/store.ts";
+import type { EtcdCluster } from "./members.ts";
 import { agentUrls, liveReplicas } from "./replicas.ts";
+import { ETCD_CERT_ORG, etcdCa } from "./etcd_runtime.ts";
 
 /** Default lifetime of a control-plane join token, seconds. */
 export const DEFAULT_CLUSTER_JOIN_TOKEN_TTL_SECONDS = 3600;
@@ -122,6 +126,42 @@ async function consumeToken(ctx: CpContext, token: string): Promise<ClusterJoinT
   throw new ApiError("internal_error", "join token redemption: too many concurrent attempts");
 }
 
+/** How long a join waits out etcd's passing refusals (a learner still catching up), ms. */
+export const JOIN_RETRY_MS = 30_000;
+
+/**
+ * {@link EtcdCluster.addLearner}, retried every 500 ms for up to {@link JOIN_RETRY_MS} while
+ * etcd's refusal is one that passes on its own (`details.retryable`: the previous learner is
+ * not promoted yet, or members connected less than 5 s ago).
+ */
+async function addLearnerPatiently(
+  ctx: CpContext,
+  etcd: EtcdCluster,
+  req: ClusterJoinRequest,
+): Promise<{ initialCluster: string; endpoints: string[] }> {
+  const deadline = Date.now() + JOIN_RETRY_MS;
+  for (;;) {
+    try {
+      return await etcd.addLearner(req.name, req.peer_url);
+    } catch (e) {
+      const retryable = e instanceof ApiError && e.details?.retryable === true;
+      if (!retryable || Date.now() > deadline) throw e;
+      ctx.log.debug("cluster: join waits for etcd", { replica: req.name, why: e.message });
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+}
+
+/** Gives back the use a failed join consumed. */
+async function refundToken(ctx: CpContext, token: string): Promise<void> {
+  const key = clusterJoinTokenKey(await hashToken(token));
+  await updateKey<ClusterJoinTokenRecord>(
+    ctx.store,
+    key,
+    (cur) => cur ? { ...cur, uses: Math.max(0, cur.uses - 1) } : undefined,
+  ).catch((e) => ctx.log.warn("cluster: cannot give back a join token use", { err: e }));
+}
+
 /**
  * Joins a replica (see the module doc). The name must not be a live replica's.
  *
@@ -141,7 +181,18 @@ export async function joinReplica(
     });
   }
   const certPem = await signCsr(ctx.pki.ca, req.csr_pem, req.name, CP_CERT_ORG, REPLICA_CERT_DAYS);
-  const added = await etcd.addLearner(req.name, req.peer_url);
+  const etcdCaPair = await etcdCa(ctx.store);
+  const etcdCertPem = await signCsr(
+    etcdCaPair,
+    req.csr_pem,
+    req.name,
+    ETCD_CERT_ORG,
+    REPLICA_CERT_DAYS,
+  );
+  const added = await addLearnerPatiently(ctx, etcd, req).catch(async (e) => {
+    await refundToken(ctx, req.token); // the join did not happen: the token may be used again
+    throw e;
+  });
   ctx.log.info("cluster: replica joined as a learner", {
     replica: req.name,
     peer_url: req.peer_url,
@@ -149,6 +200,8 @@ export async function joinReplica(
   return {
     ca_pem: ctx.pki.ca.certPem,
     cert_pem: certPem,
+    etcd_ca_pem: etcdCaPair.certPem,
+    etcd_cert_pem: etcdCertPem,
     initial_cluster: added.initialCluster,
     endpoints: added.endpoints,
   };

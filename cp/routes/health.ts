@@ -8,27 +8,17 @@
 import { Hono } from "hono";
 import { ApiError } from "../../shared/errors.ts";
 import type { Store } from "../store/store.ts";
-
-/** How long `/readyz` waits for the store, milliseconds. */
-export const READY_TIMEOUT_MS = 2000;
+import { pingWithin, READY_TIMEOUT_MS } from "../store/health.ts";
 
 /** The health routes. */
 export function healthRoutes(store: Store): Hono {
   return new Hono()
     .get("/healthz", (c) => c.json({ status: "ok" }))
     .get("/readyz", async (c) => {
-      let timer: ReturnType<typeof setTimeout> | undefined;
       try {
-        await Promise.race([
-          store.ping(),
-          new Promise((_, reject) => {
-            timer = setTimeout(() => reject(new Error("timeout")), READY_TIMEOUT_MS);
-          }),
-        ]);
+        await pingWithin(store, READY_TIMEOUT_MS);
       } catch (e) {
         throw new ApiError("store_unavailable", `store unavailable: ${(e as Error).message}`);
-      } finally {
-        clearTimeout(timer);
       }
       return c.json({ status: "ok" });
     });

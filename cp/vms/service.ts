@@ -14,6 +14,7 @@
  *
  * @module
  */
+import { readOrCached } from "../store/health.ts";
 import { actionTaskType, type Task, type VmAction } from "../../shared/api/tasks.ts";
 import { isTerminal } from "../../shared/api/tasks.ts";
 import { imageBasenameOf } from "../../shared/api/images.ts";
@@ -66,9 +67,14 @@ export function lastTaskOf(t: TaskRecord): VmLastTask {
 
 /** Reads a VM. @throws ApiError `vm_not_found` */
 export async function getVm(ctx: CpContext, name: string): Promise<VmRecord> {
-  const kv = await ctx.store.get<VmRecord>(keys.vm(name));
-  if (!kv) throw new ApiError("vm_not_found", `vm "${name}" not found`);
-  return kv.value;
+  // Without quorum the cache answers, marked stale (cp/store/health.ts).
+  const vm = await readOrCached(
+    ctx.storeHealth,
+    async () => (await ctx.store.get<VmRecord>(keys.vm(name)))?.value ?? null,
+    () => ctx.cache?.vms.get(keys.vm(name)) ?? (ctx.cache ? null : undefined),
+  );
+  if (!vm) throw new ApiError("vm_not_found", `vm "${name}" not found`);
+  return vm;
 }
 
 /**

@@ -151,6 +151,10 @@ export const ClusterJoinResponseSchema = z.object({
   ca_pem: z.string(),
   /** The joiner's replica certificate (CN = name, O = otherix:control-plane), PEM. */
   cert_pem: z.string(),
+  /** The etcd CA certificate (etcd trusts only it: cp/cluster/etcd_runtime.ts), PEM. */
+  etcd_ca_pem: z.string(),
+  /** The joiner's etcd certificate for the same key (O = otherix:etcd), PEM. */
+  etcd_cert_pem: z.string(),
   /** etcd `--initial-cluster` for the joiner (`name=peerURL,…`, itself included). */
   initial_cluster: z.string(),
   /** etcd client URLs of the members (the joiner's store connects to these). */

@@ -50,3 +50,75 @@ Deno.test("api config: validation messages name the key", () => {
   );
   assertStringIncludes(msg(": : :"), "not valid YAML");
 });
+
+Deno.test("api config: store backend and an external etcd cluster", async (t) => {
+  const external = [
+    "store:",
+    "  backend: etcd",
+    "  etcd:",
+    "    endpoints: [https://10.0.0.5:2379, https://etcd-2.lan:2379/]",
+    "    ca_file: /etc/otherix/etcd/ca.crt",
+    "    cert_file: /etc/otherix/etcd/client.crt",
+    "    key_file: /etc/otherix/etcd/client.key",
+    "    prefix: /otherix/prod",
+    "",
+  ].join("\n");
+  await t.step("defaults: embedded, no external cluster", () => {
+    const cfg = parseApiConfig("");
+    assertEquals([cfg.store.backend, cfg.store.etcd.endpoints], ["embedded", []]);
+  });
+  await t.step("an external cluster with client certificate and prefix", () => {
+    const cfg = parseApiConfig(external);
+    assertEquals(cfg.store.backend, "etcd");
+    assertEquals(cfg.store.etcd.endpoints, ["https://10.0.0.5:2379", "https://etcd-2.lan:2379/"]);
+    assertEquals(
+      [cfg.store.etcd.ca_file, cfg.store.etcd.cert_file, cfg.store.etcd.key_file],
+      ["/etc/otherix/etcd/ca.crt", "/etc/otherix/etcd/client.crt", "/etc/otherix/etcd/client.key"],
+    );
+    assertEquals(cfg.store.etcd.prefix, "/otherix/prod");
+  });
+  await t.step("bad values are refused, naming the key", () => {
+    const msg = (text: string) => {
+      const e = assertThrows(() => parseApiConfig(text));
+      assert(e instanceof ConfigError, String(e));
+      return e.message;
+    };
+    const cases: [string, string, string][] = [
+      ["etcd:\n    endpoints: [http://10.0.0.5:2379]", "store.etcd.endpoints.0", "https://"],
+      ["etcd:\n    endpoints: [https://10.0.0.5]", "store.etcd.endpoints.0", "host:port"],
+      ["etcd:\n    endpoints: [https://h:2379/v3]", "store.etcd.endpoints.0", "host:port"],
+      ["etcd:\n    endpoints: [https://h:2379]", "store.etcd.ca_file", "required"],
+      [
+        "etcd:\n    endpoints: [https://h:2379]\n    ca_file: ca.crt",
+        "store.etcd.ca_file",
+        "absolute",
+      ],
+      [
+        "etcd:\n    endpoints: [https://h:2379]\n    ca_file: /ca\n    cert_file: /c",
+        "store.etcd.cert_file",
+        "set together",
+      ],
+      ["etcd:\n    ca_file: /ca", "store.etcd.ca_file", "only used with store.etcd.endpoints"],
+      [
+        "etcd:\n    endpoints: [https://h:2379]\n    ca_file: /ca\n    prefix: otherix/",
+        "store.etcd.prefix",
+        "must start with /",
+      ],
+      ["etcd:\n    endpoint: [https://h:2379]", "store.etcd.endpoint", "unknown key"],
+    ];
+    for (const [body, key, words] of cases) {
+      const m = msg(`store:\n  backend: etcd\n  ${body}\n`);
+      assertStringIncludes(m, key, body);
+      assertStringIncludes(m, words, body);
+    }
+    assertStringIncludes(msg("store:\n  backend: mysql\n"), "store.backend");
+    assertStringIncludes(
+      msg(external.replace("backend: etcd", "backend: embedded")),
+      "store.etcd.endpoints",
+    );
+    assertStringIncludes(
+      msg(external.replace("backend: etcd", "backend: embedded")),
+      "only used with store.backend: etcd",
+    );
+  });
+});

@@ -31,13 +31,20 @@ Deno.test("permissions: the agent may run only QEMU, qemu-img, the ISO builder, 
   assert(!flags.some((f) => f === "-A" || f === "--allow-all" || f === "--allow-run"));
 });
 
-Deno.test("permissions: the control plane runs nothing and writes only its data dir", () => {
+Deno.test("permissions: the control plane runs only etcd and writes only its data dir", () => {
   const flags = permissionFlags("otherix-api", {
     config: "/t/api.yaml",
     state: "/t/data",
     run: "/t/data",
   });
-  assert(!flags.some((f) => f.startsWith("--allow-run")));
+  assertEquals(flags.filter((f) => f.startsWith("--allow-run")), ["--allow-run=/usr/bin/etcd"]);
+  const custom = permissionFlags("otherix-api", {
+    config: "/t/api.yaml",
+    state: "/t/data",
+    run: "/t/data",
+    extraRun: ["/opt/etcd/bin/etcd"],
+  });
+  assert(custom.includes("--allow-run=/usr/bin/etcd,/opt/etcd/bin/etcd"));
   assert(flags.includes("--allow-write=/t/data"));
   assert(flags.includes("--allow-read=/t/api.yaml,/t/data"));
   assert(flags.includes("--unstable-kv"));
