@@ -5,7 +5,7 @@
  */
 import { normalize } from "node:path";
 
-export { writeAll, writeFileAtomic } from "../shared/fs_atomic.ts";
+export { exists, writeAll, writeFileAtomic } from "../shared/fs.ts";
 
 /** Removes `path` recursively; a missing path is not an error. */
 export async function removeAll(path: string): Promise<void> {
@@ -13,17 +13,6 @@ export async function removeAll(path: string): Promise<void> {
     await Deno.remove(path, { recursive: true });
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
-  }
-}
-
-/** True when `path` exists (lstat; a dangling symlink exists). */
-export async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
   }
 }
 

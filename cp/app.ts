@@ -82,6 +82,7 @@ import {
   type NodeRecord,
   type PoolRecord,
   type TaskRecord,
+  type UserRecord,
   type VmRecord,
 } from "./repo/records.ts";
 import type { Caches } from "./context.ts";
@@ -170,6 +171,7 @@ export function startCaches(ctx: CpContext): Caches {
     }),
     settings: new Informer<ClusterSettings>({ store: ctx.store, prefix: keys.settings, onError }),
     replicas: new Informer<Replica>({ store: ctx.store, prefix: REPLICAS_PREFIX, onError }),
+    users: new Informer<UserRecord>({ store: ctx.store, prefix: keys.users, onError }),
   };
   return caches;
 }
@@ -207,6 +209,7 @@ export async function startControllers(ctx: CpContext, caches: Caches): Promise<
     caches.allocations.start(),
     caches.settings.start(),
     caches.replicas.start(),
+    caches.users.start(),
   ]);
   nodes.start(() => caches.nodes.keys().map(nodeName));
   pools.start(() => caches.nodes.keys().map(nodeName));

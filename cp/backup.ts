@@ -30,6 +30,7 @@
  *
  * @module
  */
+import { exists } from "../shared/fs.ts";
 import { Buffer } from "node:buffer";
 import { join } from "node:path";
 import { ApiError } from "../shared/errors.ts";
@@ -347,16 +348,6 @@ async function caRecordFor(backup: Backup, caFrom?: Backup): Promise<CaRecord | 
     );
   }
   return { ...rec, cert_pem: other.cert_pem, key_pem: other.key_pem };
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
 }
 
 /** Deno KV limits one commit to 1000 mutations and 800 KiB; stay well below. */

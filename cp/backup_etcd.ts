@@ -24,7 +24,7 @@ import { Buffer } from "node:buffer";
 import { ApiError } from "../shared/errors.ts";
 import type { Logger } from "../shared/log.ts";
 import { certFingerprint, keyMatchesCert } from "../shared/pki.ts";
-import { writeFileAtomic } from "../shared/fs_atomic.ts";
+import { exists, writeFileAtomic } from "../shared/fs.ts";
 import {
   type Backup,
   BACKUP_FORMAT,
@@ -127,15 +127,6 @@ async function caOf(backup: Backup, key: string): Promise<{ certPem: string; key
     throw new ApiError("validation_failed", `${key}: the private key does not match`);
   }
   return { certPem: rec.cert_pem, keyPem: rec.key_pem };
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /**

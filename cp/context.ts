@@ -11,7 +11,13 @@ import type { JwtKeySource } from "./auth/jwt.ts";
 import type { Store } from "./store/store.ts";
 import type { StoreHealth } from "./store/health.ts";
 import type { Informer } from "./controllers/informer.ts";
-import type { ClusterSettings, NodeRecord, PoolRecord, VmRecord } from "./repo/records.ts";
+import type {
+  ClusterSettings,
+  NodeRecord,
+  PoolRecord,
+  UserRecord,
+  VmRecord,
+} from "./repo/records.ts";
 import type { ObservedVm } from "../shared/api/vm_runtime.ts";
 import type { NodeAllocation } from "./vms/allocations.ts";
 import type { CpMetrics } from "./metrics.ts";
@@ -34,6 +40,8 @@ export interface Caches {
   settings: Informer<ClusterSettings>;
   /** The live control-plane replicas (`/replicas/<name>`, cp/cluster/replicas.ts). */
   replicas: Informer<Replica>;
+  /** The users (`/users/<id>`): the auth middleware's lookups (cp/auth/middleware.ts). */
+  users: Informer<UserRecord>;
 }
 
 /** Everything a control-plane component needs. */

@@ -14,7 +14,7 @@
  *
  * @module
  */
-import { writeFileAtomic } from "../shared/fs_atomic.ts";
+import { readTextIfExists, writeFileAtomic } from "../shared/fs.ts";
 import { join } from "node:path";
 import { CP_CERT_ORG } from "../shared/constants.ts";
 import type { Logger } from "../shared/log.ts";
@@ -136,15 +136,6 @@ export interface ClusterPki {
   replicaName: string;
 }
 
-async function readIfExists(path: string): Promise<string | null> {
-  try {
-    return await Deno.readTextFile(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return null;
-    throw e;
-  }
-}
-
 /**
  * Loads or creates the cluster CA and this replica's certificate (see the module doc).
  *
@@ -161,7 +152,7 @@ export async function ensureClusterPki(
   const paths = pkiPaths(cfg.store.data_dir);
   await Deno.mkdir(paths.dir, { recursive: true, mode: 0o700 });
 
-  const diskCa = await readIfExists(paths.caCert);
+  const diskCa = await readTextIfExists(paths.caCert);
   let stored = (await store.get<CaRecord>(keys.ca))?.value ?? null;
   if (!stored) {
     if (diskCa !== null) {
@@ -222,8 +213,8 @@ async function safeFingerprint(pem: string): Promise<string> {
 }
 
 async function loadReplica(certPath: string, keyPath: string): Promise<CertAndKey | null> {
-  const certPem = await readIfExists(certPath);
-  const keyPem = await readIfExists(keyPath);
+  const certPem = await readTextIfExists(certPath);
+  const keyPem = await readTextIfExists(keyPath);
   return certPem && keyPem ? { certPem, keyPem } : null;
 }
 

@@ -25,7 +25,8 @@
  * - store backends (scripts/bench_store.ts): `vm get` and `vm list` (page of 100) p99
  *   through `otherix-api` at 10,000 VMs on the embedded store and on etcd, and their ratio.
  *
- * `--only vm|fanin|download|scheduler|cli|store` runs one part.
+ * `--only vm|fanin|download|scheduler|cli|store|ha` runs one part (`ha`: VM-create API latency
+ * on three replicas on etcd, scripts/bench_ha.ts).
  *
  * Phase boundaries come from the task's `timings` (cp/repo/records.ts TaskRecord), read from
  * the store file after each run; the client's clock and the control plane's are the same
@@ -48,6 +49,7 @@ import { fanIn } from "./bench_fanin.ts";
 import { benchScheduler } from "./bench_scheduler.ts";
 import { benchCli as benchCliStartup } from "./bench_cli.ts";
 import { benchStore } from "./bench_store.ts";
+import { benchHa } from "./bench_ha.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -334,9 +336,9 @@ async function benchFloor(c: Cluster, accel: "kvm" | "tcg") {
 }
 
 const part = (name: string) => values.only === "" || values.only === name;
-if (!["", "vm", "fanin", "download", "scheduler", "cli", "store"].includes(values.only)) {
+if (!["", "vm", "fanin", "download", "scheduler", "cli", "store", "ha"].includes(values.only)) {
   console.error(
-    `--only: expected vm, fanin, download, scheduler, cli or store, got "${values.only}"`,
+    `--only: expected vm, fanin, download, scheduler, cli, store or ha, got "${values.only}"`,
   );
   Deno.exit(2);
 }
@@ -372,6 +374,7 @@ if (part("download")) {
 if (part("scheduler")) await benchScheduler();
 if (part("cli")) await benchCliStartup(15);
 if (part("store")) await benchStore();
+if (part("ha")) await benchHa();
 
 async function benchVms() {
   const c = await startCluster({ prefix: "otx-bench" });

@@ -31,7 +31,7 @@ import {
   issueServerCert,
   splitSans,
 } from "../../shared/pki.ts";
-import { writeFileAtomic } from "../../shared/fs_atomic.ts";
+import { readTextIfExists, writeFileAtomic } from "../../shared/fs.ts";
 import { ApiError } from "../../shared/errors.ts";
 import type { ApiConfig } from "../config.ts";
 import { type HostFacts, pkiPaths, replicaName, requiredSans } from "../pki.ts";
@@ -80,15 +80,6 @@ export function replicaSans(cfg: ApiConfig, facts: HostFacts): string[] {
   return [...new Set([...requiredSans(cfg, facts), advertiseHost(cfg, facts)])];
 }
 
-async function readText(path: string): Promise<string | null> {
-  try {
-    return await Deno.readTextFile(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return null;
-    throw e;
-  }
-}
-
 /** The running etcd side of a replica. */
 export interface EtcdRuntime {
   store: Store;
@@ -135,9 +126,9 @@ export async function startEtcdRuntime(
 
   const joined = await readJoinState(dataDir);
   let pending: BootstrapCas | null = null;
-  const pendingText = await readText(paths.bootstrapCas);
+  const pendingText = await readTextIfExists(paths.bootstrapCas);
   if (pendingText !== null) pending = JSON.parse(pendingText) as BootstrapCas;
-  if (!joined && !pending && (await readText(pki.caCert)) === null) {
+  if (!joined && !pending && (await readTextIfExists(pki.caCert)) === null) {
     pending = { ca: await createCa(), etcdCa: await createCa("otherix etcd CA") };
     await writeFileAtomic(paths.bootstrapCas, JSON.stringify(pending), 0o600);
     log.info("cluster: new cluster: CAs created", {
@@ -146,14 +137,14 @@ export async function startEtcdRuntime(
   }
   // First boot (new, restored, or resumed after a crash): the CA certificates on disk.
   if (pending) {
-    if ((await readText(pki.caCert)) === null) {
+    if ((await readTextIfExists(pki.caCert)) === null) {
       await writeFileAtomic(pki.caCert, pending.ca.certPem, 0o600);
     }
-    if ((await readText(paths.etcdCa)) === null) {
+    if ((await readTextIfExists(paths.etcdCa)) === null) {
       await writeFileAtomic(paths.etcdCa, pending.etcdCa.certPem, 0o600);
     }
   }
-  if ((await readText(paths.etcdCert)) === null) {
+  if ((await readTextIfExists(paths.etcdCert)) === null) {
     if (!pending) {
       throw new Error(
         `${paths.etcdCert} is missing: this data dir was not set up for store.backend: etcd ` +
@@ -196,9 +187,9 @@ export async function startEtcdRuntime(
     throw new ApiError("store_unavailable", `etcd member did not start: ${(e as Error).message}`);
   }
   const tls = {
-    caPem: (await readText(paths.etcdCa))!,
-    certPem: (await readText(paths.etcdCert))!,
-    keyPem: (await readText(paths.etcdKey))!,
+    caPem: (await readTextIfExists(paths.etcdCa))!,
+    certPem: (await readTextIfExists(paths.etcdCert))!,
+    keyPem: (await readTextIfExists(paths.etcdKey))!,
   };
   const endpoints = [...new Set([urls.client, ...(joined?.endpoints ?? [])])];
   let store: Store;

@@ -28,7 +28,7 @@ import { certFingerprint, createCsr, splitSans } from "../../shared/pki.ts";
 import { requestTls } from "../../shared/tls.ts";
 import { type HostFacts, hostFacts, pkiPaths, replicaName } from "../pki.ts";
 import type { ApiConfig } from "../config.ts";
-import { writeFileAtomic } from "../../shared/fs_atomic.ts";
+import { exists, writeFileAtomic } from "../../shared/fs.ts";
 import { etcdPaths, memberUrls, replicaSans } from "./etcd_runtime.ts";
 
 /** The join state file under the data dir. */
@@ -84,15 +84,6 @@ export async function readJoinState(dataDir: string): Promise<JoinState | null> 
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return null;
     throw new JoinError(`cannot read ${join(dataDir, JOIN_STATE_FILE)}: ${(e as Error).message}`);
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
   }
 }
 

@@ -126,6 +126,20 @@ export async function removeMember(ctx: CpContext, name: string): Promise<void> 
       "this control plane runs on the embedded store: its one member cannot be removed",
     );
   }
-  await ctx.etcd.remove(name);
+  // etcd refuses for 5 s after members (re)connect: wait that out (as joins do).
+  const deadline = Date.now() + REMOVE_RETRY_MS;
+  for (;;) {
+    try {
+      await ctx.etcd.remove(name);
+      break;
+    } catch (e) {
+      const retryable = e instanceof ApiError && e.details?.retryable === true;
+      if (!retryable || Date.now() > deadline) throw e;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
   ctx.log.info("cluster: member removed", { member: name });
 }
+
+/** How long a removal waits out etcd's passing refusals, ms. */
+export const REMOVE_RETRY_MS = 15_000;

@@ -24,36 +24,9 @@ import {
   stuckMessage,
   trackLearners,
 } from "../../cp/cluster/promote.ts";
-import type { Timers } from "../../cp/controllers/workqueue.ts";
+import { ManualTimers } from "../manual_timers.ts";
 import { ApiError } from "../../shared/errors.ts";
 import { createLogger } from "../../shared/log.ts";
-
-/** Timers that fire only when the test advances them. */
-class ManualTimers implements Timers {
-  #now = 0;
-  #seq = 0;
-  #due = new Map<number, { at: number; fn: () => void }>();
-  setTimeout(fn: () => void, ms: number): unknown {
-    const id = ++this.#seq;
-    this.#due.set(id, { at: this.#now + ms, fn });
-    return id;
-  }
-  clearTimeout(handle: unknown): void {
-    this.#due.delete(handle as number);
-  }
-  /** Moves time forward `ms` and fires what came due. */
-  advance(ms: number): void {
-    this.#now += ms;
-    for (const [id, t] of [...this.#due]) {
-      if (t.at > this.#now) continue;
-      this.#due.delete(id);
-      t.fn();
-    }
-  }
-  get pending(): number {
-    return this.#due.size;
-  }
-}
 
 const codeOf = (fn: () => unknown) => (assertThrows(fn) as ApiError).code;
 

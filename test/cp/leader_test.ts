@@ -13,37 +13,8 @@ import {
   type LeaderRecord,
 } from "../../cp/cluster/leader.ts";
 import { Controller } from "../../cp/controllers/controller.ts";
-import type { Timers } from "../../cp/controllers/workqueue.ts";
+import { ManualTimers } from "../manual_timers.ts";
 import { createLogger } from "../../shared/log.ts";
-
-/** Timers that fire only when the test advances them. */
-class ManualTimers implements Timers {
-  #now = 0;
-  #seq = 0;
-  #due = new Map<number, { at: number; fn: () => void }>();
-  setTimeout(fn: () => void, ms: number): unknown {
-    const id = ++this.#seq;
-    this.#due.set(id, { at: this.#now + ms, fn });
-    return id;
-  }
-  clearTimeout(handle: unknown): void {
-    this.#due.delete(handle as number);
-  }
-  /** Moves time forward `ms` and fires what came due, in order. */
-  advance(ms: number): void {
-    this.#now += ms;
-    const due = [...this.#due].filter(([, t]) => t.at <= this.#now).sort((a, b) =>
-      a[1].at - b[1].at
-    );
-    for (const [id, t] of due) {
-      this.#due.delete(id);
-      t.fn();
-    }
-  }
-  get now(): number {
-    return this.#now;
-  }
-}
 
 const quiet = createLogger("cp", "error", () => {});
 const TTL = 3;

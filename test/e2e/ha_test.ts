@@ -22,15 +22,23 @@ import {
   type ApiHandle,
   freePort,
   pgrep,
-  pidAlive,
   Proc,
+  runCli,
   startAgent,
-  startApi,
   tempRoot,
   TEST_ADMIN,
   waitFor,
   writeApiConfig,
 } from "../harness.ts";
+import {
+  adminClient,
+  crashReplica,
+  joinArgs,
+  newReplica,
+  type Replica,
+  replicaConfig,
+  startReplica,
+} from "../ha_cluster.ts";
 import { ensureTestImage } from "../test_image.ts";
 import { denoRunArgs, REPO_ROOT } from "../../scripts/permissions.ts";
 import { createCa } from "../../shared/pki.ts";
@@ -40,95 +48,15 @@ import type { Store } from "../../cp/store/store.ts";
 // deno-lint-ignore no-explicit-any
 type Json = any;
 
-interface Replica {
-  name: string;
-  root: string;
-  publicPort: number;
-  agentPort: number;
-  clientPort: number;
-  peerPort: number;
-  api?: ApiHandle;
-}
-
-function replicaConfig(r: Replica, poolsDir: string): Record<string, unknown> {
-  return {
-    server: { advertise_host: "127.0.0.1" },
-    cp_cert: { replica_name: r.name },
-    store: {
-      backend: "etcd",
-      etcd: {
-        member: {
-          client_port: r.clientPort,
-          peer_port: r.peerPort,
-          heartbeat_ms: 50,
-          election_ms: 500,
-          promote_interval_seconds: 1,
-        },
-      },
-    },
-    storage_pools: { allowed_path_prefixes: [poolsDir + "/"] },
-    workers: { lease_ttl_seconds: 3, poll_interval_ms: 250 },
-    nodes: { heartbeat_interval_seconds: 1, stale_threshold_seconds: 30 },
-  };
-}
-
-/** Logs in as the admin of `url` and returns a JSON caller. */
-async function client(url: string) {
-  const login = await fetch(`${url}/v1/auth/login`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify(TEST_ADMIN),
-  });
-  const token = (await login.json()).access_token as string;
-  return async (method: string, path: string, body?: unknown) => {
-    const res = await fetch(url + path, {
-      method,
-      headers: {
-        authorization: `Bearer ${token}`,
-        ...(body === undefined ? {} : { "content-type": "application/json" }),
-      },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const text = await res.text();
-    let json: Json = null;
-    try {
-      json = JSON.parse(text);
-    } catch { /* text */ }
-    return { status: res.status, json, headers: res.headers };
-  };
-}
-
-/** kill -9 of a replica as a host crash: `otherix-api` and its etcd member. */
-async function crash(r: Replica): Promise<void> {
-  const etcdPids = pgrep("etcd", join(r.api!.dataDir, "etcd"));
-  r.api!.proc.child.kill("SIGKILL");
-  await r.api!.proc.status();
-  for (const pid of etcdPids) Deno.kill(pid, "SIGKILL");
-  await waitFor("etcd gone", () => Promise.resolve(etcdPids.every((p) => !pidAlive(p))));
-}
-
 Deno.test("HA on etcd: joins, failover of tasks and agents, quorum loss, healing", async (t) => {
   const root = await tempRoot("otx-ha");
   const poolsDir = join(root, "agent/var/lib/otherix/pools");
-  const replicas: Replica[] = ["cp-1", "cp-2", "cp-3"].map((name) => ({
-    name,
-    root: join(root, name),
-    publicPort: freePort(),
-    agentPort: freePort(),
-    clientPort: freePort(),
-    peerPort: freePort(),
-  }));
+  const replicas = ["cp-1", "cp-2", "cp-3"].map((name) => newReplica(root, name));
   const [r1, r2, r3] = replicas;
-  const start = async (r: Replica, args: string[] = []) => {
-    r.api = await startApi({
-      root: r.root,
-      publicPort: r.publicPort,
-      agentPort: r.agentPort,
-      config: replicaConfig(r, poolsDir),
-      args,
-    });
-    return r.api;
-  };
+  const ha = { poolsDir };
+  const start = (r: Replica, args: string[] = []) => startReplica(r, ha, args);
+  const client = adminClient;
+  const crash = crashReplica;
   // The image server: `/slow/` trickles until `release` (holds a VM create mid-task).
   const image = await Deno.readFile((await ensureTestImage()).path);
   let released = false;
@@ -176,22 +104,14 @@ Deno.test("HA on etcd: joins, failover of tasks and agents, quorum loss, healing
       assertEquals(res.json.servers[0], r1.api!.agentUrl, "the answering replica first");
       return res.json.token as string;
     };
-    const joinArgs = (token: string, pin = fingerprint) => [
-      "join",
-      "--server",
-      r1.api!.agentUrl,
-      "--token",
-      token,
-      "--ca-fingerprint",
-      pin,
-    ];
+    const joinVia1 = (token: string, pin = fingerprint) => joinArgs(r1.api!.agentUrl, token, pin);
 
     await t.step(
       "a wrong CA pin fails the join with the spec's message; nothing is written",
       async () => {
         const token = await mint();
         const wrong = `sha256:${"0".repeat(64)}`;
-        const err = await start(r2, joinArgs(token, wrong)).then(() => null, (e) => e as Error);
+        const err = await start(r2, joinVia1(token, wrong)).then(() => null, (e) => e as Error);
         assert(err, "the join must fail");
         assertMatch(err.message, /cluster CA fingerprint mismatch: pinned sha256:0{64}/);
         const pki = await Array.fromAsync(Deno.readDir(join(r2.root, "var/lib/otherix/api")))
@@ -212,7 +132,7 @@ Deno.test("HA on etcd: joins, failover of tasks and agents, quorum loss, healing
         }
       })();
       try {
-        await start(r2, joinArgs(token));
+        await start(r2, joinVia1(token));
       } finally {
         writing = false;
         await load;
@@ -222,7 +142,7 @@ Deno.test("HA on etcd: joins, failover of tasks and agents, quorum loss, healing
         const m = (await api1("GET", "/v1/cluster/members")).json.members as Json[];
         return m.find((x) => x.name === "cp-2")?.role === "voter";
       }, 30_000);
-      await start(r3, joinArgs(await mint()));
+      await start(r3, joinVia1(await mint()));
       await waitFor("three voters", async () => {
         const m = (await api1("GET", "/v1/cluster/members")).json.members as Json[];
         return m.length === 3 && m.every((x) => x.role === "voter" && x.healthy);
@@ -235,8 +155,30 @@ Deno.test("HA on etcd: joins, failover of tasks and agents, quorum loss, healing
         r2.api!.url,
         r3.api!.url,
       ]);
+      // The CLI against the replicas, a dead endpoint first in its list.
+      const login = await fetch(`${r2.api!.url}/v1/auth/login`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(TEST_ADMIN),
+      });
+      const env = {
+        HOME: root,
+        NO_COLOR: "1",
+        OTHERIX_SERVER: `http://127.0.0.1:${freePort()},${r2.api!.url},${r3.api!.url}`,
+        OTHERIX_API_TOKEN: (await login.json()).access_token,
+      };
+      const members = await runCli(["cluster", "members"], env);
+      assertEquals(members.code, 0, members.stderr);
+      assertMatch(members.stdout, /^store: etcd; controllers led by cp-1\n/);
+      for (const name of ["cp-1", "cp-2", "cp-3"]) {
+        assertMatch(members.stdout, new RegExp(`\\n${name} +voter +(yes|no) +healthy `));
+      }
+      const minted = await runCli(["cluster", "join-token", "create", "-o", "json"], env);
+      assertEquals(minted.code, 0, minted.stderr);
+      assertEquals(JSON.parse(minted.stdout).ca_fingerprint, fingerprint);
       // Every replica serves the same store: the token minted on cp-1 is listed on cp-3.
-      assert((await api3("GET", "/v1/nodes/join-tokens")).json.items.length >= writes);
+      const shared = await api1("POST", "/v1/nodes/join-tokens", { node_name: "shared" });
+      assertEquals((await api3("DELETE", `/v1/nodes/join-tokens/${shared.json.id}`)).status, 204);
     });
 
     let taskId = "";
@@ -358,20 +300,13 @@ Deno.test("HA on etcd: joins, failover of tasks and agents, quorum loss, healing
         r2.api!.roots,
       );
       assertMatch(said, /backup: \d+ keys at store revision \d+, CA material included/);
-      const r4: Replica = {
-        name: "cp-4",
-        root: join(root, "cp-4"),
-        publicPort: freePort(),
-        agentPort: freePort(),
-        clientPort: freePort(),
-        peerPort: freePort(),
-      };
+      const r4 = newReplica(root, "cp-4");
       replicas.push(r4);
       const paths = await writeApiConfig({
         root: r4.root,
         publicPort: r4.publicPort,
         agentPort: r4.agentPort,
-        config: replicaConfig(r4, poolsDir),
+        config: replicaConfig(r4, ha),
       });
       const copy = join(paths.dataDir, "backup.otx");
       await Deno.copyFile(file, copy);
@@ -409,6 +344,16 @@ Deno.test("HA on etcd: joins, failover of tasks and agents, quorum loss, healing
       );
       await Deno.writeTextFile(caPath, good);
       await start(r3);
+    });
+
+    await step("remove-member: a stopped replica's member leaves the cluster", async () => {
+      await r3.api!.proc.stop();
+      const api2 = await client(r2.api!.url);
+      const res = await api2("DELETE", "/v1/cluster/members/cp-3");
+      assertEquals(res.status, 200, JSON.stringify(res.json));
+      assertEquals(res.json.members.map((m: Json) => m.name), ["cp-1", "cp-2"]);
+      const again = await api2("DELETE", "/v1/cluster/members/cp-3");
+      assertEquals([again.status, again.json.error.code], [404, "not_found"]);
     });
   } finally {
     released = true;

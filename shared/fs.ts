@@ -1,6 +1,6 @@
 /**
- * Atomic file writes, the one home for them (agent state files, the control plane's PKI and
- * join state).
+ * File helpers, one home for them: atomic writes (agent state files, the control plane's PKI
+ * and join state), existence checks and reads of files that may be missing.
  *
  * @module
  */
@@ -40,4 +40,25 @@ export async function writeFileAtomic(
 export async function writeAll(file: Deno.FsFile, data: Uint8Array): Promise<void> {
   let off = 0;
   while (off < data.length) off += await file.write(data.subarray(off));
+}
+
+/** True when `path` exists (lstat: a dangling symlink exists). @throws other errors than NotFound */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
+/** The text of `path`; null when it does not exist. @throws other errors than NotFound */
+export async function readTextIfExists(path: string): Promise<string | null> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
 }
