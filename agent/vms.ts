@@ -474,7 +474,9 @@ export class VmManager {
       memoryMb: m.memory_mb,
       files,
       firmwareArm64: this.#o.firmwareArm64 ?? null,
-      paused,
+      // Always -S: the guest's vCPUs start only once the agent's QMP session is attached
+      // (`cont` below), so no event (a guest that powers off at once) happens unseen.
+      paused: true,
       extraArgs: this.#o.extraQemuArgs,
     });
     await removeAll(files.sockDir);
@@ -499,15 +501,20 @@ export class VmManager {
       throw e;
     }
     hooks.mark?.("qmp_ready");
-    // `shutdown`: the guest powered off already; its SHUTDOWN event, kept by the session until
-    // the attach below, moves the VM on to `stopping`.
-    const phase: VmPhase = q.status === "running" || q.status === "shutdown" ? "running" : "paused";
     r.running = true;
-    r.phase = phase;
+    r.phase = paused ? "paused" : "running";
     r.qemu = q; // announced with its pid
     this.#notify(r);
     const persisted = this.#persist(r);
     this.#attach(r, q);
+    if (!paused) {
+      try {
+        await q.qmp.execute("cont");
+      } catch (e) {
+        // QEMU went away at once: its exit (seen by the session) explains it.
+        log.warn("qemu: cont failed", { err: errorMessage(e) });
+      }
+    }
     log.info("qemu: running", {
       pid: q.pid,
       status: q.status,
