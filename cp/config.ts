@@ -142,6 +142,11 @@ export const ApiConfigSchema = z.object({
         election_ms: z.number().int().min(50).max(50_000).default(1000),
         /** How often caught-up learners are promoted to voters, seconds (spec 000: ~15). */
         promote_interval_seconds: z.number().int().min(1).max(600).default(15),
+        /**
+         * How long one store request may take, seconds: a write while quorum is lost fails
+         * with `store_unavailable` after this long.
+         */
+        request_timeout_seconds: z.number().int().min(1).max(300).default(15),
       }).strict().prefault({}),
       /**
        * An existing external etcd cluster instead of the member: its members' client URLs

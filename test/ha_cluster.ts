@@ -64,6 +64,8 @@ export function replicaConfig(r: Replica, o: HaOptions): Record<string, unknown>
           heartbeat_ms: o.heartbeatMs ?? 50,
           election_ms: o.electionMs ?? 500,
           promote_interval_seconds: 1,
+          // Without quorum, a write is refused after this long (etcd itself answers ~2.5 s).
+          request_timeout_seconds: 3,
         },
       },
     },

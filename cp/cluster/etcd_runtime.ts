@@ -194,7 +194,11 @@ export async function startEtcdRuntime(
   const endpoints = [...new Set([urls.client, ...(joined?.endpoints ?? [])])];
   let store: Store;
   try {
-    store = await openEtcdStore({ endpoints, tls });
+    store = await openEtcdStore({
+      endpoints,
+      tls,
+      requestTimeoutMs: m.request_timeout_seconds * 1000,
+    });
   } catch (e) {
     await member.stop();
     throw e;
