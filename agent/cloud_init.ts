@@ -304,6 +304,11 @@ export class CloudInitWatcher {
     }
   }
 
+  /** Resolves once every state-file write begun so far is done (agent shutdown). */
+  flush(): Promise<void> {
+    return this.#writes;
+  }
+
   /** Writes the state file (watched VMs, plus saved ones not resumed yet), in order. */
   #persist(): Promise<void> {
     this.#writes = this.#writes.then(async () => {

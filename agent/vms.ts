@@ -1135,7 +1135,7 @@ export class VmManager {
    * Detaches from every VM for agent shutdown, leaving each QEMU running: stops the serial
    * log trimmer, aborts operations queued or in flight (a download is cancelled; a QEMU being
    * launched still comes up), lets QEMU stops already begun finish (a guest that powered
-   * off), waits for state.json writes, then closes the QMP sessions.
+   * off), waits for state.json and cloud-init.json writes, then closes the QMP sessions.
    */
   async close(): Promise<void> {
     this.#closing = true;
@@ -1146,6 +1146,7 @@ export class VmManager {
     );
     await Promise.allSettled([...ops, ...this.#background]);
     await Promise.allSettled([...this.#vms.values()].map((r) => r.persisting));
+    await this.#cloudInit.flush(); // cloud-init.json (a deleted VM's entry goes last)
     for (const r of this.#vms.values()) r.qemu?.qmp.close();
     await this.#net.close();
   }
