@@ -8,7 +8,7 @@
  */
 import { join } from "node:path";
 import { newReplica, startHaCluster } from "../test/ha_cluster.ts";
-import { type ApiHandle, startApi, tempRoot } from "../test/harness.ts";
+import { type ApiHandle, startApi, tempRoot, waitFor } from "../test/harness.ts";
 import { adminAuth, registerSimAgents, sendSimHeartbeat } from "./sim_agents.ts";
 
 /** p-th percentile (nearest rank) of `xs`. */
@@ -21,7 +21,12 @@ function pct(xs: number[], p: number): number {
 async function timeCreates(apis: ApiHandle[], n: number): Promise<number[]> {
   const auths = await Promise.all(apis.map((a) => adminAuth(a)));
   const agents = await registerSimAgents(apis[0], auths[0], 1);
-  for (let i = 0; i < 2; i++) await sendSimHeartbeat(apis[0], agents[0]); // node + pool ready
+  await sendSimHeartbeat(apis[0], agents[0]); // the node is ready: its default pool is made
+  await waitFor("the default pool", async () => {
+    const res = await fetch(`${apis[0].url}/v1/pools`, { headers: auths[0] });
+    return ((await res.json()).items ?? []).length > 0;
+  }, 30_000);
+  await sendSimHeartbeat(apis[0], agents[0]); // the pool is ready
   const xs: number[] = [];
   try {
     for (let i = 0; i < n + 5; i++) {
@@ -32,7 +37,7 @@ async function timeCreates(apis: ApiHandle[], n: number): Promise<number[]> {
         headers: { ...auths[k], "content-type": "application/json" },
         body: JSON.stringify({
           name: `bench-${i}`,
-          image_url: "http://192.0.2.1/img.qcow2",
+          image_url: "http://127.0.0.1:1/img.qcow2", // never fetched: workers are off
           architecture: "amd64",
           vcpus: 1,
           memory_mb: 64,
@@ -54,6 +59,8 @@ export async function benchHa(n = 100): Promise<void> {
   const root = await tempRoot("otx-bench-ha");
   const common = {
     workers: { enabled: false },
+    // Where the simulated node's default pool lives (scripts/sim_agents.ts).
+    storage_pools: { allowed_path_prefixes: ["/var/lib/otherix/pools/"] },
     placement: { resources: { cpu: { overcommit_ratio: 100 }, memory: { overcommit_ratio: 100 } } },
   };
   const replicas = ["cp-1", "cp-2", "cp-3"].map((name) => newReplica(root, name));
