@@ -10,7 +10,7 @@
  */
 import { CP_CERT_ORG } from "../shared/constants.ts";
 import { ErrorEnvelopeSchema } from "../shared/errors.ts";
-import { type ClientTlsMaterial, requestTls } from "../shared/tls.ts";
+import { type ClientTlsMaterial, keepAliveAgent, requestTls } from "../shared/tls.ts";
 import type { Agent as HttpsAgent } from "node:https";
 import type { AgentIdentity } from "./bootstrap.ts";
 import type { CpEndpoints } from "./cp_endpoints.ts";
@@ -161,4 +161,39 @@ export async function postToCpWithFailover(
     }
   }
   throw lastError;
+}
+
+/** One kept-alive connection to one control-plane URL at a time. */
+export interface UrlConnection {
+  /** The pool for `url`: the same one while the URL stays, a new one after a failover. */
+  agentFor(url: string): HttpsAgent;
+  /** The URL last asked for (null before the first request). */
+  readonly url: string | null;
+  /** Closes the pool and its socket. */
+  close(): void;
+}
+
+/**
+ * A kept-alive connection (pool of one socket) that follows the URL in use: the control
+ * plane's agent port keeps idle connections for two heartbeat intervals plus 5 s, so a steady
+ * agent does one TLS handshake per replica, not one per request. A failover to another URL
+ * destroys the old pool, socket included (heartbeats and reports each hold one).
+ */
+export function urlConnection(): UrlConnection {
+  let pool = keepAliveAgent(1);
+  let url: string | null = null;
+  return {
+    agentFor(next: string) {
+      if (url !== null && url !== next) {
+        pool.destroy();
+        pool = keepAliveAgent(1);
+      }
+      url = next;
+      return pool;
+    },
+    get url() {
+      return url;
+    },
+    close: () => pool.destroy(),
+  };
 }

@@ -24,11 +24,11 @@ import {
 import { architectureOf } from "../shared/api/common.ts";
 import { MAX_REPORTED_IMAGES, type ObservedPool } from "../shared/api/nodes.ts";
 import type { Logger } from "../shared/log.ts";
-import { type ClientTlsMaterial, keepAliveAgent } from "../shared/tls.ts";
+import type { ClientTlsMaterial } from "../shared/tls.ts";
 import type { Agent as HttpsAgent } from "node:https";
 import type { Accelerator } from "./accel.ts";
 import type { AgentIdentity } from "./bootstrap.ts";
-import { cpTls, postToCpWithFailover } from "./cp_client.ts";
+import { cpTls, postToCpWithFailover, urlConnection } from "./cp_client.ts";
 import { CpEndpoints } from "./cp_endpoints.ts";
 import { errorMessage } from "./fsutil.ts";
 import type { PoolManager } from "./pools.ts";
@@ -168,19 +168,9 @@ export async function sendHeartbeat(
 export function startHeartbeat(o: HeartbeatOptions): Heartbeat {
   const tls = cpTls(o.identity);
   const endpoints = o.endpoints ?? new CpEndpoints(o.cpUrl || undefined, o.log);
-  // One kept-alive connection for the loop's identity: the control plane's agent port keeps it
-  // open across intervals, so a steady agent does one TLS handshake, not one per heartbeat.
-  // It serves one URL at a time: a failover drops it (and its socket) for a new one.
-  let connections = keepAliveAgent(1);
-  let connectedTo: string | null = null;
-  const agentFor = (url: string) => {
-    if (connectedTo !== null && connectedTo !== url) {
-      connections.destroy();
-      connections = keepAliveAgent(1);
-    }
-    connectedTo = url;
-    return connections;
-  };
+  // One kept-alive connection, following the URL in use (agent/cp_client.ts).
+  const connection = urlConnection();
+  const agentFor = (url: string) => connection.agentFor(url);
   const stopCtrl = new AbortController();
   let intervalMs = o.initialIntervalSeconds * 1000;
   let status: string | null = null;
@@ -227,8 +217,8 @@ export function startHeartbeat(o: HeartbeatOptions): Heartbeat {
       } catch (e) {
         if (stopCtrl.signal.aborted) break;
         failing = true;
-        // `connectedTo`: the last URL tried (null when none is known; the error says so).
-        o.log.warn("heartbeat: failed", { cp_url: connectedTo, err: errorMessage(e) });
+        // `connection.url`: the last URL tried (null when none is known; the error says so).
+        o.log.warn("heartbeat: failed", { cp_url: connection.url, err: errorMessage(e) });
       }
       if (stopCtrl.signal.aborted) break;
       if (kicked) next = Math.min(next, 200);
@@ -242,7 +232,7 @@ export function startHeartbeat(o: HeartbeatOptions): Heartbeat {
       stopCtrl.abort();
       wake?.();
       await loop;
-      connections.destroy();
+      connection.close();
     },
     kick() {
       if (stopCtrl.signal.aborted) return;

@@ -22,7 +22,7 @@ import { MAX_REPORTED_TASKS, type NodeReport, NodeReportSchema } from "../shared
 import { isTerminal } from "../shared/api/tasks.ts";
 import type { Logger } from "../shared/log.ts";
 import type { AgentIdentity } from "./bootstrap.ts";
-import { cpTls, postToCpWithFailover } from "./cp_client.ts";
+import { cpTls, postToCpWithFailover, urlConnection } from "./cp_client.ts";
 import type { CpEndpoints } from "./cp_endpoints.ts";
 import { errorMessage } from "./fsutil.ts";
 import type { TaskManager } from "./tasks.ts";
@@ -57,9 +57,10 @@ export interface Reporter {
 }
 
 /**
- * The agent's sender: `POST {cp_url}/v1/nodes/report` over mTLS with the node certificate (a
- * new connection per report); the server must be a control plane. A report that gets no
- * answer is sent to the next replica of `endpoints` at once.
+ * The agent's sender: `POST {cp_url}/v1/nodes/report` over mTLS with the node certificate, on
+ * a kept-alive connection of its own (a task's result reaches its worker without a TLS
+ * handshake; agent/cp_client.ts `urlConnection`); the server must be a control plane. A report
+ * that gets no answer is sent to the next replica of `endpoints` at once.
  *
  * @param requestTimeoutMs per-attempt timeout, ms
  */
@@ -69,11 +70,13 @@ export function mtlsReportSender(
   requestTimeoutMs = 10_000,
 ): ReportSender {
   const tls = cpTls(identity);
+  const connection = urlConnection();
   return async (report, signal) => {
     await postToCpWithFailover(endpoints, "/v1/nodes/report", report, tls, {
       timeoutMs: requestTimeoutMs,
       component: "report",
       signal,
+      agentFor: (url) => connection.agentFor(url),
     });
   };
 }

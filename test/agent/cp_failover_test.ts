@@ -264,6 +264,21 @@ Deno.test("failover: reports and renewal requests use the agent's list too", asy
       assertEquals(logged(lines, FAILOVER).map((l) => l.msg), [`report: ${FAILOVER}`]);
     });
 
+    await t.step(
+      "reports share one kept-alive connection (no TLS handshake per report)",
+      async () => {
+        const { log } = memoryLogger();
+        const send = mtlsReportSender(new CpEndpoints(p.b.url, log), p.identity);
+        const before = p.cp.reports.length;
+        for (let i = 0; i < 3; i++) {
+          await send({ node_name: "node-a", vms: [], tasks: [] }, new AbortController().signal);
+        }
+        const ports = p.cp.reports.slice(before).map((r) => r.port);
+        assertEquals(ports.length, 3);
+        assertEquals(new Set(ports).size, 1, `ports: ${ports}`);
+      },
+    );
+
     await t.step("a renewal request goes to the next replica; its answer is final", async () => {
       const { log, lines } = memoryLogger();
       const eps = new CpEndpoints(dead.url, log, [p.b.url]);

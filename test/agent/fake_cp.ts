@@ -79,6 +79,8 @@ export interface ReceivedReport {
   peer: string;
   /** `Date.now()` at arrival. */
   at: number;
+  /** The client port of its connection (one port: one kept-alive connection). */
+  port: number;
 }
 
 /** Starts a fake CP on 127.0.0.1 (random port). */
@@ -170,7 +172,12 @@ export async function startFakeCp(
         code === "internal_error" ? 500 : 503,
       );
     }
-    const rec = { report: parsed.data, peer: peer.commonName ?? "", at: Date.now() };
+    const rec = {
+      report: parsed.data,
+      peer: peer.commonName ?? "",
+      at: Date.now(),
+      port: c.env.incoming.socket.remotePort ?? 0,
+    };
     state.reports.push(rec);
     for (const w of [...reportWaiters]) {
       if (w.pred(rec.report)) {
