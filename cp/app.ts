@@ -77,6 +77,7 @@ import { eventRoutes, type EventSource } from "./events/mod.ts";
 import { consolePageRoutes, consoleRoutes } from "./console/mod.ts";
 import { can } from "../shared/rbac.ts";
 import {
+  type ApiTokenRecord,
   type ClusterSettings,
   keys,
   type NodeRecord,
@@ -172,6 +173,11 @@ export function startCaches(ctx: CpContext): Caches {
     settings: new Informer<ClusterSettings>({ store: ctx.store, prefix: keys.settings, onError }),
     replicas: new Informer<Replica>({ store: ctx.store, prefix: REPLICAS_PREFIX, onError }),
     users: new Informer<UserRecord>({ store: ctx.store, prefix: keys.users, onError }),
+    apiTokens: new Informer<ApiTokenRecord>({
+      store: ctx.store,
+      prefix: keys.apiToken(""),
+      onError,
+    }),
   };
   return caches;
 }
@@ -210,6 +216,7 @@ export async function startControllers(ctx: CpContext, caches: Caches): Promise<
     caches.settings.start(),
     caches.replicas.start(),
     caches.users.start(),
+    caches.apiTokens.start(),
   ]);
   nodes.start(() => caches.nodes.keys().map(nodeName));
   pools.start(() => caches.nodes.keys().map(nodeName));

@@ -12,6 +12,7 @@ import type { Store } from "./store/store.ts";
 import type { StoreHealth } from "./store/health.ts";
 import type { Informer } from "./controllers/informer.ts";
 import type {
+  ApiTokenRecord,
   ClusterSettings,
   NodeRecord,
   PoolRecord,
@@ -42,6 +43,8 @@ export interface Caches {
   replicas: Informer<Replica>;
   /** The users (`/users/<id>`): the auth middleware's lookups (cp/auth/middleware.ts). */
   users: Informer<UserRecord>;
+  /** API token records (`/api-tokens/<sha256>`): the auth middleware's lookups. */
+  apiTokens: Informer<ApiTokenRecord>;
 }
 
 /** Everything a control-plane component needs. */

@@ -16,7 +16,7 @@ import { AUDIT_PREFIX } from "./log.ts";
 /** The audit routes (mounted at `/v1/audit`). */
 export function auditRoutes(ctx: CpContext): Hono<AppEnv> {
   const r = new Hono<AppEnv>();
-  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache?.users));
+  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache));
   r.get("/", requirePermission("audit:read"), validate("query", AuditQuerySchema), async (c) => {
     const q = c.req.valid("query");
     const user = q.user?.toLowerCase();

@@ -41,6 +41,13 @@ export type AppEnv = {
   };
 };
 
+/** The informer caches authentication reads (cp/context.ts `Caches` has them). */
+export interface AuthCaches {
+  users: Informer<UserRecord>;
+  /** `/api-tokens/<sha256>` records (hashes and metadata only, never a secret). */
+  apiTokens: Informer<ApiTokenRecord>;
+}
+
 /**
  * Resolves a bearer credential to its user. `readOnly` (a GET): when the store is
  * unavailable, an access token's own claims stand for the user (see the code).
@@ -53,25 +60,36 @@ export async function authenticateBearer(
   token: string,
   now: Date = new Date(),
   readOnly = false,
-  users?: Informer<UserRecord>,
+  caches?: AuthCaches,
 ): Promise<{ user: UserRecord; kind: "jwt" | "api_token"; tokenId?: string }> {
+  // The users cache answers for known users (one store read less per request; a change
+  // reaches it within a watch event); a miss (a user created a moment ago) reads the store.
+  const userOf = async (id: string) => caches?.users.get(keys.user(id)) ?? await getUser(store, id);
   if (token.startsWith(API_TOKEN_PREFIX)) {
     if (!isApiTokenShape(token)) throw new ApiError("unauthenticated", "invalid API token");
-    const rec = await store.get<ApiTokenRecord>(keys.apiToken(await hashToken(token)));
+    const key = keys.apiToken(await hashToken(token));
+    // API tokens are read from the store (a revocation holds at once); the cache answers
+    // only reads while the store is unavailable.
+    let rec: ApiTokenRecord | undefined;
+    try {
+      rec = (await store.get<ApiTokenRecord>(key))?.value;
+    } catch (e) {
+      const down = e instanceof ApiError && e.code === "store_unavailable";
+      if (!down || !readOnly || !caches) throw e;
+      rec = caches.apiTokens.get(key);
+    }
     if (!rec) throw new ApiError("unauthenticated", "invalid API token");
-    if (rec.value.expires_at && Date.parse(rec.value.expires_at) <= now.getTime()) {
+    if (rec.expires_at && Date.parse(rec.expires_at) <= now.getTime()) {
       throw new ApiError("unauthenticated", "API token expired");
     }
-    const user = await getUser(store, rec.value.user_id);
+    const user = await userOf(rec.user_id);
     if (!user) throw new ApiError("unauthenticated", "invalid API token");
-    return { user, kind: "api_token", tokenId: rec.value.id };
+    return { user, kind: "api_token", tokenId: rec.id };
   }
   const claims = await verifyAccessToken(jwtSecret, token, now);
   let user: UserRecord | null;
   try {
-    // The informer cache answers for known users (one store read less per request; a change
-    // reaches it within a watch event); a miss (a user created a moment ago) reads the store.
-    user = users?.get(keys.user(claims.sub)) ?? await getUser(store, claims.sub);
+    user = await userOf(claims.sub);
   } catch (e) {
     // Without the store (a replica cut off from quorum) a signed, unexpired access token
     // still says who the caller is and their role: enough for reads of cached state (writes
@@ -93,7 +111,7 @@ export function authMiddleware(
   store: Store,
   jwtSecret: JwtKeySource,
   now: () => Date = () => new Date(),
-  users?: () => Informer<UserRecord> | undefined,
+  caches?: () => AuthCaches | undefined,
 ): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const header = c.req.header("authorization");
@@ -107,7 +125,7 @@ export function authMiddleware(
       m[1],
       now(),
       c.req.method === "GET" || c.req.method === "HEAD",
-      users?.(),
+      caches?.(),
     );
     c.set("user", user);
     c.set("authKind", kind);

@@ -26,7 +26,7 @@ import { createClusterJoinToken } from "./join.ts";
 /** The cluster routes (mounted at `/v1/cluster`). */
 export function clusterRoutes(ctx: CpContext): Hono<AppEnv> {
   const r = new Hono<AppEnv>();
-  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache?.users));
+  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache));
   // Every role may read the default (vm create, which every writer uses, resolves it).
   r.get("/default-pool", async (c) => c.json(await getDefaultPool(ctx)));
   r.put(

@@ -73,7 +73,7 @@ export function consoleRoutes(ctx: CpContext, opts: ConsoleRoutesOptions = {}): 
 
   app.post(
     "/:name/console",
-    authMiddleware(ctx.store, ctx.jwtSecret, now, () => ctx.cache?.users),
+    authMiddleware(ctx.store, ctx.jwtSecret, now, () => ctx.cache),
     requirePermission("vm:console"),
     validate("param", NameParam),
     requireVmOwnership(ctx),

@@ -49,7 +49,7 @@ export function eventRoutes(
   options: EventRoutesOptions = {},
 ): Hono<AppEnv> {
   const r = new Hono<AppEnv>();
-  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache?.users));
+  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache));
   r.get("/", validate("query", EventsQuerySchema), async (c) => {
     const query = c.req.valid("query");
     const user = c.get("user");

@@ -28,7 +28,7 @@ const NameParam = z.object({ name: ResourceNameSchema });
 /** The network routes (mounted at `/v1/networks`). */
 export function networkRoutes(ctx: CpContext): Hono<AppEnv> {
   const r = new Hono<AppEnv>();
-  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache?.users));
+  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache));
 
   r.post(
     "/",

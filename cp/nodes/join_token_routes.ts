@@ -25,7 +25,7 @@ const IdParam = z.object({ id: z.string().uuid() });
 /** The join-token routes (mounted at `/v1/nodes/join-tokens`). */
 export function joinTokenRoutes(ctx: CpContext): Hono<AppEnv> {
   const r = new Hono<AppEnv>();
-  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache?.users));
+  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache));
   r.use("*", requirePermission("node:manage"));
 
   r.post("/", validate("json", JoinTokenCreateRequestSchema), async (c) => {

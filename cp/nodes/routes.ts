@@ -31,7 +31,7 @@ const NameParam = z.object({ name: ResourceNameSchema });
 /** The node routes (mounted at `/v1/nodes`). */
 export function nodeRoutes(ctx: CpContext): Hono<AppEnv> {
   const r = new Hono<AppEnv>();
-  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache?.users));
+  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache));
 
   r.get(
     "/",

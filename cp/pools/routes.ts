@@ -45,7 +45,7 @@ const RefParam = z.object({ ref: PoolRefSchema });
 /** The pool routes (mounted at `/v1/pools`). */
 export function poolRoutes(ctx: CpContext): Hono<AppEnv> {
   const r = new Hono<AppEnv>();
-  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache?.users));
+  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache));
 
   /** The view of `p` (reads the default pool and the VMs placed in it). */
   const viewOf = async (p: PoolRecord) =>

@@ -137,14 +137,14 @@ export function authRoutes(ctx: CpContext): Hono<AppEnv> {
 
   r.get(
     "/jwt-keys",
-    authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache?.users),
+    authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache),
     requirePermission("cluster:manage"),
     (c) => c.json({ items: keyring().list() }),
   );
 
   r.post(
     "/jwt-keys/rotate",
-    authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache?.users),
+    authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache),
     requirePermission("cluster:manage"),
     async (c) => {
       const rotated = await keyring().rotate(ctx.now());

@@ -78,7 +78,7 @@ const RefTokenParam = z.object({ ref: UserRefSchema, id: z.string().uuid() });
 export function userRoutes(ctx: CpContext): Hono<AppEnv> {
   const { store } = ctx;
   const r = new Hono<AppEnv>();
-  r.use("*", authMiddleware(store, ctx.jwtSecret, ctx.now, () => ctx.cache?.users));
+  r.use("*", authMiddleware(store, ctx.jwtSecret, ctx.now, () => ctx.cache));
 
   // ---- the caller's own account ----
 

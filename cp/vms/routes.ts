@@ -54,7 +54,7 @@ const NameParam = z.object({ name: ResourceNameSchema });
 /** The VM routes (mounted at `/v1/vms`). */
 export function vmRoutes(ctx: CpContext): Hono<AppEnv> {
   const r = new Hono<AppEnv>();
-  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache?.users));
+  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache));
 
   r.post(
     "/",
@@ -132,7 +132,7 @@ export function vmRoutes(ctx: CpContext): Hono<AppEnv> {
 /** The task routes (mounted at `/v1/tasks`). */
 export function taskRoutes(ctx: CpContext): Hono<AppEnv> {
   const r = new Hono<AppEnv>();
-  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache?.users));
+  r.use("*", authMiddleware(ctx.store, ctx.jwtSecret, ctx.now, () => ctx.cache));
   r.get(
     "/:id",
     requirePermission("task:read"),

@@ -246,6 +246,10 @@ Deno.test("HA on etcd: joins, failover of tasks and agents, quorum loss, healing
     await step("one replica down: reads and writes go on; two down: writes refused", async () => {
       await crash(r3);
       const api2 = await client(r2.api!.url);
+      // An API token (what `otherix config add cluster` stores) for the reads without quorum.
+      const minted = await api2("POST", "/v1/users/me/api-tokens", { name: "ha" });
+      assertEquals(minted.status, 201, JSON.stringify(minted.json));
+      const apiToken = minted.json.plaintext_token as string;
       // If cp-3 led etcd, the others elect a new leader first (election timeout 500 ms here).
       await waitFor(
         "a write on cp-2",
@@ -265,6 +269,11 @@ Deno.test("HA on etcd: joins, failover of tasks and agents, quorum loss, healing
       const cached = await api2("GET", "/v1/vms/ha-vm");
       assertEquals(cached.status, 200, JSON.stringify(cached.json));
       assertMatch(cached.headers.get("warning") ?? "", /^110 - "Response is Stale/);
+      const withToken = await fetch(`${r2.api!.url}/v1/vms/ha-vm`, {
+        headers: { authorization: `Bearer ${apiToken}` },
+      });
+      assertEquals([withToken.status, (await withToken.json()).name], [200, "ha-vm"]);
+      assertMatch(withToken.headers.get("warning") ?? "", /^110 /);
     });
 
     await step("the two restart and the cluster heals", async () => {
