@@ -9,33 +9,16 @@
  * @module
  */
 import type { Command } from "commander";
-import { connect, waitTimeoutOption } from "../common.ts";
 import type { Io } from "../io.ts";
-import { readManifests } from "../manifests/documents.ts";
-import { applyManifests } from "../manifests/engine.ts";
-import { collect } from "./create.ts";
+import { registerManifestCommand } from "./create.ts";
 
 /** Registers `apply` on `program`. */
 export function registerApplyCommand(program: Command, io: Io): void {
-  program.command("apply")
-    .description(
-      "create what manifest files declare and the cluster lacks; unchanged resources are " +
-        "reported, changes to immutable fields refused",
-    )
-    .requiredOption(
-      "-f, --filename <file>",
-      "manifest file, multi-document YAML (repeatable; - reads stdin)",
-      collect,
-    )
-    .option("--wait", "wait for VM create tasks and pool reconciliation")
-    .addOption(waitTimeoutOption())
-    .action(async (opts, cmd: Command) => {
-      const docs = await readManifests(io, opts.filename);
-      const client = await connect(cmd, io);
-      await applyManifests(client, io, docs, {
-        mode: "apply",
-        wait: Boolean(opts.wait),
-        waitTimeoutSeconds: opts.waitTimeout,
-      });
-    });
+  registerManifestCommand(
+    program,
+    io,
+    "apply",
+    "create what manifest files declare and the cluster lacks; unchanged resources are " +
+      "reported, changes to immutable fields refused",
+  );
 }

@@ -18,12 +18,18 @@ export function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
 }
 
-/** Registers `create` on `program`. */
-export function registerCreateCommand(program: Command, io: Io): void {
-  program.command("create")
-    .description(
-      "create the resources of manifest files (Network → StoragePool → VM; all must be new)",
-    )
+/**
+ * Registers a manifest command (`create`, `apply`) on `program`: `-f FILE…` (repeatable; `-`
+ * is stdin), `--wait`, `--wait-timeout`, run by the manifest engine in `mode`.
+ */
+export function registerManifestCommand(
+  program: Command,
+  io: Io,
+  name: "create" | "apply",
+  description: string,
+): void {
+  program.command(name)
+    .description(description)
     .requiredOption(
       "-f, --filename <file>",
       "manifest file, multi-document YAML (repeatable; - reads stdin)",
@@ -35,9 +41,19 @@ export function registerCreateCommand(program: Command, io: Io): void {
       const docs = await readManifests(io, opts.filename);
       const client = await connect(cmd, io);
       await applyManifests(client, io, docs, {
-        mode: "create",
+        mode: name,
         wait: Boolean(opts.wait),
         waitTimeoutSeconds: opts.waitTimeout,
       });
     });
+}
+
+/** Registers `create` on `program`. */
+export function registerCreateCommand(program: Command, io: Io): void {
+  registerManifestCommand(
+    program,
+    io,
+    "create",
+    "create the resources of manifest files (Network → StoragePool → VM; all must be new)",
+  );
 }
