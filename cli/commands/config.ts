@@ -46,6 +46,43 @@ export function cliTokenName(hostname: string): string {
   return `otherix-cli@${hostname}`.slice(0, 100);
 }
 
+/**
+ * Mints this machine's CLI API token with `accessToken` (`otherix-cli@<hostname>`), stores it
+ * with the cluster's server list under `o.name` in the config at `path` (replacing an entry of
+ * that name; made current unless `o.use` is false) and returns the saved config. Shared by
+ * `config add cluster` and `login --oidc`.
+ *
+ * @throws ApiCallError from the mint; the config file's write errors
+ */
+export async function storeCluster(
+  client: ApiClient,
+  io: Io,
+  path: string,
+  cfg: CliConfig,
+  o: { name: string; endpoints: string[]; accessToken: string; description: string; use: boolean },
+): Promise<CliConfig> {
+  const minted = await client.json(
+    "POST",
+    "/v1/users/me/api-tokens",
+    ApiTokenCreateResponseSchema,
+    {
+      token: o.accessToken,
+      body: { name: cliTokenName(io.hostname()), description: o.description },
+    },
+  );
+  const next = upsertCluster(
+    cfg,
+    {
+      name: o.name,
+      server: o.endpoints.length === 1 ? o.endpoints[0] : o.endpoints,
+      token: minted.data.plaintext_token,
+    },
+    { replace: true, use: o.use },
+  );
+  await saveConfig(path, next);
+  return next;
+}
+
 function configPathOf(cmd: Command, io: Io): string {
   return resolveConfigPath(globalsOf(cmd).config, (n) => io.env(n));
 }
@@ -139,29 +176,13 @@ export function registerConfigCommands(program: Command, io: Io): void {
       const session = await client.json("POST", "/v1/auth/login", LoginResponseSchema, {
         body: { email: login.value, password: password.value },
       });
-      const minted = await client.json(
-        "POST",
-        "/v1/users/me/api-tokens",
-        ApiTokenCreateResponseSchema,
-        {
-          token: session.data.access_token,
-          body: {
-            name: cliTokenName(io.hostname()),
-            description: `otherix CLI, cluster ${clusterName}`,
-          },
-        },
-      );
-
-      cfg = upsertCluster(
-        cfg,
-        {
-          name: clusterName,
-          server: endpoints.length === 1 ? endpoints[0] : endpoints,
-          token: minted.data.plaintext_token,
-        },
-        { replace: true, use: opts.use !== false },
-      );
-      await saveConfig(path, cfg);
+      cfg = await storeCluster(client, io, path, cfg, {
+        name: clusterName,
+        endpoints,
+        accessToken: session.data.access_token,
+        description: `otherix CLI, cluster ${clusterName}`,
+        use: opts.use !== false,
+      });
       const current = cfg["current-cluster"] === clusterName;
       io.out(
         `cluster added: name=${clusterName} server=${endpoints.join(",")} current=${current}\n`,

@@ -22,27 +22,16 @@
  */
 import type { Command } from "commander";
 import * as oidc from "openid-client";
-import {
-  ApiTokenCreateResponseSchema,
-  LoginResponseSchema,
-  UserSchema,
-} from "../../shared/api/auth.ts";
+import { LoginResponseSchema, UserSchema } from "../../shared/api/auth.ts";
 import { OidcConfigSchema } from "../../shared/api/oidc.ts";
 import { ApiClient } from "../client.ts";
 import { globalsOf, parseDurationArg } from "../common.ts";
-import {
-  clusterNameProblem,
-  findCluster,
-  loadConfig,
-  resolveConfigPath,
-  saveConfig,
-  upsertCluster,
-} from "../config_store.ts";
+import { clusterNameProblem, findCluster, loadConfig, resolveConfigPath } from "../config_store.ts";
 import { UsageError } from "../errors.ts";
 import type { Io } from "../io.ts";
 import { parseEndpoints } from "../endpoints.ts";
 import { SERVER_ENV } from "../resolve.ts";
-import { cliTokenName } from "./config.ts";
+import { storeCluster } from "./config.ts";
 
 /** How long `login --oidc` waits for the browser's redirect by default, seconds. */
 export const DEFAULT_LOGIN_TIMEOUT_SECONDS = 300;
@@ -189,28 +178,13 @@ export function registerLoginCommand(program: Command, io: Io): void {
       const me = await api.json("GET", "/v1/users/me", UserSchema, {
         token: session.data.access_token,
       });
-      const minted = await api.json(
-        "POST",
-        "/v1/users/me/api-tokens",
-        ApiTokenCreateResponseSchema,
-        {
-          token: session.data.access_token,
-          body: {
-            name: cliTokenName(io.hostname()),
-            description: `otherix CLI (OIDC), cluster ${name}`,
-          },
-        },
-      );
-      cfg = upsertCluster(
-        cfg,
-        {
-          name: name,
-          server: endpoints.length === 1 ? endpoints[0] : endpoints,
-          token: minted.data.plaintext_token,
-        },
-        { replace: true, use: opts.use !== false },
-      );
-      await saveConfig(path, cfg);
+      cfg = await storeCluster(api, io, path, cfg, {
+        name,
+        endpoints,
+        accessToken: session.data.access_token,
+        description: `otherix CLI (OIDC), cluster ${name}`,
+        use: opts.use !== false,
+      });
       const current = cfg["current-cluster"] === name;
       io.out(
         `logged in: ${me.data.email} (${me.data.role})\n` +
