@@ -9,12 +9,18 @@
  * One tiny QEMU guest (TCG, a blank raw disk: SeaBIOS finds nothing to boot).
  */
 import { assert, assertEquals } from "../assert.ts";
-import { denoRunArgs } from "../../scripts/permissions.ts";
 import { AgentTaskSchema } from "../../shared/api/agent.ts";
 import { isTerminal } from "../../shared/api/tasks.ts";
 import { createTlsClient } from "../../shared/tls.ts";
 import { startFakeCp } from "./fake_cp.ts";
-import { killQemus, listDir, tinyRawImage, waitUntil } from "./helpers.ts";
+import {
+  killQemus,
+  listDir,
+  spawnSandboxedAgent,
+  tinyRawImage,
+  waitUntil,
+  writeBootstrapFiles,
+} from "./helpers.ts";
 
 const USER = "backup";
 const PASSWORD = "hunter2-Zq9";
@@ -61,27 +67,9 @@ Deno.test("agent process: 415 for non-JSON bodies; image URL credentials stored 
       `images:\n  url_policy: {allow_loopback: true}\nqemu:\n  accelerator: tcg\n` +
       `log:\n  level: debug\n`,
   );
-  await Deno.writeTextFile(
-    `${root}/etc/bootstrap.env`,
-    `OTHERIX_BOOTSTRAP__CP_URL=${cp.url}\nOTHERIX_BOOTSTRAP__CA_FINGERPRINT=${cp.fingerprint}\n` +
-      "OTHERIX_BOOTSTRAP__NODE_NAME=node-a\n",
-  );
-  await Deno.writeTextFile(`${root}/etc/bootstrap-token`, cp.token + "\n", { mode: 0o600 });
-  const roots = { config: `${root}/etc`, state: `${root}/state`, run: `${root}/run` };
-  const env: Record<string, string> = { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin" };
-  for (const k of ["HOME", "DENO_DIR"]) if (Deno.env.get(k)) env[k] = Deno.env.get(k)!;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: denoRunArgs("otherix-agent", roots, ["--config", `${root}/etc/agent.yaml`]),
-    clearEnv: true,
-    env,
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  let log = "";
-  const reading = (async () => {
-    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) log += chunk;
-  })();
+  await writeBootstrapFiles(root, cp);
+  const agent = spawnSandboxedAgent(root);
+  const { child, reading } = agent;
   const client = createTlsClient({ caPem: cp.ca.certPem, ...await cp.cpClient() });
   let base = "";
   /** One call to the agent's mTLS API; `type` null sends no Content-Type. */
@@ -114,11 +102,13 @@ Deno.test("agent process: 415 for non-JSON bodies; image URL credentials stored 
     });
   try {
     await waitUntil(
-      () => log.includes("agent: serving mTLS API"),
+      () => agent.output().includes("agent: serving mTLS API"),
       60_000,
-      `the agent's serving line\n${log}`,
+      `the agent's serving line\n${agent.output()}`,
     );
-    const serving = JSON.parse(log.split("\n").find((l) => l.includes("agent: serving mTLS"))!);
+    const serving = JSON.parse(
+      agent.output().split("\n").find((l) => l.includes("agent: serving mTLS"))!,
+    );
     base = `https://127.0.0.1:${String(serving.listen).split(":").pop()}`;
     await waitUntil(async () => (await Deno.stat(poolPath).catch(() => null)) !== null, 30_000);
 
@@ -204,8 +194,11 @@ Deno.test("agent process: 415 for non-JSON bodies; image URL credentials stored 
           );
         }
         // The log mentions the image by its redacted URL, never with the password.
-        const lines = log.split("\n");
-        assert(lines.some((l) => l.includes(shown)), `no log line names ${shown}:\n${log}`);
+        const lines = agent.output().split("\n");
+        assert(
+          lines.some((l) => l.includes(shown)),
+          `no log line names ${shown}:\n${agent.output()}`,
+        );
         assertEquals(lines.filter((l) => l.includes(PASSWORD)), []);
 
         const del = await call("DELETE", `/v1/vms/${vmId}?task_id=${crypto.randomUUID()}`);
@@ -224,7 +217,7 @@ Deno.test("agent process: 415 for non-JSON bodies; image URL credentials stored 
 
     await t.step("SIGTERM: the agent exits 0", async () => {
       child.kill("SIGTERM");
-      assertEquals((await child.status).code, 0, log);
+      assertEquals((await child.status).code, 0, agent.output());
     });
   } finally {
     client.close();

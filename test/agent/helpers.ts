@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { denoRunArgs } from "../../scripts/permissions.ts";
 import { createHash } from "node:crypto";
 import { type AgentConfig, parseAgentConfig } from "../../agent/config.ts";
 import { createLogger, type Logger } from "../../shared/log.ts";
@@ -176,4 +177,48 @@ export function poweroffBootImage(): Uint8Array<ArrayBuffer> {
   img.set(code);
   img.set([0x55, 0xaa], 510); // boot signature
   return img;
+}
+
+/**
+ * Writes an agent root's bootstrap files for fake control plane `cp` (test/agent/fake_cp.ts):
+ * `etc/bootstrap.env` (its URL and CA fingerprint, node `node-a`) and `etc/bootstrap-token`.
+ */
+export async function writeBootstrapFiles(
+  root: string,
+  cp: { url: string; fingerprint: string; token: string },
+): Promise<void> {
+  await Deno.writeTextFile(
+    `${root}/etc/bootstrap.env`,
+    `OTHERIX_BOOTSTRAP__CP_URL=${cp.url}\nOTHERIX_BOOTSTRAP__CA_FINGERPRINT=${cp.fingerprint}\n` +
+      "OTHERIX_BOOTSTRAP__NODE_NAME=node-a\n",
+  );
+  await Deno.writeTextFile(`${root}/etc/bootstrap-token`, cp.token + "\n", { mode: 0o600 });
+}
+
+/**
+ * Starts `otherix-agent` on `<root>/etc/agent.yaml` under its sandbox (roots `<root>/{etc,
+ * state,run}`) with a clean environment; its stderr (the log) accumulates in `output()`.
+ */
+export function spawnSandboxedAgent(root: string): {
+  child: Deno.ChildProcess;
+  output(): string;
+  /** Resolves once stderr is closed. */
+  reading: Promise<void>;
+} {
+  const roots = { config: `${root}/etc`, state: `${root}/state`, run: `${root}/run` };
+  const env: Record<string, string> = { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin" };
+  for (const k of ["HOME", "DENO_DIR"]) if (Deno.env.get(k)) env[k] = Deno.env.get(k)!;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: denoRunArgs("otherix-agent", roots, ["--config", `${root}/etc/agent.yaml`]),
+    clearEnv: true,
+    env,
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let log = "";
+  const reading = (async () => {
+    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) log += chunk;
+  })();
+  return { child, output: () => log, reading };
 }

@@ -5,10 +5,16 @@
  * official Prometheus parser.
  */
 import { assert, assertEquals } from "../assert.ts";
-import { denoRunArgs } from "../../scripts/permissions.ts";
 import { createTlsClient } from "../../shared/tls.ts";
 import { startFakeCp } from "./fake_cp.ts";
-import { killQemus, serveFiles, tinyRawImage, waitUntil } from "./helpers.ts";
+import {
+  killQemus,
+  serveFiles,
+  spawnSandboxedAgent,
+  tinyRawImage,
+  waitUntil,
+  writeBootstrapFiles,
+} from "./helpers.ts";
 import { parsePrometheus, sampleValue } from "../prometheus.ts";
 
 Deno.test("agent process: /metrics on the plain-HTTP port and the mTLS port", async () => {
@@ -25,29 +31,11 @@ Deno.test("agent process: /metrics on the plain-HTTP port and the mTLS port", as
       `images:\n  url_policy: {allow_loopback: true}\nqemu:\n  accelerator: tcg\n` +
       `metrics:\n  listen: "127.0.0.1:0"\n`,
   );
-  await Deno.writeTextFile(
-    `${root}/etc/bootstrap.env`,
-    `OTHERIX_BOOTSTRAP__CP_URL=${cp.url}\nOTHERIX_BOOTSTRAP__CA_FINGERPRINT=${cp.fingerprint}\n` +
-      "OTHERIX_BOOTSTRAP__NODE_NAME=node-a\n",
-  );
-  await Deno.writeTextFile(`${root}/etc/bootstrap-token`, cp.token + "\n", { mode: 0o600 });
-  const roots = { config: `${root}/etc`, state: `${root}/state`, run: `${root}/run` };
-  const env: Record<string, string> = { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin" };
-  for (const k of ["HOME", "DENO_DIR"]) if (Deno.env.get(k)) env[k] = Deno.env.get(k)!;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: denoRunArgs("otherix-agent", roots, ["--config", `${root}/etc/agent.yaml`]),
-    clearEnv: true,
-    env,
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  let log = "";
-  const reading = (async () => {
-    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) log += chunk;
-  })();
+  await writeBootstrapFiles(root, cp);
+  const agent = spawnSandboxedAgent(root);
+  const { child, reading } = agent;
   const portOf = (msg: string) => {
-    const line = log.split("\n").find((l) => l.includes(msg));
+    const line = agent.output().split("\n").find((l) => l.includes(msg));
     return line ? String(JSON.parse(line).listen).split(":").pop() : undefined;
   };
   const client = createTlsClient({ caPem: cp.ca.certPem, ...await cp.cpClient() });
@@ -55,7 +43,7 @@ Deno.test("agent process: /metrics on the plain-HTTP port and the mTLS port", as
     await waitUntil(
       () => !!portOf("agent: serving plain-HTTP metrics") && !!portOf("agent: serving mTLS API"),
       60_000,
-      `the agent's listen lines\n${log}`,
+      `the agent's listen lines\n${agent.output()}`,
     );
     const plain = `http://127.0.0.1:${portOf("agent: serving plain-HTTP metrics")}`;
     const mtls = `https://127.0.0.1:${portOf("agent: serving mTLS API")}`;
