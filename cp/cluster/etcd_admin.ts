@@ -237,6 +237,30 @@ function mapError(e: unknown, what: string): ApiError {
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
+/** How long membership changes wait out etcd's passing refusals, ms. */
+export const PASSING_REFUSAL_WAIT_MS = 30_000;
+
+/**
+ * Runs `fn`, again every 500 ms for up to `waitMs`, while it fails with a refusal etcd lifts
+ * on its own (`details.retryable`: the previous learner not promoted yet; members connected
+ * less than 5 s ago). Other errors, and the last refusal, are thrown.
+ */
+export async function retryPassingRefusals<T>(
+  fn: () => Promise<T>,
+  waitMs = PASSING_REFUSAL_WAIT_MS,
+): Promise<T> {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (e) {
+      const passing = e instanceof ApiError && e.details?.retryable === true;
+      if (!passing || Date.now() > deadline) throw e;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+}
+
 /** Membership operations on one etcd cluster (see the module doc). Call `close()` at the end. */
 export class EtcdAdmin {
   #o: Required<EtcdAdminOptions>;

@@ -38,7 +38,7 @@ import { type HostFacts, pkiPaths, replicaName, requiredSans } from "../pki.ts";
 import { type CaRecord, keys } from "../repo/records.ts";
 import { openEtcdStore } from "../store/etcd.ts";
 import type { Store } from "../store/store.ts";
-import { EtcdAdmin } from "./etcd_admin.ts";
+import { EtcdAdmin, retryPassingRefusals } from "./etcd_admin.ts";
 import { EtcdMember } from "./etcd_member.ts";
 import type { EtcdCluster, StoreMember } from "./members.ts";
 import { PromoteLoop } from "./promote.ts";
@@ -238,7 +238,7 @@ export async function startEtcdRuntime(
       }));
     },
     async addLearner(joiner: string, peerUrl: string) {
-      const added = await admin.addLearner(peerUrl, joiner);
+      const added = await retryPassingRefusals(() => admin.addLearner(peerUrl, joiner));
       const list = await admin.listMembers();
       return {
         initialCluster: added.initialCluster,
@@ -252,7 +252,7 @@ export async function startEtcdRuntime(
           name: memberName,
         });
       }
-      await admin.remove(found.id);
+      await retryPassingRefusals(() => admin.remove(found.id));
     },
   };
   return {

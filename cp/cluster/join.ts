@@ -28,7 +28,6 @@ import { generateJoinToken, hashToken } from "../auth/tokens.ts";
 import type { CpContext } from "../context.ts";
 import { checkJoinToken } from "../join_tokens.ts";
 import { updateKey } from "../store/store.ts";
-import type { EtcdCluster } from "./members.ts";
 import { agentUrls, liveReplicas } from "./replicas.ts";
 import { ETCD_CERT_ORG, etcdCa } from "./etcd_runtime.ts";
 
@@ -126,32 +125,6 @@ async function consumeToken(ctx: CpContext, token: string): Promise<ClusterJoinT
   throw new ApiError("internal_error", "join token redemption: too many concurrent attempts");
 }
 
-/** How long a join waits out etcd's passing refusals (a learner still catching up), ms. */
-export const JOIN_RETRY_MS = 30_000;
-
-/**
- * {@link EtcdCluster.addLearner}, retried every 500 ms for up to {@link JOIN_RETRY_MS} while
- * etcd's refusal is one that passes on its own (`details.retryable`: the previous learner is
- * not promoted yet, or members connected less than 5 s ago).
- */
-async function addLearnerPatiently(
-  ctx: CpContext,
-  etcd: EtcdCluster,
-  req: ClusterJoinRequest,
-): Promise<{ initialCluster: string; endpoints: string[] }> {
-  const deadline = Date.now() + JOIN_RETRY_MS;
-  for (;;) {
-    try {
-      return await etcd.addLearner(req.name, req.peer_url);
-    } catch (e) {
-      const retryable = e instanceof ApiError && e.details?.retryable === true;
-      if (!retryable || Date.now() > deadline) throw e;
-      ctx.log.debug("cluster: join waits for etcd", { replica: req.name, why: e.message });
-      await new Promise((r) => setTimeout(r, 500));
-    }
-  }
-}
-
 /** Gives back the use a failed join consumed. */
 async function refundToken(ctx: CpContext, token: string): Promise<void> {
   const key = clusterJoinTokenKey(await hashToken(token));
@@ -189,7 +162,7 @@ export async function joinReplica(
     ETCD_CERT_ORG,
     REPLICA_CERT_DAYS,
   );
-  const added = await addLearnerPatiently(ctx, etcd, req).catch(async (e) => {
+  const added = await etcd.addLearner(req.name, req.peer_url).catch(async (e) => {
     await refundToken(ctx, req.token); // the join did not happen: the token may be used again
     throw e;
   });

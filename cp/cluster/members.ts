@@ -41,13 +41,19 @@ export interface EtcdCluster {
    *
    * @returns etcd `--initial-cluster` for the new member (itself included) and the client
    *   URLs of the members
+   * Waits out etcd's passing refusals (cp/cluster/etcd_admin.ts `retryPassingRefusals`).
+   *
    * @throws ApiError `conflict` when a member has that name or peer URL
    */
   addLearner(
     name: string,
     peerUrl: string,
   ): Promise<{ initialCluster: string; endpoints: string[] }>;
-  /** Removes member `name`. @throws ApiError `not_found`; `conflict` for the last voter */
+  /**
+   * Removes member `name`, waiting out etcd's passing refusals.
+   *
+   * @throws ApiError `not_found`; `conflict` for the last voter
+   */
   remove(name: string): Promise<void>;
 }
 
@@ -126,20 +132,6 @@ export async function removeMember(ctx: CpContext, name: string): Promise<void> 
       "this control plane runs on the embedded store: its one member cannot be removed",
     );
   }
-  // etcd refuses for 5 s after members (re)connect: wait that out (as joins do).
-  const deadline = Date.now() + REMOVE_RETRY_MS;
-  for (;;) {
-    try {
-      await ctx.etcd.remove(name);
-      break;
-    } catch (e) {
-      const retryable = e instanceof ApiError && e.details?.retryable === true;
-      if (!retryable || Date.now() > deadline) throw e;
-      await new Promise((r) => setTimeout(r, 500));
-    }
-  }
+  await ctx.etcd.remove(name);
   ctx.log.info("cluster: member removed", { member: name });
 }
-
-/** How long a removal waits out etcd's passing refusals, ms. */
-export const REMOVE_RETRY_MS = 15_000;
