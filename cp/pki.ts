@@ -136,6 +136,16 @@ export interface ClusterPki {
   replicaName: string;
 }
 
+/** A CA as the store keeps it (`/cluster/ca`, `/cluster/etcd-ca`): PEMs, fingerprint, time. */
+export async function caRecordOf(ca: CertAndKey, now: Date): Promise<CaRecord> {
+  return {
+    cert_pem: ca.certPem,
+    key_pem: ca.keyPem,
+    fingerprint: await certFingerprint(ca.certPem),
+    created_at: now.toISOString(),
+  };
+}
+
 /**
  * Loads or creates the cluster CA and this replica's certificate (see the module doc).
  *
@@ -163,12 +173,7 @@ export async function ensureClusterPki(
       );
     }
     const ca = await createCa();
-    const rec: CaRecord = {
-      cert_pem: ca.certPem,
-      key_pem: ca.keyPem,
-      fingerprint: await certFingerprint(ca.certPem),
-      created_at: now.toISOString(),
-    };
+    const rec = await caRecordOf(ca, now);
     const res = await store.txn({
       compare: [{ key: keys.ca, absent: true }],
       success: [{ type: "put", key: keys.ca, value: rec }],

@@ -34,7 +34,7 @@ import {
 import { readTextIfExists, writeFileAtomic } from "../../shared/fs.ts";
 import { ApiError } from "../../shared/errors.ts";
 import type { ApiConfig } from "../config.ts";
-import { type HostFacts, pkiPaths, replicaName, requiredSans } from "../pki.ts";
+import { caRecordOf, type HostFacts, pkiPaths, replicaName, requiredSans } from "../pki.ts";
 import { type CaRecord, keys } from "../repo/records.ts";
 import { openEtcdStore } from "../store/etcd.ts";
 import type { Store } from "../store/store.ts";
@@ -93,16 +93,6 @@ export interface EtcdRuntime {
 interface BootstrapCas {
   ca: CertAndKey;
   etcdCa: CertAndKey;
-}
-
-/** A CA as the store keeps it. */
-async function caRecord(ca: CertAndKey, now: Date): Promise<CaRecord> {
-  return {
-    cert_pem: ca.certPem,
-    key_pem: ca.keyPem,
-    fingerprint: await certFingerprint(ca.certPem),
-    created_at: now.toISOString(),
-  };
 }
 
 /**
@@ -209,7 +199,7 @@ export async function startEtcdRuntime(
     for (const [key, ca] of [[keys.ca, pending.ca], [ETCD_CA_KEY, pending.etcdCa]] as const) {
       await store.txn({
         compare: [{ key, absent: true }],
-        success: [{ type: "put", key, value: await caRecord(ca, now()) }],
+        success: [{ type: "put", key, value: await caRecordOf(ca, now()) }],
       });
     }
     await Deno.remove(paths.bootstrapCas);
