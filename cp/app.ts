@@ -45,7 +45,8 @@ import { poolScanHandler } from "./pools/scan.ts";
 import { poolScanController, scanKeyOf } from "./pools/scan_controller.ts";
 import { clusterRoutes } from "./cluster/routes.ts";
 import { LeaderElection } from "./cluster/leader.ts";
-import { type EtcdRuntime, startEtcdRuntime } from "./cluster/etcd_runtime.ts";
+import { type EtcdRuntime, externalEtcdCluster, startEtcdRuntime } from "./cluster/etcd_runtime.ts";
+import type { EtcdCluster } from "./cluster/members.ts";
 import {
   advertiseHost,
   registerReplica,
@@ -320,10 +321,13 @@ export async function startControlPlane(
     for (const f of secured.fixed) log.warn("data dir: permissions tightened", f);
     let store: Store;
     let etcd: EtcdRuntime | null = null;
+    let external: (EtcdCluster & { close(): void }) | null = null;
     if (cfg.store.backend === "etcd" && cfg.store.etcd.endpoints.length) {
       // An external etcd cluster (store.etcd.endpoints): no member of this replica's own.
       store = await openConfiguredEtcdStore(cfg.store.etcd);
       cleanups.push(() => store.close());
+      external = await externalEtcdCluster(cfg);
+      cleanups.push(() => external!.close());
     } else if (cfg.store.backend === "etcd") {
       // This replica's etcd member first: the store lives in it (cp/cluster/etcd_runtime.ts).
       etcd = await startEtcdRuntime(cfg, log, opts.host ?? hostFacts(), opts.now);
@@ -350,7 +354,7 @@ export async function startControlPlane(
       jwtSecret,
       agents,
       now: opts.now ?? (() => new Date()),
-      ...(etcd ? { etcd: etcd.cluster } : {}),
+      ...(etcd ? { etcd: etcd.cluster } : external ? { etcd: external } : {}),
     };
     ctx.metrics = new CpMetrics(ctx);
     ctx.storeHealth = new StoreHealth(store, log);

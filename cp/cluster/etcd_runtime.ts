@@ -38,7 +38,7 @@ import { caRecordOf, type HostFacts, pkiPaths, replicaName, requiredSans } from 
 import { type CaRecord, keys } from "../repo/records.ts";
 import { openEtcdStore } from "../store/etcd.ts";
 import type { Store } from "../store/store.ts";
-import { EtcdAdmin, retryPassingRefusals } from "./etcd_admin.ts";
+import { EtcdAdmin, type EtcdMemberHealth, retryPassingRefusals } from "./etcd_admin.ts";
 import { EtcdMember } from "./etcd_member.ts";
 import type { EtcdCluster, StoreMember } from "./members.ts";
 import { PromoteLoop } from "./promote.ts";
@@ -216,15 +216,9 @@ export async function startEtcdRuntime(
     async members(): Promise<StoreMember[]> {
       const status = await admin.clusterStatus();
       const waits = new Map(promote.learners().map((w) => [w.id, w]));
-      return status.members.map((s) => ({
-        name: s.name,
-        id: s.id,
-        learner: s.isLearner,
-        leader: s.isLeader,
-        error: s.error,
-        peerUrls: s.peerUrls,
-        clientUrls: s.clientUrls,
-        learnerSince: waits.get(s.id)?.waitingSince.toISOString() ?? null,
+      return status.members.map((m) => ({
+        ...storeMemberOf(m),
+        learnerSince: waits.get(m.id)?.waitingSince.toISOString() ?? null,
       }));
     },
     async addLearner(joiner: string, peerUrl: string) {
@@ -263,4 +257,60 @@ export async function etcdCa(store: Store): Promise<CertAndKey> {
   const rec = await store.get<CaRecord>(ETCD_CA_KEY);
   if (!rec) throw new ApiError("internal_error", "the store holds no etcd CA");
   return { certPem: rec.value.cert_pem, keyPem: rec.value.key_pem };
+}
+
+/**
+ * The members view of an external etcd cluster (`store.etcd.endpoints`): its members and
+ * their health through etcd's APIs with the configured client certificate. Its membership is
+ * the cluster operator's (etcdctl): joins and removals through Otherix are refused.
+ *
+ * @throws Error when a configured TLS file cannot be read
+ */
+export async function externalEtcdCluster(
+  cfg: ApiConfig,
+): Promise<EtcdCluster & { close(): void }> {
+  const e = cfg.store.etcd;
+  const external = () =>
+    new ApiError(
+      "conflict",
+      "store.etcd.endpoints names an external etcd cluster: manage its members with etcdctl",
+    );
+  const admin = e.ca_file && e.cert_file && e.key_file
+    ? new EtcdAdmin({
+      endpoints: e.endpoints,
+      tls: {
+        caPem: await Deno.readTextFile(e.ca_file),
+        certPem: await Deno.readTextFile(e.cert_file),
+        keyPem: await Deno.readTextFile(e.key_file),
+      },
+    })
+    : null;
+  return {
+    async members(): Promise<StoreMember[]> {
+      if (!admin) {
+        throw new ApiError(
+          "conflict",
+          "listing an external etcd cluster's members needs store.etcd.cert_file and key_file",
+        );
+      }
+      return (await admin.clusterStatus()).members.map(storeMemberOf);
+    },
+    addLearner: () => Promise.reject(external()),
+    remove: () => Promise.reject(external()),
+    close: () => admin?.close(),
+  };
+}
+
+/** An etcd member's health as the members view shows it (`learnerSince` unknown). */
+function storeMemberOf(m: EtcdMemberHealth): StoreMember {
+  return {
+    name: m.name,
+    id: m.id,
+    learner: m.isLearner,
+    leader: m.isLeader,
+    error: m.error,
+    peerUrls: m.peerUrls,
+    clientUrls: m.clientUrls,
+    learnerSince: null,
+  };
 }
