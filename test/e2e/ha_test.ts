@@ -358,8 +358,20 @@ Deno.test("HA on etcd: joins, failover of tasks and agents, quorum loss, healing
     await step("remove-member: a stopped replica's member leaves the cluster", async () => {
       await r3.api!.proc.stop();
       const api2 = await client(r2.api!.url);
-      const res = await api2("DELETE", "/v1/cluster/members/cp-3");
-      assertEquals(res.status, 200, JSON.stringify(res.json));
+      const login = await fetch(`${r2.api!.url}/v1/auth/login`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(TEST_ADMIN),
+      });
+      const env = {
+        HOME: root,
+        NO_COLOR: "1",
+        OTHERIX_SERVER: r2.api!.url,
+        OTHERIX_API_TOKEN: (await login.json()).access_token,
+      };
+      const removed = await runCli(["cluster", "remove-member", "cp-3", "--force"], env);
+      assertEquals([removed.code, removed.stdout], [0, "member cp-3 removed\n"], removed.stderr);
+      const res = await api2("GET", "/v1/cluster/members");
       assertEquals(res.json.members.map((m: Json) => m.name), ["cp-1", "cp-2"]);
       const again = await api2("DELETE", "/v1/cluster/members/cp-3");
       assertEquals([again.status, again.json.error.code], [404, "not_found"]);
